@@ -1,0 +1,169 @@
+"""``edge-agent``: run the daemon, check a config, and inspect a device's state."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from agent import __version__
+from agent.config import LoadedConfig, load_config
+from agent.errors import ConfigError, ModuleLoadError, OutboxError
+from agent.outbox import Outbox, as_jsonl
+from agent.registry import available_modules, resolve_module
+from agent.status import read_status
+
+CONFIG_OPTION = click.option(
+    "-c", "--config", "config_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+    help="The agent config (TOML).",
+)
+JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+@click.group()
+@click.version_option(__version__, prog_name="edge-agent")
+def main() -> None:
+    """Edge Agent: processing modules on local sensor streams, a durable outbox, cloud sync."""
+
+
+def _load(path: Path) -> LoadedConfig:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            click.echo(str(issue), err=True)
+        sys.exit(2)
+
+
+def _setup_logging(level: str) -> None:
+    # Plain lines on stderr: journald adds the time and the unit.
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@CONFIG_OPTION
+def run(config_path: Path) -> None:
+    """Run until SIGTERM or SIGINT; SIGHUP reloads the config."""
+    from agent.runtime import Agent  # the daemon's imports stay out of the quick commands
+
+    loaded = _load(config_path)
+    _setup_logging(loaded.agent.log_level)
+    try:
+        asyncio.run(Agent(loaded).run())
+    except OutboxError as exc:
+        logging.getLogger("agent").error("%s", exc)
+        sys.exit(1)
+
+
+@main.command()
+@CONFIG_OPTION
+def check(config_path: Path) -> None:
+    """Validate a config; exit 2 naming every problem as FILE: key.path: reason."""
+    loaded = _load(config_path)
+    click.echo(
+        f"{config_path}: ok ({len(loaded.agent.sources)} sources, {len(loaded.modules)} modules)"
+    )
+
+
+@main.command()
+@CONFIG_OPTION
+@JSON_OPTION
+def status(config_path: Path, as_json: bool) -> None:
+    """Backlog, last sync, drops, quarantine and module health, from the data directory."""
+    loaded = _load(config_path)
+    try:
+        state = read_status(loaded.agent.data_dir)
+    except OutboxError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps(state, indent=2))
+    else:
+        click.echo(_format_status(state))
+
+
+@main.command()
+@CONFIG_OPTION
+@JSON_OPTION
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many records.")
+def outbox(config_path: Path, as_json: bool, limit: int | None) -> None:
+    """Unsent records, oldest first, one JSON object a line."""
+    loaded = _load(config_path)
+    try:
+        box = Outbox.open_readonly(loaded.agent.data_dir)
+    except OutboxError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    try:
+        for line in as_jsonl(box.unsent(limit)):
+            click.echo(line)
+    finally:
+        box.close()
+
+
+@main.command()
+@JSON_OPTION
+def modules(as_json: bool) -> None:
+    """The modules available to ``use``, each with its config schema."""
+    listing = []
+    for name, target in sorted(available_modules().items()):
+        try:
+            cls = resolve_module(name)
+        except ModuleLoadError as exc:
+            listing.append({"name": name, "target": target, "error": exc.reason})
+            continue
+        listing.append({
+            "name": name,
+            "target": target,
+            "description": cls.description or (cls.__doc__ or "").strip().splitlines()[0],
+            "config_schema": cls.Config.model_json_schema(),
+        })
+    if as_json:
+        click.echo(json.dumps(listing, indent=2))
+        return
+    for item in listing:
+        if "error" in item:
+            click.echo(f"{item['name']:<16} BROKEN: {item['error']}")
+            continue
+        click.echo(f"{item['name']:<16} {item['description']}")
+        for key, prop in item["config_schema"].get("properties", {}).items():
+            default = f" (default {json.dumps(prop['default'])})" if "default" in prop else ""
+            click.echo(f"{'':<18}{key}{default}")
+
+
+def _format_status(state: dict[str, Any]) -> str:
+    daemon = state["daemon"]
+    backlog = state["backlog"]
+    age = backlog["oldest_unsent_age_s"]
+    sync = state["last_sync"]
+    lines = [
+        f"device      {state['device_id'] or '?'}",
+        f"daemon      {'running, pid ' + str(daemon['pid']) if daemon['running'] else 'not running'}",
+        f"backlog     {backlog['rows']} records, {backlog['bytes']} bytes"
+        + (f", oldest {age:.0f} s old" if age is not None else ""),
+        f"last sync   {'none yet' if sync is None else _ago(sync['at']) + ', up to seq ' + str(sync['acked_seq'])}",
+        f"quarantined {state['quarantined']}",
+        "dropped     " + (", ".join(f"{k} {v}" for k, v in sorted(state["dropped"].items())) or "none"),
+    ]
+    for name, source in state["sources"].items():
+        lines.append(
+            f"source      {name}: accepted {source.get('accepted', 0)} of {source.get('received', 0)}"
+            + (f", last error: {source['last_error']}" if source.get("last_error") else "")
+        )
+    for name, module in state["modules"].items():
+        lines.append(
+            f"module      {name} [{module['status']}]: processed {module['processed']}, "
+            f"emitted {module['emitted']}, errors {module['errors']}, quarantined {module['quarantined']}"
+            + (f", last error: {module['last_error']}" if module.get("last_error") else "")
+        )
+    return "\n".join(lines)
+
+
+def _ago(at: float | None) -> str:
+    return "?" if at is None else f"{time.time() - at:.0f} s ago"

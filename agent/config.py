@@ -1,0 +1,333 @@
+"""The agent config: TOML, environment overrides, and validation in two stages.
+
+Stage one checks the agent's own sections against ``AgentConfig``; stage two checks each
+module's ``with`` table against that module's own ``Config``. Both stages always run, so
+``edge-agent check`` reports every problem of a file at once.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+
+from agent.api import Module, ModuleConfig
+from agent.errors import ConfigError, ConfigIssue, ModuleLoadError
+from agent.registry import resolve_module
+from agent.topics import validate_filter
+from agent.units import Duration, PositiveDuration, Size
+
+ENV_PREFIX = "EDGE_AGENT__"
+
+def _check_name(value: str) -> str:
+    if not _NAME.fullmatch(value):
+        raise ValueError(f"{value!r}: use 1 to 64 letters, digits, '_' or '-'")
+    return value
+
+
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+Name = Annotated[str, AfterValidator(_check_name)]
+DeviceId = Name
+TopicFilter = Annotated[str, AfterValidator(validate_filter)]
+
+
+def _check_mqtt_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise ValueError(f"{url!r}: use mqtt://host:port or mqtts://host:port")
+    if not parts.hostname:
+        raise ValueError(f"{url!r}: no host")
+    try:
+        parts.port  # noqa: B018  # raises on a port that is not a number or out of range
+    except ValueError as exc:
+        raise ValueError(f"{url!r}: {exc}") from None
+    if parts.password:
+        raise ValueError("put no password in the URL: use password_env or password_file")
+    return url
+
+
+MqttUrl = Annotated[str, AfterValidator(_check_mqtt_url)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BrokerLogin(_Section):
+    """Where and how to reach an MQTT broker. Secrets come from the environment or a file."""
+
+    url: MqttUrl
+    username: str | None = None
+    password_env: str | None = None
+    """Name of an environment variable that holds the password."""
+    password_file: Path | None = None
+    """A file whose first line is the password (keep it mode 600)."""
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    keepalive: PositiveDuration = 30.0
+
+    @model_validator(mode="after")
+    def _secrets_resolve(self) -> BrokerLogin:
+        if self.password_env and self.password_file:
+            raise ValueError("set password_env or password_file, not both")
+        self.password()  # fail now, not at the first connect
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together")
+        return self
+
+    def password(self) -> SecretStr | None:
+        if self.password_env:
+            if self.password_env not in os.environ:
+                raise ValueError(f"password_env: environment variable {self.password_env} is not set")
+            return SecretStr(os.environ[self.password_env])
+        if self.password_file:
+            try:
+                return SecretStr(self.password_file.read_text().splitlines()[0])
+            except (OSError, IndexError) as exc:
+                raise ValueError(f"password_file: cannot read {self.password_file}: {exc}") from None
+        return None
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url)
+        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.url).scheme == "mqtts" or self.tls_ca is not None
+
+
+class MqttSourceConfig(BrokerLogin):
+    """Readings from an MQTT broker, normally the gateway's local one."""
+
+    type: Literal["mqtt"]
+    name: Name
+    url: MqttUrl = "mqtt://127.0.0.1:1883"
+    topics: Annotated[list[TopicFilter], Field(min_length=1)] = ["sensors/#"]
+    qos: Literal[0, 1] = 1
+    client_id: str | None = None
+    """Defaults to ``<device_id>-<source name>``; keep it stable so the session persists."""
+    persistent_session: bool = True
+    """Keep the broker session across restarts, so QoS 1 readings sent meanwhile arrive later."""
+    max_payload: Size = 65536
+    """Readings with a larger payload are dropped and counted as ``oversized``."""
+
+
+class SimulatorSourceConfig(_Section):
+    """Synthetic readings, for trying the agent with no hardware."""
+
+    type: Literal["simulator"]
+    name: Name
+    topic_prefix: str = "sensors/"
+    sensors: Annotated[int, Field(ge=1, le=100_000)] = 4
+    rate: Annotated[float, Field(gt=0, le=100_000)] = 1.0
+    """Readings per second for each sensor."""
+    seed: int | None = None
+
+
+SourceConfig = Annotated[MqttSourceConfig | SimulatorSourceConfig, Field(discriminator="type")]
+
+
+class ModuleSpec(_Section):
+    """One ``[[modules]]`` entry: which module to run, on what, and where its output goes."""
+
+    name: Name
+    use: Annotated[str, Field(min_length=1)]
+    inputs: Annotated[list[TopicFilter], Field(min_length=1)]
+    sync: bool = False
+    with_: dict[str, Any] = Field(default_factory=dict, alias="with")
+    queue: Annotated[int, Field(ge=1, le=10_000_000)] = 20_000
+    """Records that may wait for this module; when full, the sources wait (backpressure)."""
+
+
+class BufferConfig(_Section):
+    """The outbox: what it may hold and how often it commits."""
+
+    max_bytes: Size = 500_000_000
+    overflow: Literal["drop_oldest"] = "drop_oldest"
+    commit_interval: Duration = 0.25
+    """Accepted records are committed at least this often (and on shutdown)."""
+    commit_records: Annotated[int, Field(ge=1)] = 5000
+    """...or as soon as this many are waiting."""
+
+
+class CloudConfig(BrokerLogin):
+    """The cloud broker that summaries are synced to."""
+
+    prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_/-]{1,64}$")] = "edge"
+
+
+class SupervisorConfig(_Section):
+    """How the runtime guards against misbehaving modules."""
+
+    hang_timeout: PositiveDuration = 5.0
+    """A module step that holds the event loop longer is reported as hung and interrupted."""
+    restart_after_errors: Annotated[int, Field(ge=1)] = 10
+    """A module that raises this many times in a row is restarted..."""
+    restart_backoff_max: PositiveDuration = 60.0
+    """...with a delay that doubles from one second up to this."""
+    stop_timeout: PositiveDuration = 8.0
+    """Shutdown budget: sources stop, modules flush, the outbox commits within this."""
+
+
+class AgentConfig(_Section):
+    """The whole agent config file."""
+
+    device_id: DeviceId
+    data_dir: Path
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    sources: list[SourceConfig] = Field(default_factory=list)
+    modules: list[ModuleSpec] = Field(default_factory=list)
+    buffer: BufferConfig = BufferConfig()
+    cloud: CloudConfig | None = None
+    supervisor: SupervisorConfig = SupervisorConfig()
+
+    @model_validator(mode="after")
+    def _names_unique(self) -> AgentConfig:
+        seen: set[str] = set()
+        for kind, items in (("sources", self.sources), ("modules", self.modules)):
+            for item in items:
+                if item.name in seen:
+                    raise ValueError(f"{kind}: name {item.name!r} is used twice")
+                seen.add(item.name)
+        return self
+
+
+@dataclass(frozen=True)
+class ModulePlan:
+    """A module entry with its class resolved and its ``with`` table validated."""
+
+    spec: ModuleSpec
+    cls: type[Module[Any]]
+    config: ModuleConfig
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    path: Path
+    agent: AgentConfig
+    modules: list[ModulePlan]
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> LoadedConfig:
+    """Read, override from the environment, and validate; raise ``ConfigError`` with every issue."""
+    path = Path(path)
+    raw = _read_toml(path)
+    _apply_env_overrides(raw, os.environ if environ is None else environ)
+    issues: list[ConfigIssue] = []
+    agent = None
+    try:
+        agent = AgentConfig.model_validate(raw)
+    except ValidationError as exc:
+        issues += _issues(str(path), "", exc)
+    plans = _validate_modules(str(path), raw.get("modules"), issues)
+    if issues or agent is None:
+        raise ConfigError(issues)
+    if not agent.data_dir.is_absolute():
+        agent = agent.model_copy(update={"data_dir": path.parent / agent.data_dir})
+    return LoadedConfig(path=path, agent=agent, modules=plans)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as file:
+            return tomllib.load(file)
+    except OSError as exc:
+        raise ConfigError([ConfigIssue(str(path), "", f"cannot read: {exc.strerror}")]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([ConfigIssue(str(path), "", f"not valid TOML: {exc}")]) from None
+
+
+def _apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
+    """``EDGE_AGENT__BUFFER__MAX_BYTES=1GB`` sets ``buffer.max_bytes``; a number in the path
+    indexes a list (``EDGE_AGENT__SOURCES__0__URL``). Values are read as TOML when they parse."""
+    for key, value in sorted(environ.items()):
+        if not key.startswith(ENV_PREFIX):
+            continue
+        *parents, leaf = [part.lower() for part in key[len(ENV_PREFIX):].split("__")]
+        node: Any = raw
+        for part in parents:
+            if isinstance(node, list):
+                node = node[int(part)] if part.isdigit() and int(part) < len(node) else None
+            else:
+                node = node.setdefault(part, {})
+            if node is None:
+                break
+        if isinstance(node, dict):
+            node[leaf] = _env_value(value)
+
+
+def _env_value(value: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        return value
+
+
+def _validate_modules(file: str, raw_modules: Any, issues: list[ConfigIssue]) -> list[ModulePlan]:
+    plans: list[ModulePlan] = []
+    if not isinstance(raw_modules, list):
+        return plans
+    for index, entry in enumerate(raw_modules):
+        if not isinstance(entry, dict) or not isinstance(entry.get("use"), str):
+            continue  # stage one reports the shape
+        where = f"modules[{index}]"
+        try:
+            cls = resolve_module(entry["use"])
+        except ModuleLoadError as exc:
+            issues.append(ConfigIssue(file, f"{where}.use", exc.reason))
+            continue
+        try:
+            config = cls.Config.model_validate(entry.get("with", {}))
+        except ValidationError as exc:
+            issues += _issues(file, f"{where}.with", exc)
+            continue
+        try:
+            spec = ModuleSpec.model_validate(entry)
+        except ValidationError:
+            continue  # reported by stage one
+        plans.append(ModulePlan(spec=spec, cls=cls, config=config))
+    return plans
+
+
+_UNION_TAGS = {"mqtt", "simulator"}
+
+
+def _issues(file: str, prefix: str, exc: ValidationError) -> list[ConfigIssue]:
+    issues = []
+    for error in exc.errors():
+        path = prefix
+        for part in error["loc"]:
+            if isinstance(part, int):
+                path += f"[{part}]"
+            elif part in _UNION_TAGS and path.endswith("]"):
+                continue  # pydantic names the union member; the operator knows it as `type`
+            else:
+                path += f".{part}" if path else str(part)
+        reason = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            reason = "unknown key"
+        elif error["type"] == "missing":
+            reason = "required"
+        issues.append(ConfigIssue(file, path, reason))
+    return issues

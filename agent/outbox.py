@@ -1,0 +1,336 @@
+"""The SQLite outbox: the durability boundary between processing and sync.
+
+One ``Outbox`` owns the file's only writing connection and is used from one thread (the
+committer's). A record is accepted once ``commit`` returns: from then on it survives crashes and
+keeps its ``seq``, which only grows (AUTOINCREMENT never hands out a number twice, even after the
+rows before it were sent and deleted). The uploader reads with ``begin_batch`` and lets records
+go with ``end_batch``; anything not acknowledged stays for the next try.
+
+Other processes (``edge-agent status``) read the same file through ``Outbox.open_readonly``;
+WAL mode lets them read while the daemon writes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent import codec
+from agent.errors import OutboxError
+
+DB_NAME = "outbox.db"
+
+_MIGRATIONS: list[list[str]] = [
+    [
+        """CREATE TABLE outbox (
+               seq INTEGER PRIMARY KEY AUTOINCREMENT,
+               stream TEXT NOT NULL,
+               ts REAL NOT NULL,
+               data TEXT NOT NULL,
+               size INTEGER NOT NULL)""",
+        """CREATE TABLE counters (
+               scope TEXT NOT NULL, name TEXT NOT NULL, value INTEGER NOT NULL,
+               PRIMARY KEY (scope, name)) WITHOUT ROWID""",
+        """CREATE TABLE dropped_ranges (
+               first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL,
+               reason TEXT NOT NULL, at REAL NOT NULL)""",
+        """CREATE TABLE quarantine (
+               id INTEGER PRIMARY KEY AUTOINCREMENT, module TEXT NOT NULL, topic TEXT NOT NULL,
+               ts REAL NOT NULL, data TEXT NOT NULL, error TEXT NOT NULL, at REAL NOT NULL)""",
+        "CREATE TABLE module_state (module TEXT PRIMARY KEY, state TEXT NOT NULL)",
+        "CREATE TABLE health (name TEXT PRIMARY KEY, data TEXT NOT NULL, at REAL NOT NULL)",
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    ],
+]
+
+
+@dataclass(frozen=True)
+class OutboxRecord:
+    seq: int
+    stream: str
+    ts: float
+    data: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"seq": self.seq, "stream": self.stream, "ts": self.ts, "data": self.data}
+
+
+@dataclass(frozen=True)
+class Quarantined:
+    module: str
+    topic: str
+    ts: float
+    data: dict[str, Any]
+    error: str
+
+
+@dataclass
+class Changes:
+    """Everything one commit writes, in one transaction."""
+
+    records: list[tuple[str, float, dict[str, Any]]] = field(default_factory=list)
+    counters: dict[tuple[str, str], int] = field(default_factory=dict)
+    quarantined: list[Quarantined] = field(default_factory=list)
+    module_state: dict[str, dict[str, Any]] = field(default_factory=dict)
+    health: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def count(self, scope: str, name: str, by: int = 1) -> None:
+        key = (scope, name)
+        self.counters[key] = self.counters.get(key, 0) + by
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.records or self.counters or self.quarantined or self.module_state or self.health
+        )
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Unsent records handed to the uploader, oldest first."""
+
+    records: list[OutboxRecord]
+
+    @property
+    def last_seq(self) -> int:
+        return self.records[-1].seq if self.records else 0
+
+
+class Outbox:
+    """The outbox file. Not thread-safe: use it from one thread."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path, max_bytes: int | None) -> None:
+        self._conn = conn
+        self.path = path
+        self.max_bytes = max_bytes
+        self._bytes = self._scalar("SELECT coalesce(sum(size), 0) FROM outbox")
+
+    @classmethod
+    def open(cls, data_dir: Path, max_bytes: int | None = None, synchronous: str = "NORMAL") -> Outbox:
+        """Open (creating and migrating) the outbox in ``data_dir`` for writing."""
+        path = Path(data_dir) / DB_NAME
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={synchronous}")
+            conn.execute("PRAGMA busy_timeout=5000")
+            _migrate(conn)
+        except (OSError, sqlite3.Error) as exc:
+            raise OutboxError(str(path), f"cannot open the outbox: {exc}") from exc
+        return cls(conn, path, max_bytes)
+
+    @classmethod
+    def open_readonly(cls, data_dir: Path) -> Outbox:
+        """Open an existing outbox for reading only; raise ``OutboxError`` if there is none."""
+        path = Path(data_dir) / DB_NAME
+        if not path.exists():
+            raise OutboxError(str(path), "no outbox yet: the agent has not run with this data_dir")
+        try:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+            conn.execute("PRAGMA busy_timeout=5000")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.Error as exc:
+            raise OutboxError(str(path), f"cannot read the outbox: {exc}") from exc
+        if version > len(_MIGRATIONS):
+            raise OutboxError(str(path), f"written by a newer agent (schema {version})")
+        return cls(conn, path, None)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def commit(self, changes: Changes) -> None:
+        """Write ``changes`` in one transaction; on error nothing of it is written."""
+        conn = self._conn
+        now = time.time()
+        rows = []
+        added_bytes = 0
+        for stream, ts, data in changes.records:
+            text = codec.dumps(data)
+            size = len(stream) + len(text) + 16
+            rows.append((stream, ts, text, size))
+            added_bytes += size
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(
+                "INSERT INTO outbox (stream, ts, data, size) VALUES (?, ?, ?, ?)",
+                rows,
+            )
+            conn.executemany(
+                "INSERT INTO counters VALUES (?, ?, ?) "
+                "ON CONFLICT (scope, name) DO UPDATE SET value = value + excluded.value",
+                [(scope, name, by) for (scope, name), by in changes.counters.items()],
+            )
+            conn.executemany(
+                "INSERT INTO quarantine (module, topic, ts, data, error, at) VALUES (?, ?, ?, ?, ?, ?)",
+                [(q.module, q.topic, q.ts, codec.dumps(q.data), q.error, now) for q in changes.quarantined],
+            )
+            conn.executemany(
+                "INSERT OR REPLACE INTO module_state VALUES (?, ?)",
+                [(name, codec.dumps(state)) for name, state in changes.module_state.items()],
+            )
+            conn.executemany(
+                "INSERT OR REPLACE INTO health VALUES (?, ?, ?)",
+                [(name, codec.dumps(data), now) for name, data in changes.health.items()],
+            )
+            overflow = self._enforce_budget(self._bytes + added_bytes, now)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        self._bytes += added_bytes - overflow
+
+    def _enforce_budget(self, total: int, now: float) -> int:
+        """Drop the oldest unsent rows while over ``max_bytes``; return the bytes freed."""
+        if self.max_bytes is None or total <= self.max_bytes:
+            return 0
+        excess = total - self.max_bytes
+        freed = count = 0
+        first_seq = last_seq = None
+        for seq, size in self._conn.execute("SELECT seq, size FROM outbox ORDER BY seq"):
+            if freed >= excess:
+                break
+            freed += size
+            count += 1
+            first_seq = first_seq or seq
+            last_seq = seq
+        if last_seq is None:
+            return 0
+        self._conn.execute("DELETE FROM outbox WHERE seq <= ?", (last_seq,))
+        self._conn.execute(
+            "INSERT INTO dropped_ranges VALUES (?, ?, 'buffer_full', ?)", (first_seq, last_seq, now)
+        )
+        self._conn.execute(
+            "INSERT INTO counters VALUES ('dropped', 'buffer_full', ?) "
+            "ON CONFLICT (scope, name) DO UPDATE SET value = value + excluded.value",
+            (count,),
+        )
+        return freed
+
+    def begin_batch(self, after_seq: int = 0, max_records: int = 1000, max_bytes: int = 1 << 20) -> Batch:
+        """The oldest unsent records after ``after_seq``, bounded by count and bytes (at least one)."""
+        records: list[OutboxRecord] = []
+        total = 0
+        for row in self._conn.execute(
+            "SELECT seq, stream, ts, data, size FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after_seq, max_records),
+        ):
+            total += row[4]
+            if records and total > max_bytes:
+                break
+            records.append(OutboxRecord(row[0], row[1], row[2], codec.loads(row[3])))
+        return Batch(records)
+
+    def end_batch(self, batch: Batch, accepted_up_to: int) -> int:
+        """Let go of every record of ``batch`` up to ``accepted_up_to`` (the cloud's ack); the rest
+        stays for retry. Returns how many rows were removed."""
+        return self.acknowledge(min(accepted_up_to, batch.last_seq))
+
+    def acknowledge(self, up_to_seq: int) -> int:
+        """Remove every record with ``seq <= up_to_seq`` and remember the ack."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            freed, removed = conn.execute(
+                "SELECT coalesce(sum(size), 0), count(*) FROM outbox WHERE seq <= ?", (up_to_seq,)
+            ).fetchone()
+            conn.execute("DELETE FROM outbox WHERE seq <= ?", (up_to_seq,))
+            previous = self.meta("last_ack_seq", 0)
+            if up_to_seq > previous:
+                self._set_meta("last_ack_seq", up_to_seq)
+                self._set_meta("last_ack_at", time.time())
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        self._bytes -= freed
+        return int(removed)
+
+    def _set_meta(self, key: str, value: Any) -> None:
+        self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, codec.dumps(value)))
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def meta(self, key: str, default: Any = None) -> Any:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return codec.loads(row[0]) if row else default
+
+    def unsent(self, limit: int | None = None) -> Iterator[OutboxRecord]:
+        cursor = self._conn.execute(
+            "SELECT seq, stream, ts, data FROM outbox ORDER BY seq LIMIT ?",
+            (-1 if limit is None else limit,),
+        )
+        for seq, stream, ts, data in cursor:
+            yield OutboxRecord(seq, stream, ts, codec.loads(data))
+
+    def backlog(self) -> dict[str, Any]:
+        rows, size, oldest_ts, first_seq, last_seq = self._conn.execute(
+            "SELECT count(*), coalesce(sum(size), 0), min(ts), min(seq), max(seq) FROM outbox"
+        ).fetchone()
+        return {
+            "rows": rows,
+            "bytes": size,
+            "oldest_ts": oldest_ts,
+            "first_seq": first_seq,
+            "last_seq": last_seq,
+        }
+
+    def last_seq(self) -> int:
+        """The highest ``seq`` ever handed out (0 before the first record)."""
+        return self._scalar("SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'outbox'")
+
+    def counters(self) -> dict[str, dict[str, int]]:
+        result: dict[str, dict[str, int]] = {}
+        for scope, name, value in self._conn.execute("SELECT scope, name, value FROM counters"):
+            result.setdefault(scope, {})[name] = value
+        return result
+
+    def module_states(self) -> dict[str, dict[str, Any]]:
+        rows = self._conn.execute("SELECT module, state FROM module_state")
+        return {module: codec.loads(state) for module, state in rows}
+
+    def health(self) -> dict[str, tuple[dict[str, Any], float]]:
+        rows = self._conn.execute("SELECT name, data, at FROM health")
+        return {name: (codec.loads(data), at) for name, data, at in rows}
+
+    def quarantined(self, limit: int = 100) -> list[dict[str, Any]]:
+        rows = self._conn.execute(
+            "SELECT id, module, topic, ts, data, error, at FROM quarantine ORDER BY id DESC LIMIT ?",
+            (limit,),
+        )
+        keys = ("id", "module", "topic", "ts", "data", "error", "at")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    def quarantine_count(self) -> int:
+        return self._scalar("SELECT count(*) FROM quarantine")
+
+    def integrity_check(self) -> str:
+        return str(self._conn.execute("PRAGMA integrity_check").fetchone()[0])
+
+    def _scalar(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return int(self._conn.execute(sql, params).fetchone()[0])
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring the schema up to date, one numbered step at a time, each in its own transaction."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(_MIGRATIONS):
+        raise OutboxError("", f"the outbox was written by a newer agent (schema {version})")
+    for number, statements in enumerate(_MIGRATIONS[version:], start=version + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        for statement in statements:
+            conn.execute(statement)
+        conn.execute(f"PRAGMA user_version={number}")
+        conn.execute("COMMIT")
+
+
+def as_jsonl(records: Iterable[OutboxRecord]) -> Iterator[str]:
+    for record in records:
+        yield codec.dumps(record.as_dict())

@@ -1,0 +1,245 @@
+"""The supervisor: builds the pipeline from a config, runs it, reloads it, and shuts it down.
+
+Start-up goes downstream first (outbox, committer, modules, then sources) so nothing is read
+before there is somewhere to put it; shutdown goes upstream first (sources stop, modules drain
+their queues and flush what is open, the outbox commits last). Every long-lived task lives in
+one ``asyncio.TaskGroup`` under a name, so a crash in the log says whose it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+from agent import __version__, sdnotify
+from agent.bus import Bus
+from agent.committer import Committer
+from agent.config import LoadedConfig, ModulePlan, load_config
+from agent.counters import CounterSet
+from agent.errors import ConfigError
+from agent.loopwatch import LoopWatch
+from agent.module_runner import ModuleRunner
+from agent.outbox import Changes, Outbox
+from agent.sources import Source, build_source
+from agent.topics import matches
+
+log = logging.getLogger(__name__)
+
+HEALTH_INTERVAL = 2.0
+STATE_INTERVAL = 5.0
+
+
+class Pipeline:
+    """The sources and module runners of one config, wired through one bus."""
+
+    def __init__(self, loaded: LoadedConfig, agent: Agent) -> None:
+        self.loaded = loaded
+        self.bus = Bus()
+        config = loaded.agent
+        self.runners = [
+            ModuleRunner(
+                plan, self.bus, agent.committer, agent.counters, agent.watch, config.supervisor,
+                state=agent.saved_state.get(plan.spec.name, {}),
+            )
+            for plan in upstream_first(loaded.modules)
+        ]
+        for runner in self.runners:
+            self.bus.subscribe(runner.plan.spec.inputs, runner.queue)
+        self.sources: list[Source] = [
+            build_source(source, config.device_id, self.bus, agent.counters) for source in config.sources
+        ]
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self, group: asyncio.TaskGroup) -> None:
+        for runner in reversed(self.runners):  # downstream first
+            await runner.start()
+        for runner in self.runners:
+            self._tasks.append(group.create_task(runner.run(), name=f"module:{runner.name}"))
+        for source in self.sources:
+            self._tasks.append(group.create_task(source.run(), name=f"source:{source.name}"))
+
+    async def stop(self) -> None:
+        for source in self.sources:
+            source.stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for runner in self.runners:  # upstream first, so flushed output reaches what is downstream
+            await runner.finish()
+
+
+class Agent:
+    """The daemon: ``await Agent(load_config(path)).run()`` until SIGTERM or SIGINT."""
+
+    def __init__(self, loaded: LoadedConfig) -> None:
+        self.loaded = loaded
+        self.counters = CounterSet()
+        self.watch = LoopWatch(loaded.agent.supervisor.hang_timeout)
+        self.committer: Committer | None = None
+        self.saved_state: dict[str, dict[str, Any]] = {}
+        self.pipeline: Pipeline | None = None
+        self.started_at = time.time()
+        self._stopping = asyncio.Event()
+        self._reload_requested = asyncio.Event()
+        self._last_state_save = 0.0
+        self._last_health = 0.0
+        self._group: asyncio.TaskGroup | None = None
+        self._committer_task: asyncio.Task[None] | None = None
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    def request_reload(self) -> None:
+        self._reload_requested.set()
+
+    async def run(self, on_ready: Callable[[], None] | None = None) -> None:
+        config = self.loaded.agent
+        loop = asyncio.get_running_loop()
+        self._install_signals(loop)
+        outbox = await asyncio.to_thread(Outbox.open, config.data_dir, config.buffer.max_bytes)
+        self.committer = committer = Committer(outbox, config.buffer, self.counters)
+        self.saved_state = await committer.call(outbox.module_states)
+        committer.on_commit(self._snapshot)
+        self.watch.start()
+        try:
+            async with asyncio.TaskGroup() as group:
+                self._group = group
+                self._committer_task = group.create_task(committer.run(), name="committer")
+                self.pipeline = Pipeline(self.loaded, self)
+                await self.pipeline.start(group)
+                self._ready(on_ready)
+                await self._serve()
+                await self._shutdown()
+        finally:
+            self.watch.stop()
+            self._remove_signals(loop)
+
+    def _ready(self, on_ready: Callable[[], None] | None) -> None:
+        assert self.pipeline is not None
+        log.info(
+            "edge-agent %s ready: device %s, %d sources, %d modules, outbox %s",
+            __version__, self.loaded.agent.device_id, len(self.pipeline.sources),
+            len(self.pipeline.runners), self.loaded.agent.data_dir,
+        )
+        sdnotify.notify(f"READY=1\nSTATUS=running {len(self.pipeline.runners)} modules")
+        if on_ready:
+            on_ready()
+
+    async def _serve(self) -> None:
+        while not self._stopping.is_set():
+            stop = asyncio.ensure_future(self._stopping.wait())
+            reload = asyncio.ensure_future(self._reload_requested.wait())
+            await asyncio.wait({stop, reload}, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            reload.cancel()
+            if self._reload_requested.is_set() and not self._stopping.is_set():
+                self._reload_requested.clear()
+                await self._reload()
+
+    async def _shutdown(self) -> None:
+        budget = self.loaded.agent.supervisor.stop_timeout
+        log.info("stopping: sources first, then modules flush, then the outbox commits")
+        sdnotify.notify("STOPPING=1")
+        assert self.pipeline is not None and self.committer is not None
+        try:
+            async with asyncio.timeout(budget * 0.75):
+                await self.pipeline.stop()
+        except TimeoutError:
+            log.error("modules did not finish flushing within %.1f s; committing what there is", budget)
+        self.committer.stop()
+        if self._committer_task:
+            await self._committer_task
+        self._last_health = self._last_state_save = 0.0  # the final commit carries both
+        await self.committer.close()
+        log.info("stopped; outbox committed")
+
+    async def _reload(self) -> None:
+        log.info("reloading %s", self.loaded.path)
+        try:
+            new = await asyncio.to_thread(load_config, self.loaded.path)
+        except ConfigError as exc:
+            log.error("the new config is refused; keeping the running one:\n%s", exc)
+            return
+        old = self.loaded.agent
+        if (new.agent.device_id, new.agent.data_dir) != (old.device_id, old.data_dir):
+            log.error("device_id and data_dir cannot change on reload; restart the agent instead")
+            return
+        assert self.pipeline is not None
+        await self.pipeline.stop()
+        for runner in self.pipeline.runners:
+            self.saved_state[runner.name] = dict(runner.context.state)
+        self.loaded = new
+        self.pipeline = Pipeline(new, self)
+        assert self._group is not None
+        await self.pipeline.start(self._group)
+        log.info("reloaded: %d sources, %d modules", len(self.pipeline.sources), len(self.pipeline.runners))
+
+    def _snapshot(self, changes: Changes) -> None:
+        """Add module state and health to a commit, each at its own pace."""
+        now = time.monotonic()
+        pipeline = self.pipeline
+        if pipeline is None:
+            return
+        if now - self._last_state_save >= STATE_INTERVAL:
+            self._last_state_save = now
+            for runner in pipeline.runners:
+                if runner.context.state:
+                    changes.module_state[runner.name] = dict(runner.context.state)
+        if now - self._last_health >= HEALTH_INTERVAL:
+            self._last_health = now
+            changes.health["agent"] = self.health()
+            for runner in pipeline.runners:
+                changes.health[f"module:{runner.name}"] = runner.health()
+            sdnotify.notify("WATCHDOG=1")
+
+    def health(self) -> dict[str, Any]:
+        assert self.pipeline is not None and self.committer is not None
+        return {
+            "pid": os.getpid(),
+            "version": __version__,
+            "device_id": self.loaded.agent.device_id,
+            "started_at": self.started_at,
+            "running": not self._stopping.is_set(),
+            "pending_commit": self.committer.pending,
+            "outbox_error": self.committer.last_error,
+            "sources": {
+                source.name: {"connected": source.connected, "last_error": source.last_error}
+                for source in self.pipeline.sources
+            },
+        }
+
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+            loop.add_signal_handler(signal.SIGINT, self.request_stop)
+            loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+
+    def _remove_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+
+
+def upstream_first(plans: list[ModulePlan]) -> list[ModulePlan]:
+    """Order modules so that one feeding another comes before it (config order otherwise)."""
+    ordered: list[ModulePlan] = []
+    remaining = list(plans)
+    while remaining:
+        for plan in remaining:
+            feeders = [
+                other for other in remaining
+                if other is not plan and any(matches(f, other.spec.name) for f in plan.spec.inputs)
+            ]
+            if not feeders:
+                break
+        else:
+            plan = remaining[0]  # a cycle: keep config order for the rest
+        ordered.append(plan)
+        remaining.remove(plan)
+    return ordered

@@ -1,0 +1,137 @@
+"""Readings from an MQTT broker (normally the gateway's local one)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+
+from agent.api import Record
+from agent.backoff import Backoff
+from agent.bus import Bus
+from agent.config import MqttSourceConfig
+from agent.counters import CounterSet, ThrottledLog
+from agent.sources.mqtt_wire import Message, MqttProtocolError, Session, SubscriberProtocol
+from agent.sources.readings import OVERSIZED, Rejected, decode_reading
+from agent.topics import fixed_prefix, matches
+
+log = logging.getLogger(__name__)
+
+
+class MqttSource:
+    """Subscribes to the configured topics with a persistent session and publishes each batch
+    of readings on the bus; malformed payloads are counted by reason and dropped."""
+
+    def __init__(self, config: MqttSourceConfig, device_id: str, bus: Bus, counters: CounterSet) -> None:
+        self.config = config
+        self.name = config.name
+        self._bus = bus
+        self._counters = counters
+        self._scope = f"source:{config.name}"
+        self._log = log.getChild(config.name)
+        self._bad_input = ThrottledLog(self._log)
+        self._session = Session(
+            client_id=config.client_id or f"{device_id}-{config.name}",
+            subscriptions=tuple((topic, config.qos) for topic in config.topics),
+            clean_session=not config.persistent_session,
+            keepalive=max(1, round(config.keepalive)),
+            username=config.username,
+            password=(secret.get_secret_value() if (secret := config.password()) else None),
+            max_payload=config.max_payload,
+        )
+        self._prefixes = [(topic, fixed_prefix(topic)) for topic in config.topics]
+        self._sensors: dict[str, str] = {}
+        self._protocol: SubscriberProtocol | None = None
+        self._resuming: asyncio.Task[None] | None = None
+        self.connected = False
+        self.last_error: str | None = None
+
+    async def run(self) -> None:
+        """Stay connected until cancelled, reconnecting with backoff."""
+        backoff = Backoff(first=0.5, cap=30.0)
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                _, protocol = await loop.create_connection(
+                    self._make_protocol, self.config.host, self.config.port, ssl=self._ssl_context()
+                )
+                self._protocol = protocol
+                session_present = await asyncio.wait_for(protocol.ready, self.config.keepalive)
+                self.connected, self.last_error = True, None
+                backoff.reset()
+                self._log.info(
+                    "subscribed to %s on %s (session %s)", ", ".join(self.config.topics),
+                    self.config.url, "resumed" if session_present else "new",
+                )
+                await protocol.closed
+                raise ConnectionResetError("the broker closed the connection")
+            except (OSError, TimeoutError, MqttProtocolError, ssl.SSLError) as exc:
+                self.connected = False
+                self.last_error = f"{self.config.url}: {exc}"
+                self._counters.incr(self._scope, "connect_errors")
+                delay = backoff.next_delay()
+                self._log.warning("%s; reconnecting in %.1f s", self.last_error, delay)
+                await asyncio.sleep(delay)
+
+    def stop(self) -> None:
+        """Disconnect politely so the broker keeps the session for our return."""
+        if self._protocol:
+            self._protocol.disconnect()
+        self.connected = False
+
+    def _make_protocol(self) -> SubscriberProtocol:
+        return SubscriberProtocol(self._session, self._on_messages, self._on_oversized)
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if not self.config.tls:
+            return None
+        context = ssl.create_default_context(cafile=self.config.tls_ca)
+        if self.config.tls_cert and self.config.tls_key:
+            context.load_cert_chain(self.config.tls_cert, self.config.tls_key)
+        return context
+
+    def _on_messages(self, messages: list[Message]) -> None:
+        now = time.time()
+        sensors = self._sensors
+        records: list[Record] = []
+        for topic, payload in messages:
+            sensor = sensors.get(topic)
+            if sensor is None:
+                sensor = self._sensor_of(topic)
+            try:
+                records.append(decode_reading(topic, sensor, payload, now))
+            except Rejected as rejected:
+                self._reject(rejected.reason, topic, payload)
+        self._counters.incr(self._scope, "received", len(messages))
+        if records:
+            self._counters.incr(self._scope, "accepted", len(records))
+            if self._bus.publish(records) and self._protocol:
+                self._protocol.pause_reading()
+                if self._resuming is None or self._resuming.done():
+                    self._resuming = asyncio.create_task(self._resume_when_room(self._protocol))
+
+    async def _resume_when_room(self, protocol: SubscriberProtocol) -> None:
+        await self._bus.wait_room()
+        protocol.resume_reading()
+
+    def _on_oversized(self, topic: str, size: int) -> None:
+        self._counters.incr(self._scope, "received")
+        self._reject(OVERSIZED, topic, f"<{size} bytes>".encode())
+
+    def _reject(self, reason: str, topic: str, payload: bytes) -> None:
+        self._counters.incr("dropped", reason)
+        self._bad_input.warning(
+            reason, "dropped a reading on %s: %s; payload starts %r", topic, reason, payload[:64]
+        )
+
+    def _sensor_of(self, topic: str) -> str:
+        sensor = topic
+        for topic_filter, prefix in self._prefixes:
+            if matches(topic_filter, topic) and topic.startswith(prefix):
+                sensor = topic[len(prefix):] or topic
+                break
+        if len(self._sensors) > 100_000:
+            self._sensors.clear()
+        self._sensors[topic] = sensor
+        return sensor

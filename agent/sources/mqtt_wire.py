@@ -1,0 +1,273 @@
+"""The receive side of MQTT 3.1.1, as an asyncio protocol: connect, subscribe, take publishes.
+
+This is the agent's hot path, so it works on batches: every ``data_received`` parses all the
+complete packets it holds and hands their publishes to ``on_messages`` in one list, then sends
+the PUBACKs together. Flow control is the transport's own ``pause_reading``: while the consumer
+has no room, nothing more is read from the socket and TCP pushes back on the broker. Why this is
+hand-written rather than taken from a client library: docs/design/001-receive-path.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+CONNECT, CONNACK, PUBLISH, PUBACK, SUBSCRIBE, SUBACK = 0x10, 0x20, 0x30, 0x40, 0x82, 0x90
+PINGREQ, PINGRESP, DISCONNECT = b"\xc0\x00", 0xD0, b"\xe0\x00"
+
+CONNACK_REASONS = {
+    1: "the broker does not speak MQTT 3.1.1",
+    2: "the broker refused the client id",
+    3: "the broker is unavailable",
+    4: "bad user name or password",
+    5: "not authorised",
+}
+
+Message = tuple[str, bytes]
+
+
+class MqttProtocolError(Exception):
+    """The broker refused us, or sent something that is not MQTT."""
+
+
+@dataclass(frozen=True)
+class Session:
+    client_id: str
+    subscriptions: tuple[tuple[str, int], ...]
+    clean_session: bool = False
+    keepalive: int = 30
+    username: str | None = None
+    password: str | None = None
+    max_payload: int = 65536
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n % 128, n // 128
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _string(s: str) -> bytes:
+    raw = s.encode()
+    return struct.pack("!H", len(raw)) + raw
+
+
+def _packet(header: int, body: bytes) -> bytes:
+    return bytes([header]) + _varint(len(body)) + body
+
+
+def connect_packet(session: Session) -> bytes:
+    flags = 0x00 if not session.clean_session else 0x02
+    payload = _string(session.client_id)
+    if session.username is not None:
+        flags |= 0x80
+        payload += _string(session.username)
+        if session.password is not None:
+            flags |= 0x40
+            payload += _string(session.password)
+    body = _string("MQTT") + bytes([4, flags]) + struct.pack("!H", session.keepalive) + payload
+    return _packet(CONNECT, body)
+
+
+def subscribe_packet(packet_id: int, subscriptions: tuple[tuple[str, int], ...]) -> bytes:
+    body = struct.pack("!H", packet_id)
+    for topic_filter, qos in subscriptions:
+        body += _string(topic_filter) + bytes([qos])
+    return _packet(SUBSCRIBE, body)
+
+
+class SubscriberProtocol(asyncio.Protocol):
+    """One connection's worth of MQTT. ``ready`` resolves once subscribed; ``closed`` when the
+    connection ends (with the reason as its exception, if any)."""
+
+    def __init__(
+        self,
+        session: Session,
+        on_messages: Callable[[list[Message]], None],
+        on_oversized: Callable[[str, int], None],
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        self.session = session
+        self.ready: asyncio.Future[bool] = loop.create_future()  # result: session present
+        self.closed: asyncio.Future[None] = loop.create_future()
+        self._on_messages = on_messages
+        self._on_oversized = on_oversized
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._skip = 0
+        self._last_in = self._last_out = time.monotonic()
+        self._keepalive_timer: asyncio.TimerHandle | None = None
+        self._session_present = False
+        self._paused = False
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._write(connect_packet(self.session))
+        self._schedule_keepalive()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._keepalive_timer:
+            self._keepalive_timer.cancel()
+        failure = exc or ConnectionResetError("the broker closed the connection")
+        if not self.ready.done():
+            self.ready.set_exception(failure)
+        if not self.closed.done():
+            self.closed.set_result(None) if exc is None else self.closed.set_exception(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self._last_in = time.monotonic()
+        if self._skip:
+            skipped = min(self._skip, len(data))
+            self._skip -= skipped
+            data = data[skipped:]
+        buf = self._buffer
+        buf += data
+        messages: list[Message] = []
+        acks: list[bytes] = []
+        try:
+            consumed = self._parse(buf, messages, acks)
+        except MqttProtocolError as exc:
+            self._fail(exc)
+            return
+        del buf[:consumed]
+        if messages:
+            self._on_messages(messages)
+        if acks:
+            self._write(b"".join(acks))
+
+    def pause_reading(self) -> None:
+        if self._transport and not self._transport.is_closing() and not self._paused:
+            self._paused = True
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._transport and not self._transport.is_closing() and self._paused:
+            self._paused = False
+            self._last_in = time.monotonic()  # silence while paused was ours, not the broker's
+            self._transport.resume_reading()
+
+    def disconnect(self) -> None:
+        """Close politely: the broker keeps the session and does not fire a will."""
+        if self._transport and not self._transport.is_closing():
+            self._transport.write(DISCONNECT)
+            self._transport.close()
+
+    # -- parsing -------------------------------------------------------------------------------
+
+    def _parse(self, buf: bytearray, messages: list[Message], acks: list[bytes]) -> int:
+        pos, end = 0, len(buf)
+        max_payload = self.session.max_payload
+        while end - pos >= 2:
+            header = buf[pos]
+            length = 0
+            shift = 0
+            index = pos + 1
+            while True:
+                if index >= end:
+                    return pos
+                byte = buf[index]
+                length |= (byte & 0x7F) << shift
+                index += 1
+                if not byte & 0x80:
+                    break
+                shift += 7
+                if shift > 21:
+                    raise MqttProtocolError("malformed remaining length")
+            stop = index + length
+            kind = header & 0xF0
+            if kind == PUBLISH:
+                if index + 2 > end:
+                    return pos
+                topic_end = index + 2 + (buf[index] << 8 | buf[index + 1])
+                qos = (header >> 1) & 0x03
+                payload_start = topic_end + (2 if qos else 0)
+                if payload_start > end:
+                    return pos
+                if qos:
+                    acks.append(b"\x40\x02" + bytes(buf[topic_end:payload_start]))
+                if stop - payload_start > max_payload:
+                    topic = buf[index + 2 : topic_end].decode("utf-8", "replace")
+                    self._on_oversized(topic, stop - payload_start)
+                    if stop > end:
+                        self._skip = stop - end
+                        return end
+                    pos = stop
+                    continue
+                if stop > end:
+                    if qos:
+                        acks.pop()  # acked when the whole packet is here
+                    return pos
+                try:
+                    topic = buf[index + 2 : topic_end].decode()
+                except UnicodeDecodeError:
+                    raise MqttProtocolError("a topic is not UTF-8") from None
+                messages.append((topic, bytes(buf[payload_start:stop])))
+            else:
+                if stop > end:
+                    return pos
+                self._control(header, bytes(buf[index:stop]))
+            pos = stop
+        return pos
+
+    def _control(self, header: int, body: bytes) -> None:
+        kind = header & 0xF0
+        if header == CONNACK:
+            if len(body) != 2:
+                raise MqttProtocolError("malformed CONNACK")
+            if body[1] != 0:
+                reason = CONNACK_REASONS.get(body[1], f"refused with code {body[1]}")
+                raise MqttProtocolError(f"connection refused: {reason}")
+            self._session_present = bool(body[0] & 0x01)
+            self._write(subscribe_packet(1, self.session.subscriptions))
+        elif header == SUBACK:
+            refused = [
+                topic_filter
+                for (topic_filter, _), granted in zip(self.session.subscriptions, body[2:], strict=False)
+                if granted == 0x80
+            ]
+            if refused:
+                raise MqttProtocolError(f"the broker refused the subscription to {', '.join(refused)}")
+            if not self.ready.done():
+                self.ready.set_result(self._session_present)
+        elif kind == PINGRESP or kind == PUBACK:
+            pass
+        else:
+            raise MqttProtocolError(f"unexpected packet type 0x{header:02x}")
+
+    # -- keepalive -----------------------------------------------------------------------------
+
+    def _schedule_keepalive(self) -> None:
+        interval = max(self.session.keepalive / 2, 0.5)
+        self._keepalive_timer = asyncio.get_running_loop().call_later(interval, self._keepalive)
+
+    def _keepalive(self) -> None:
+        now = time.monotonic()
+        keepalive = self.session.keepalive
+        if not self._paused and now - self._last_in > keepalive * 1.5:
+            self._fail(TimeoutError(f"no data from the broker for {now - self._last_in:.0f} s"))
+            return
+        if now - self._last_out >= keepalive / 2:
+            self._write(PINGREQ)
+        self._schedule_keepalive()
+
+    def _write(self, data: bytes) -> None:
+        if self._transport and not self._transport.is_closing():
+            self._transport.write(data)
+            self._last_out = time.monotonic()
+
+    def _fail(self, exc: Exception) -> None:
+        if not self.closed.done():
+            self.closed.set_exception(exc)
+        if not self.ready.done():
+            self.ready.set_exception(exc)
+        if self._transport:
+            self._transport.abort()

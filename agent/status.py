@@ -1,0 +1,81 @@
+"""The device's state as ``edge-agent status`` shows it, read from the data directory alone, so
+it works whether the daemon runs or not."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from agent.outbox import Outbox
+
+# The daemon writes its health every 2 s; older than this, it is not running (or is stuck).
+STALE_AFTER = 10.0
+
+
+def read_status(data_dir: Path, now: float | None = None) -> dict[str, Any]:
+    now = time.time() if now is None else now
+    outbox = Outbox.open_readonly(data_dir)
+    try:
+        backlog = outbox.backlog()
+        counters = outbox.counters()
+        health = outbox.health()
+        last_ack_seq = outbox.meta("last_ack_seq")
+        last_ack_at = outbox.meta("last_ack_at")
+        quarantined = outbox.quarantine_count()
+        last_seq = outbox.last_seq()
+    finally:
+        outbox.close()
+    agent, agent_at = health.get("agent", ({}, None))
+    modules = {}
+    for name, (data, at) in sorted(health.items()):
+        if name.startswith("module:"):
+            module = name.removeprefix("module:")
+            modules[module] = {**data, "counters": counters.get(name, {}), "reported_at": at}
+    return {
+        "device_id": agent.get("device_id"),
+        "daemon": _daemon_state(agent, agent_at, now),
+        "backlog": {
+            "rows": backlog["rows"],
+            "bytes": backlog["bytes"],
+            "oldest_unsent_age_s": None if backlog["oldest_ts"] is None else max(0.0, now - backlog["oldest_ts"]),
+            "first_seq": backlog["first_seq"],
+            "last_seq": last_seq,
+        },
+        "last_sync": None if last_ack_seq is None else {"acked_seq": last_ack_seq, "at": last_ack_at},
+        "dropped": counters.get("dropped", {}),
+        "quarantined": quarantined,
+        "sources": {
+            name.removeprefix("source:"): values
+            for name, values in counters.items() if name.startswith("source:")
+        } | {
+            name: {**counters.get(f"source:{name}", {}), **state}
+            for name, state in agent.get("sources", {}).items()
+        },
+        "outbox": {"commit_errors": counters.get("outbox", {}).get("commit_errors", 0),
+                   "last_error": agent.get("outbox_error")},
+        "modules": modules,
+    }
+
+
+def _daemon_state(agent: dict[str, Any], at: float | None, now: float) -> dict[str, Any]:
+    pid = agent.get("pid")
+    alive = bool(pid) and _pid_alive(int(pid)) and at is not None and now - at < STALE_AFTER
+    return {
+        "running": alive and bool(agent.get("running")),
+        "pid": pid if alive else None,
+        "version": agent.get("version"),
+        "started_at": agent.get("started_at"),
+        "last_report_at": at,
+    }
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

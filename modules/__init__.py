@@ -1,0 +1,1 @@
+"""The built-in processing modules, registered through the ``edge_agent.modules`` entry points."""

@@ -1,0 +1,1 @@
+"""Sensor and fleet simulators and fault tools for trying and testing Edge Agent."""
