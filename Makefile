@@ -1,0 +1,31 @@
+# One command for each habit; each creates the virtual environment it needs.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: test check bench demo clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+test: $(VENV)/.installed
+	scripts/ensure-deps.sh
+	$(PY) -m pytest
+
+check: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+bench: $(VENV)/.installed
+	scripts/ensure-deps.sh
+	$(PY) -m bench
+
+demo: $(VENV)/.installed
+	scripts/ensure-deps.sh
+	$(VENV)/bin/edge-agent run -c configs/simulated.toml
+
+clean:
+	rm -rf $(VENV) .demo build *.egg-info
