@@ -57,14 +57,22 @@ class Counters(Protocol):
 class Context(Protocol):
     """What the runtime hands a module instance."""
 
-    name: str
-    """The instance name from the config; also the stream name of what it emits."""
-    log: logging.Logger
-    """A child logger named after the instance."""
-    state: MutableMapping[str, Any]
-    """Persistent JSON-serialisable state: saved at every commit and after ``stop``, restored on
-    the next start of the same instance name."""
-    counters: Counters
+    @property
+    def name(self) -> str:
+        """The instance name from the config; also the stream name of what it emits."""
+
+    @property
+    def log(self) -> logging.Logger:
+        """A child logger named after the instance."""
+
+    @property
+    def state(self) -> MutableMapping[str, Any]:
+        """Persistent JSON-serialisable state, saved every few seconds and at shutdown, and
+        restored on the next start of the same instance name."""
+
+    @property
+    def counters(self) -> Counters:
+        """Named counters of this instance, shown by ``edge-agent status``."""
 
     def clock(self) -> float:
         """Now, in Unix seconds."""

@@ -111,7 +111,7 @@ def outbox(config_path: Path, as_json: bool, limit: int | None) -> None:
 @JSON_OPTION
 def modules(as_json: bool) -> None:
     """The modules available to ``use``, each with its config schema."""
-    listing = []
+    listing: list[dict[str, Any]] = []
     for name, target in sorted(available_modules().items()):
         try:
             cls = resolve_module(name)
@@ -147,7 +147,8 @@ def _format_status(state: dict[str, Any]) -> str:
         f"daemon      {'running, pid ' + str(daemon['pid']) if daemon['running'] else 'not running'}",
         f"backlog     {backlog['rows']} records, {backlog['bytes']} bytes"
         + (f", oldest {age:.0f} s old" if age is not None else ""),
-        f"last sync   {'none yet' if sync is None else _ago(sync['at']) + ', up to seq ' + str(sync['acked_seq'])}",
+        "last sync   "
+        + ("none yet" if sync is None else f"{_ago(sync['at'])}, up to seq {sync['acked_seq']}"),
         f"quarantined {state['quarantined']}",
         "dropped     " + (", ".join(f"{k} {v}" for k, v in sorted(state["dropped"].items())) or "none"),
     ]

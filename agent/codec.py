@@ -7,12 +7,22 @@ from typing import Any
 
 try:
     import orjson
-except ImportError:  # pragma: no cover - exercised on boards without the wheel
-    orjson = None  # type: ignore[assignment]
 
-if orjson is not None:
+    HAVE_ORJSON = True
+except ImportError:  # pragma: no cover - exercised on boards without the wheel
+    HAVE_ORJSON = False
+
+
+def _std_loads(data: bytes | bytearray | memoryview | str) -> Any:
+    return json.loads(bytes(data) if isinstance(data, memoryview) else data)
+
+
+def _std_dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+if HAVE_ORJSON:
     loads = orjson.loads
-    JSONDecodeError: type[ValueError] = orjson.JSONDecodeError
 
     def dumps(value: Any) -> str:
         return orjson.dumps(value).decode()
@@ -21,16 +31,11 @@ if orjson is not None:
         return orjson.dumps(value)
 
 else:  # pragma: no cover
-    JSONDecodeError = json.JSONDecodeError
-
-    def loads(data: bytes | bytearray | memoryview | str) -> Any:  # type: ignore[misc]
-        return json.loads(bytes(data) if isinstance(data, memoryview) else data)
-
-    def dumps(value: Any) -> str:
-        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    loads = _std_loads
+    dumps = _std_dumps
 
     def dumps_bytes(value: Any) -> bytes:
-        return dumps(value).encode()
+        return _std_dumps(value).encode()
 
 
-__all__ = ["JSONDecodeError", "dumps", "dumps_bytes", "loads"]
+__all__ = ["HAVE_ORJSON", "dumps", "dumps_bytes", "loads"]

@@ -10,6 +10,7 @@ pending records exceed their bound, producers wait, which stops the sources read
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 import time
@@ -77,10 +78,8 @@ class Committer:
     async def run(self) -> None:
         """Commit on every interval or wake-up until ``stop``."""
         while not self._stopping:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.config.commit_interval)
-            except TimeoutError:
-                pass
             self._wake.clear()
             await self.commit()
 

@@ -4,6 +4,7 @@ and keeps the daemon running whatever the module does (see the promises in ``age
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import traceback
@@ -106,10 +107,8 @@ class ModuleRunner:
             if batch is None:
                 wait = next_tick - time.monotonic()
                 if wait > 0:
-                    try:
+                    with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self.queue.wait_nonempty(), wait)
-                    except TimeoutError:
-                        pass
                     continue
             try:
                 if batch is not None:
@@ -167,7 +166,7 @@ class ModuleRunner:
         while start < end:
             index = start
             try:
-                for index in range(start, end):  # noqa: B007  # index names the culprit below
+                for index in range(start, end):  # index names the culprit below
                     process(batch[index])
                 self._errors_in_a_row = 0
                 return

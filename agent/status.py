@@ -39,7 +39,9 @@ def read_status(data_dir: Path, now: float | None = None) -> dict[str, Any]:
         "backlog": {
             "rows": backlog["rows"],
             "bytes": backlog["bytes"],
-            "oldest_unsent_age_s": None if backlog["oldest_ts"] is None else max(0.0, now - backlog["oldest_ts"]),
+            "oldest_unsent_age_s": (
+                None if backlog["oldest_ts"] is None else max(0.0, now - backlog["oldest_ts"])
+            ),
             "first_seq": backlog["first_seq"],
             "last_seq": last_seq,
         },
@@ -61,7 +63,7 @@ def read_status(data_dir: Path, now: float | None = None) -> dict[str, Any]:
 
 def _daemon_state(agent: dict[str, Any], at: float | None, now: float) -> dict[str, Any]:
     pid = agent.get("pid")
-    alive = bool(pid) and _pid_alive(int(pid)) and at is not None and now - at < STALE_AFTER
+    alive = isinstance(pid, int) and _pid_alive(pid) and at is not None and now - at < STALE_AFTER
     return {
         "running": alive and bool(agent.get("running")),
         "pid": pid if alive else None,

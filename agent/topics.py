@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 
 
@@ -24,9 +25,9 @@ def matches(topic_filter: str, topic: str) -> bool:
 
 
 @lru_cache(maxsize=1024)
-def _matcher(topic_filter: str):  # type: ignore[no-untyped-def]  # returns a small closure
+def _matcher(topic_filter: str) -> Callable[[str], bool]:
     if "+" not in topic_filter and "#" not in topic_filter:
-        return topic_filter.__eq__
+        return lambda topic: topic == topic_filter
     pattern = topic_filter.split("/")
 
     def match(topic: str) -> bool:

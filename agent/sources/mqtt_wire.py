@@ -238,7 +238,7 @@ class SubscriberProtocol(asyncio.Protocol):
                 raise MqttProtocolError(f"the broker refused the subscription to {', '.join(refused)}")
             if not self.ready.done():
                 self.ready.set_result(self._session_present)
-        elif kind == PINGRESP or kind == PUBACK:
+        elif kind in (PINGRESP, PUBACK):
             pass
         else:
             raise MqttProtocolError(f"unexpected packet type 0x{header:02x}")
