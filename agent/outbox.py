@@ -305,8 +305,11 @@ class Outbox:
             "SELECT id, module, topic, ts, data, error, at FROM quarantine ORDER BY id DESC LIMIT ?",
             (limit,),
         )
-        keys = ("id", "module", "topic", "ts", "data", "error", "at")
-        return [dict(zip(keys, row, strict=True)) for row in rows]
+        return [
+            {"id": id_, "module": module, "topic": topic, "ts": ts, "data": codec.loads(data),
+             "error": error, "at": at}
+            for id_, module, topic, ts, data, error, at in rows
+        ]
 
     def quarantine_count(self) -> int:
         return self._scalar("SELECT count(*) FROM quarantine")

@@ -117,11 +117,7 @@ class SubscriberProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._keepalive_timer:
             self._keepalive_timer.cancel()
-        failure = exc or ConnectionResetError("the broker closed the connection")
-        if not self.ready.done():
-            self.ready.set_exception(failure)
-        if not self.closed.done():
-            self.closed.set_result(None) if exc is None else self.closed.set_exception(exc)
+        self._settle(exc or ConnectionResetError("the broker closed the connection"), clean=exc is None)
 
     def data_received(self, data: bytes) -> None:
         self._last_in = time.monotonic()
@@ -265,9 +261,18 @@ class SubscriberProtocol(asyncio.Protocol):
             self._last_out = time.monotonic()
 
     def _fail(self, exc: Exception) -> None:
-        if not self.closed.done():
-            self.closed.set_exception(exc)
-        if not self.ready.done():
-            self.ready.set_exception(exc)
+        self._settle(exc, clean=False)
         if self._transport:
             self._transport.abort()
+
+    def _settle(self, exc: Exception, clean: bool) -> None:
+        """Resolve ``ready`` and ``closed``; the reason goes to whichever someone awaits now."""
+        if not self.ready.done():
+            self.ready.set_exception(exc)
+            if not self.closed.done():
+                self.closed.set_result(None)
+        elif not self.closed.done():
+            if clean:
+                self.closed.set_result(None)
+            else:
+                self.closed.set_exception(exc)

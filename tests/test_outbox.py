@@ -1,0 +1,114 @@
+"""The outbox file: transactions, seq that only grows, the byte budget, batches, read-only use."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from agent.errors import OutboxError
+from agent.outbox import Changes, Outbox, Quarantined
+
+
+def add(box: Outbox, n: int, stream: str = "s", payload: str = "x") -> None:
+    box.commit(Changes(records=[(stream, float(i), {"i": i, "p": payload}) for i in range(n)]))
+
+
+def seqs(box: Outbox) -> list[int]:
+    return [r.seq for r in box.unsent()]
+
+
+def test_seq_only_grows_across_acks_and_reopen(tmp_path):
+    box = Outbox.open(tmp_path)
+    add(box, 5)
+    assert seqs(box) == [1, 2, 3, 4, 5]
+    assert box.acknowledge(5) == 5
+    assert seqs(box) == [] and box.last_seq() == 5
+    box.close()
+
+    box = Outbox.open(tmp_path)
+    add(box, 2)
+    assert seqs(box) == [6, 7]  # never reused, even with the table empty in between
+    assert box.meta("last_ack_seq") == 5
+    box.close()
+
+
+def test_a_commit_is_all_or_nothing(tmp_path):
+    box = Outbox.open(tmp_path)
+    add(box, 3)
+    bad = Changes(records=[("s", 1.0, {"ok": 1}), ("s", 2.0, {"bad": object()})])
+    with pytest.raises(TypeError):
+        box.commit(bad)
+    assert seqs(box) == [1, 2, 3]
+    assert box.backlog()["rows"] == 3
+    box.close()
+
+
+def test_counters_quarantine_state_and_health_commit_with_the_records(tmp_path):
+    box = Outbox.open(tmp_path)
+    changes = Changes(records=[("s", 1.0, {"v": 1})])
+    changes.counters[("dropped", "not_json")] = 2
+    changes.quarantined.append(Quarantined("m", "sensors/t1", 1.0, {"value": -1}, "ValueError: neg"))
+    changes.module_state["m"] = {"last": 3}
+    changes.health["agent"] = {"pid": 1}
+    box.commit(changes)
+    again = Changes()
+    again.counters[("dropped", "not_json")] = 3
+    box.commit(again)
+    assert box.counters() == {"dropped": {"not_json": 5}}
+    assert box.quarantine_count() == 1 and box.quarantined()[0]["error"] == "ValueError: neg"
+    assert box.module_states() == {"m": {"last": 3}}
+    assert box.health()["agent"][0] == {"pid": 1}
+    box.close()
+
+
+def test_the_byte_budget_drops_the_oldest_and_counts_them(tmp_path):
+    box = Outbox.open(tmp_path, max_bytes=10_000)
+    add(box, 100, payload="y" * 80)  # ~110 bytes each: 11 kB, over budget
+    backlog = box.backlog()
+    assert backlog["bytes"] <= 10_000
+    dropped = box.counters()["dropped"]["buffer_full"]
+    assert dropped >= 1 and backlog["rows"] == 100 - dropped
+    assert seqs(box)[0] == dropped + 1  # the oldest went first
+    ranges = box._conn.execute("SELECT first_seq, last_seq, reason FROM dropped_ranges").fetchall()
+    assert ranges == [(1, dropped, "buffer_full")]
+    box.close()
+
+
+def test_batches_are_bounded_and_end_batch_lets_go_only_what_was_accepted(tmp_path):
+    box = Outbox.open(tmp_path)
+    add(box, 50, payload="z" * 100)
+    batch = box.begin_batch(after_seq=0, max_records=20, max_bytes=1 << 20)
+    assert [r.seq for r in batch.records] == list(range(1, 21))
+    small = box.begin_batch(after_seq=20, max_records=100, max_bytes=500)
+    assert 1 <= len(small.records) < 10 and small.records[0].seq == 21
+    assert box.end_batch(batch, accepted_up_to=10) == 10
+    assert seqs(box)[0] == 11
+    box.close()
+
+
+def test_readonly_sees_what_the_writer_committed_and_refuses_a_missing_outbox(tmp_path):
+    writer = Outbox.open(tmp_path)
+    add(writer, 3)
+    reader = Outbox.open_readonly(tmp_path)
+    assert reader.backlog()["rows"] == 3
+    add(writer, 2)
+    assert reader.backlog()["rows"] == 5
+    with pytest.raises(sqlite3.OperationalError):
+        reader._conn.execute("DELETE FROM outbox")
+    reader.close()
+    writer.close()
+    with pytest.raises(OutboxError, match="no outbox yet"):
+        Outbox.open_readonly(tmp_path / "elsewhere")
+
+
+def test_wal_mode_and_a_file_that_is_not_a_database(tmp_path):
+    box = Outbox.open(tmp_path)
+    assert box._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert box.integrity_check() == "ok"
+    box.close()
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "outbox.db").write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(OutboxError, match="cannot open the outbox"):
+        Outbox.open(broken)
