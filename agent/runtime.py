@@ -32,6 +32,7 @@ from agent.topics import matches
 log = logging.getLogger(__name__)
 
 HEALTH_INTERVAL = 2.0
+READY_WAIT = 2.0  # ready once every source has connected or failed once, or after this
 STATE_INTERVAL = 5.0
 
 
@@ -63,6 +64,10 @@ class Pipeline:
             self._tasks.append(group.create_task(runner.run(), name=f"module:{runner.name}"))
         for source in self.sources:
             self._tasks.append(group.create_task(source.run(), name=f"source:{source.name}"))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(READY_WAIT):
+                for source in self.sources:
+                    await source.attempted.wait()
 
     async def stop(self) -> None:
         for source in self.sources:

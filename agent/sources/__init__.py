@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Protocol
 
 from agent.bus import Bus
@@ -15,6 +16,7 @@ class Source(Protocol):
     name: str
     connected: bool
     last_error: str | None
+    attempted: asyncio.Event
 
     async def run(self) -> None: ...
 

@@ -46,6 +46,8 @@ class MqttSource:
         self._resuming: asyncio.Task[None] | None = None
         self.connected = False
         self.last_error: str | None = None
+        self.attempted = asyncio.Event()
+        """Set once the first connection attempt has ended, either way."""
 
     async def run(self) -> None:
         """Stay connected until cancelled, reconnecting with backoff."""
@@ -60,6 +62,7 @@ class MqttSource:
                 session_present = await asyncio.wait_for(protocol.ready, self.config.keepalive)
                 self.connected, self.last_error = True, None
                 backoff.reset()
+                self.attempted.set()
                 self._log.info(
                     "subscribed to %s on %s (session %s)", ", ".join(self.config.topics),
                     self.config.url, "resumed" if session_present else "new",
@@ -70,6 +73,7 @@ class MqttSource:
                 self.connected = False
                 self.last_error = f"{self.config.url}: {exc}"
                 self._counters.incr(self._scope, "connect_errors")
+                self.attempted.set()
                 delay = backoff.next_delay()
                 self._log.warning("%s; reconnecting in %.1f s", self.last_error, delay)
                 await asyncio.sleep(delay)

@@ -30,6 +30,8 @@ class SimulatorSource:
         ]
         self.connected = True
         self.last_error: str | None = None
+        self.attempted = asyncio.Event()
+        self.attempted.set()
 
     async def run(self) -> None:
         due = 0.0  # readings owed per sensor, carried between ticks so any rate comes out right
