@@ -70,6 +70,8 @@ class MqttSource:
                 await protocol.closed
                 raise ConnectionResetError("the broker closed the connection")
             except (OSError, TimeoutError, MqttProtocolError, ssl.SSLError) as exc:
+                if self._protocol:
+                    self._protocol.abort()
                 self.connected = False
                 self.last_error = f"{self.config.url}: {exc}"
                 self._counters.incr(self._scope, "connect_errors")
@@ -79,7 +81,7 @@ class MqttSource:
                 await asyncio.sleep(delay)
 
     def stop(self) -> None:
-        """Disconnect politely so the broker keeps the session for our return."""
+        """Disconnect cleanly, so the broker keeps the session for our return."""
         if self._protocol:
             self._protocol.disconnect()
         self.connected = False

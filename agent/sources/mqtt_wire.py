@@ -152,10 +152,15 @@ class SubscriberProtocol(asyncio.Protocol):
             self._transport.resume_reading()
 
     def disconnect(self) -> None:
-        """Close politely: the broker keeps the session and does not fire a will."""
+        """Close cleanly: the broker keeps the session and does not fire a will."""
         if self._transport and not self._transport.is_closing():
             self._transport.write(DISCONNECT)
             self._transport.close()
+
+    def abort(self) -> None:
+        """Drop the connection at once (a connect that timed out, a dead link)."""
+        if self._transport and not self._transport.is_closing():
+            self._transport.abort()
 
     # -- parsing -------------------------------------------------------------------------------
 
