@@ -1,126 +1,338 @@
-"""Tumbling windows by reading time, per sensor, with summary statistics."""
+"""Tumbling and hopping windows by reading time, per sensor, with summary statistics."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
-from agent import Duration, Module, ModuleConfig, PositiveDuration, Record
+from agent import Context, Duration, Module, ModuleConfig, PositiveDuration, Record
+from modules._quantiles import QuantileSketch, SketchShape
 
-Stat = Literal["count", "sum", "mean", "min", "max", "stddev", "first", "last"]
+Stat = Literal[
+    "count", "sum", "mean", "min", "max", "stddev", "first", "last", "p50", "p90", "p95", "p99"
+]
+QUANTILES = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
+MAX_PANES = 1000
 
-# An open window's accumulator, a list for speed: values are shifted by the first one, which
-# keeps the sum of squares (and so the stddev) exact for large values with small spread.
-_N, _SUM, _SQ, _MIN, _MAX, _FIRST, _LAST, _LAST_TS = range(8)
+# An open pane's accumulator, a list for speed. Values are summed shifted by the pane's first
+# value, which keeps the sum of squares (and so the stddev) exact for large values with a small
+# spread. A window is its pane when tumbling, or the merge of its panes when hopping.
+_N, _SUM, _SQ, _MIN, _MAX, _FIRST, _FIRST_TS, _LAST, _LAST_TS, _SHIFT, _SKETCH = range(11)
+
+
+def _micros(seconds: float) -> int:
+    return round(seconds * 1_000_000)
 
 
 class WindowConfig(ModuleConfig):
     every: PositiveDuration = 60.0
     """Window length: "10s", "1m", "1h"."""
-    stats: Annotated[list[Stat], Field(min_length=1)] = ["count", "mean", "min", "max"]
+    hop: PositiveDuration | None = None
+    """A window starts every ``hop`` (hopping windows overlap); unset, windows are back to back."""
+    stats: Annotated[tuple[Stat, ...], Field(min_length=1)] = ("count", "mean", "min", "max")
+    """Statistics to emit, each under its own name."""
     lateness: Duration = 0.0
     """How far behind a sensor's newest reading a reading may be and still count."""
     timeout: Duration = 5.0
-    """With no newer reading, a window closes this long after its end, by the clock."""
+    """With no newer reading, a sensor's windows close this long after their end, counting
+    from the sensor's newest reading plus the time since it arrived."""
+    quantile_accuracy: Annotated[float, Field(ge=0.0005, le=0.05)] = 0.01
+    """Error bound of p50...p99 past 256 readings a window, as a fraction of the window's range."""
+    max_sensors: Annotated[int, Field(ge=1)] = 100_000
+    """Readings of further sensors are dropped and counted as ``too_many_sensors``."""
+
+    @field_validator("stats")
+    @classmethod
+    def _unique(cls, stats: tuple[str, ...]) -> tuple[str, ...]:
+        repeated = sorted({stat for stat in stats if stats.count(stat) > 1})
+        if repeated:
+            raise ValueError(f"{', '.join(repeated)} asked for more than once")
+        return stats
+
+    @model_validator(mode="after")
+    def _hop_fits(self) -> WindowConfig:
+        if self.hop is None:
+            return self
+        if self.hop > self.every:
+            raise ValueError(f"hop ({self.hop:g} s) must not be longer than every ({self.every:g} s)")
+        pane = math.gcd(_micros(self.every), _micros(self.hop))
+        if _micros(self.every) // pane > MAX_PANES:
+            raise ValueError(
+                f"every ({self.every:g} s) and hop ({self.hop:g} s) share no common step of at "
+                f"least every/{MAX_PANES}: pick a hop that divides every more evenly"
+            )
+        return self
+
+
+class _Sensor:
+    """What a window module keeps per sensor."""
+
+    __slots__ = ("arrived", "closed_until", "cur", "cur_start", "newest", "next_close", "panes")
+
+    def __init__(self) -> None:
+        self.panes: dict[float, list[Any]] = {}
+        self.cur_start = -math.inf  # the pane the last reading went to, and its accumulator
+        self.cur: list[Any] = []
+        self.newest = -math.inf  # newest reading time
+        self.arrived = -math.inf  # clock time when the newest reading arrived
+        self.closed_until = -math.inf  # end of the last emitted window
+        self.next_close = math.inf  # end of the earliest window still open
 
 
 class Window(Module[WindowConfig]):
-    """Summarises each sensor's readings over fixed, back-to-back windows of reading time.
+    """Summarises each sensor's readings over windows of reading time.
 
-    Emits one record per sensor and window with ``sensor``, ``start``, ``end``, ``count`` and
-    each requested statistic by name. Windows with no readings emit nothing. A reading for a
-    window already emitted is counted as ``late`` and left out.
+    Emits one record per sensor and window, at the window's end, with ``sensor``, ``start``,
+    ``end``, ``count`` and each requested statistic by name; windows with no readings emit
+    nothing. A window closes when a reading of the same sensor arrives past its end plus
+    ``lateness``, or ``timeout`` after that when the sensor goes quiet, or at ``stop``. A reading
+    for a window already emitted is counted as ``late`` and left out. Readings whose value is not
+    a number are counted as ``not_a_number``, NaN and infinities as ``not_finite``.
     """
 
     Config = WindowConfig
-    description = "Tumbling windows per sensor: count, sum, mean, min, max, stddev, first, last."
+    description = "Tumbling or hopping windows per sensor: count, sum, mean, min, max, stddev, " \
+        "first, last, p50, p90, p95, p99."
 
-    def __init__(self, config: WindowConfig, context: Any) -> None:
+    def __init__(self, config: WindowConfig, context: Context) -> None:
         super().__init__(config, context)
-        self._open: dict[str, dict[float, list[float]]] = {}
-        self._newest: dict[str, float] = {}  # per sensor: newest reading time seen
-        self._closed_until: dict[str, float] = {}  # per sensor: end of the last emitted window
+        every = config.every
+        hop = config.hop if config.hop is not None else every
+        self._every = every
+        self._hop = hop
+        pane = math.gcd(_micros(every), _micros(hop))
+        self._pane = pane / 1_000_000
+        self._every_panes = _micros(every) // pane
+        self._hop_panes = _micros(hop) // pane
+        self._tumbling = self._every_panes == 1
+        self._quantiles = [stat for stat in config.stats if stat in QUANTILES]
+        self._shape = SketchShape(config.quantile_accuracy) if self._quantiles else None
+        self._sensors: dict[str, _Sensor] = {}
+        self._counters = context.counters
 
     def process(self, record: Record) -> None:
-        data = record.data
-        value = data.get("value")
-        if type(value) is not float and type(value) is not int or not math.isfinite(value):
-            self.context.counters.incr("not_a_number")
-            return
-        sensor = data.get("sensor", record.topic)
-        ts = record.ts
-        every = self.config.every
-        start = ts - ts % every
-        if start < self._closed_until.get(sensor, -math.inf):
-            self.context.counters.incr("late")
-            return
-        windows = self._open.get(sensor)
-        if windows is None:
-            windows = self._open[sensor] = {}
-        acc = windows.get(start)
-        if acc is None:
-            windows[start] = [1, 0.0, 0.0, value, value, value, value, ts]
-        else:
-            shifted = value - acc[_FIRST]
-            acc[_N] += 1
-            acc[_SUM] += shifted
-            acc[_SQ] += shifted * shifted
-            if value < acc[_MIN]:
-                acc[_MIN] = value
-            elif value > acc[_MAX]:
-                acc[_MAX] = value
-            if ts >= acc[_LAST_TS]:
-                acc[_LAST], acc[_LAST_TS] = value, ts
-        newest = self._newest.get(sensor)
-        if newest is None or ts > newest:
-            self._newest[sensor] = ts
-            if len(windows) > 1:
-                self._close(sensor, ts - self.config.lateness)
+        self.process_batch((record,))
+
+    def process_batch(self, records: Iterable[Record]) -> None:
+        now = self.context.clock()
+        sensors = self._sensors
+        pane = self._pane
+        lateness = self.config.lateness
+        shape = self._shape
+        for record in records:
+            data = record[2]
+            value = data.get("value")
+            kind = type(value)
+            if kind is not float:
+                if kind is not int:  # bool, str, None, ...: type(True) is bool, not int
+                    self._counters.incr("not_a_number")
+                    continue
+                value = float(value)
+            if value - value != 0.0:  # NaN or an infinity
+                self._counters.incr("not_finite")
+                continue
+            ts = record[1]
+            sensor = data.get("sensor") or record[0]
+            state = sensors.get(sensor)
+            if state is None:
+                state = self._new_sensor(sensor)
+                if state is None:
+                    continue
+            start = ts // pane * pane  # the same float for the same pane, always
+            if start == state.cur_start:
+                acc = state.cur
+                shifted = value - acc[_SHIFT]
+                acc[_N] += 1
+                acc[_SUM] += shifted
+                acc[_SQ] += shifted * shifted
+                if value < acc[_MIN]:
+                    acc[_MIN] = value
+                elif value > acc[_MAX]:
+                    acc[_MAX] = value
+                if ts >= acc[_LAST_TS]:
+                    acc[_LAST], acc[_LAST_TS] = value, ts
+                elif ts < acc[_FIRST_TS]:
+                    acc[_FIRST], acc[_FIRST_TS] = value, ts
+                if shape is not None:
+                    acc[_SKETCH].add(value)
+            elif not self._add_to_other_pane(state, start, value, ts):
+                continue
+            if ts > state.newest:
+                state.newest = ts
+                state.arrived = now
+                if ts - lateness >= state.next_close:
+                    self._close(sensor, state, ts - lateness)
+            elif ts == state.newest:
+                state.arrived = now
 
     def tick(self, now: float) -> None:
-        horizon = now - self.config.timeout - self.config.lateness
-        for sensor in list(self._open):
-            self._close(sensor, horizon)
+        wait = self.config.timeout + self.config.lateness
+        for sensor, state in list(self._sensors.items()):
+            # The sensor's own time, moved on by the clock time since its newest reading came:
+            # right for live readings and for a backlog of old ones alike.
+            estimate = state.newest + max(0.0, now - state.arrived)
+            if estimate - wait >= state.next_close:
+                self._close(sensor, state, estimate - wait)
 
     async def stop(self) -> None:
-        for sensor in list(self._open):
-            self._close(sensor, math.inf)
+        for sensor, state in list(self._sensors.items()):
+            if state.panes:
+                self._close(sensor, state, math.inf)
 
-    def _close(self, sensor: str, watermark: float) -> None:
+    # -- panes and windows -----------------------------------------------------------------
+
+    def _new_sensor(self, sensor: str) -> _Sensor | None:
+        if len(self._sensors) >= self.config.max_sensors:
+            self._counters.incr("too_many_sensors")
+            return None
+        state = self._sensors[sensor] = _Sensor()
+        return state
+
+    def _add_to_other_pane(self, state: _Sensor, start: float, value: float, ts: float) -> bool:
+        """The slow path: a reading for another pane than the last one. False if late."""
+        if start < state.closed_until:
+            self._counters.incr("late")
+            return False
+        acc = state.panes.get(start)
+        if acc is None:
+            sketch = None
+            if self._shape is not None:
+                sketch = QuantileSketch(self._shape, None if self._tumbling else self._ref(state))
+                sketch.add(value)
+            state.panes[start] = [1, 0.0, 0.0, value, value, value, ts, value, ts, value, sketch]
+            state.next_close = min(state.next_close, self._first_window_end(start))
+        else:
+            acc[_N] += 1
+            shifted = value - acc[_SHIFT]
+            acc[_SUM] += shifted
+            acc[_SQ] += shifted * shifted
+            acc[_MIN] = min(acc[_MIN], value)
+            acc[_MAX] = max(acc[_MAX], value)
+            if ts >= acc[_LAST_TS]:
+                acc[_LAST], acc[_LAST_TS] = value, ts
+            elif ts < acc[_FIRST_TS]:
+                acc[_FIRST], acc[_FIRST_TS] = value, ts
+            if acc[_SKETCH] is not None:
+                acc[_SKETCH].add(value)
+        state.cur_start, state.cur = start, state.panes[start]
+        return True
+
+    @staticmethod
+    def _ref(state: _Sensor) -> float | None:
+        """The reference of the sensor's open pane sketches, so that panes merge exactly."""
+        for acc in state.panes.values():
+            if acc[_SKETCH] is not None and acc[_SKETCH].ref is not None:
+                ref: float = acc[_SKETCH].ref
+                return ref
+        return None
+
+    def _first_window_end(self, pane_start: float) -> float:
+        """The end of the earliest window that holds the pane starting at ``pane_start``."""
+        index = round(pane_start / self._pane)
+        hop, every = self._hop_panes, self._every_panes
+        first = -((every - index - 1) // hop)  # ceil((index + 1 - every) / hop)
+        return (first * hop + every) * self._pane
+
+    def _close(self, sensor: str, state: _Sensor, watermark: float) -> None:
         """Emit, oldest first, every window of ``sensor`` that ends at or before ``watermark``."""
-        windows = self._open[sensor]
-        every = self.config.every
-        for start in sorted(windows):
-            end = start + every
-            if end > watermark:
-                break
-            self.context.emit(self._summary(sensor, start, end, windows.pop(start)), ts=end)
-            self._closed_until[sensor] = end
-        if not windows:
-            del self._open[sensor]
+        if self._tumbling:
+            self._close_tumbling(sensor, state, watermark)
+        else:
+            self._close_hopping(sensor, state, watermark)
+        state.cur_start, state.cur = -math.inf, []
+        if not state.panes:
+            state.next_close = math.inf
 
-    def _summary(self, sensor: str, start: float, end: float, acc: list[float]) -> dict[str, Any]:
-        count = int(acc[_N])
+    def _close_tumbling(self, sensor: str, state: _Sensor, watermark: float) -> None:
+        panes, pane = state.panes, self._pane
+        for start in sorted(panes):
+            end = (round(start / pane) + 1) * pane  # exactly the next window's start
+            if end > watermark:
+                state.next_close = end
+                return
+            self.context.emit(self._summary(sensor, start, end, panes.pop(start)), ts=end)
+            state.closed_until = end
+
+    def _close_hopping(self, sensor: str, state: _Sensor, watermark: float) -> None:
+        """Windows are ``every`` panes long and start every ``hop`` panes; all the arithmetic is
+        on pane numbers, so window bounds and pane starts compare exactly."""
+        panes, pane = state.panes, self._pane
+        hop, every = self._hop_panes, self._every_panes
+        while panes:
+            end = round(self._first_window_end(min(panes)) / pane)
+            if state.closed_until > -math.inf:
+                closed = round(state.closed_until / pane)
+                end = max(end, closed + hop)  # windows up to `closed` are out already
+            if end * pane > watermark:
+                state.next_close = end * pane
+                return
+            start, end_ts = (end - every) * pane, end * pane
+            inside = [panes[key] for key in sorted(panes) if start <= key < end_ts]
+            if inside:
+                self.context.emit(self._summary(sensor, start, end_ts, _merged(inside)), ts=end_ts)
+            state.closed_until = end_ts
+            keep_from = (end - every + hop) * pane  # later windows start here or after
+            for key in [key for key in panes if key < keep_from]:
+                del panes[key]
+
+    def _summary(self, sensor: str, start: float, end: float, acc: list[Any]) -> dict[str, Any]:
+        count = acc[_N]
         summary: dict[str, Any] = {"sensor": sensor, "start": start, "end": end, "count": count}
-        first = acc[_FIRST]
+        shift = acc[_SHIFT]
+        mean_shifted = acc[_SUM] / count
+        quantiles: dict[str, float] = {}
+        if self._quantiles:
+            values = acc[_SKETCH].quantiles(
+                [QUANTILES[name] for name in self._quantiles], acc[_MIN], acc[_MAX]
+            )
+            quantiles = dict(zip(self._quantiles, values, strict=True))
         for stat in self.config.stats:
             if stat == "count":
                 continue
             if stat == "sum":
-                summary[stat] = first * count + acc[_SUM]
+                summary[stat] = shift * count + acc[_SUM]
             elif stat == "mean":
-                summary[stat] = first + acc[_SUM] / count
+                summary[stat] = shift + mean_shifted
             elif stat == "min":
                 summary[stat] = acc[_MIN]
             elif stat == "max":
                 summary[stat] = acc[_MAX]
             elif stat == "stddev":
-                mean_shift = acc[_SUM] / count
-                summary[stat] = math.sqrt(max(acc[_SQ] / count - mean_shift * mean_shift, 0.0))
+                summary[stat] = math.sqrt(max(acc[_SQ] / count - mean_shifted * mean_shifted, 0.0))
             elif stat == "first":
-                summary[stat] = first
+                summary[stat] = acc[_FIRST]
             elif stat == "last":
                 summary[stat] = acc[_LAST]
+            else:
+                summary[stat] = quantiles[stat]
         return summary
+
+
+def _merged(accs: list[list[Any]]) -> list[Any]:
+    """One accumulator for several panes, shifted by the first pane's shift."""
+    if len(accs) == 1:
+        return accs[0]
+    first = accs[0]
+    out = list(first)
+    sketch = first[_SKETCH]
+    if sketch is not None:
+        out[_SKETCH] = copy = QuantileSketch(sketch.shape, sketch.ref)
+        copy.merge(sketch)
+    shift = out[_SHIFT]
+    for acc in accs[1:]:
+        n, delta = acc[_N], acc[_SHIFT] - shift
+        out[_SQ] += acc[_SQ] + 2 * delta * acc[_SUM] + n * delta * delta
+        out[_SUM] += acc[_SUM] + n * delta
+        out[_N] += n
+        out[_MIN] = min(out[_MIN], acc[_MIN])
+        out[_MAX] = max(out[_MAX], acc[_MAX])
+        if acc[_FIRST_TS] < out[_FIRST_TS]:
+            out[_FIRST], out[_FIRST_TS] = acc[_FIRST], acc[_FIRST_TS]
+        if acc[_LAST_TS] >= out[_LAST_TS]:
+            out[_LAST], out[_LAST_TS] = acc[_LAST], acc[_LAST_TS]
+        if sketch is not None:
+            out[_SKETCH].merge(acc[_SKETCH])
+    return out
