@@ -2,9 +2,108 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import json
+import logging
 import sys
 
+import click
 
-def main() -> None:
-    print("edge-sim: not yet available in this version", file=sys.stderr)
-    sys.exit(1)
+from simulators.addresses import AddressError, broker_address, host_port
+from simulators.publisher import PublishError
+from simulators.sensor_set import SensorOptions
+from simulators.sensors import run_sensors
+from simulators.signals import KINDS
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Log debug detail on stderr.")
+def main(verbose: bool) -> None:
+    """Simulated sensors, fleets and link faults for trying and testing Edge Agent."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@main.command()
+@click.option("--broker", default="mqtt://127.0.0.1:1883", show_default=True, help="Broker URL.")
+@click.option("--sensors", "count", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=1.0,
+              show_default=True, help="Readings per second for each sensor.")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=60.0,
+              show_default=True, help="Seconds to publish for.")
+@click.option("--qos", type=click.IntRange(0, 2), default=1, show_default=True)
+@click.option("--seed", type=int, default=None, help="Same seed, same readings (random if unset).")
+@click.option("--malformed", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Share of payloads that are broken on purpose.")
+@click.option("--prefix", default="sensors/", show_default=True, help="Topic prefix.")
+@click.option("--kinds", default=",".join(KINDS), show_default=True,
+              help="Sensor kinds, assigned to sensors in turn.")
+@click.option("--faults/--no-faults", default=True, show_default=True,
+              help="Spikes, one stuck sensor, dropouts.")
+@click.option("--time-scale", type=click.FloatRange(min=0, min_open=True), default=1.0,
+              show_default=True, help="Signal time per second (3600: a day in 24 s).")
+@click.option("--window", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Unacknowledged publishes allowed at QoS 1 and 2.")
+@click.option("--processes", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Publishing processes sharing the sensors, for rates one process cannot keep.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+def sensors(broker: str, count: int, rate: float, duration: float, qos: int, seed: int | None,
+            malformed: float, prefix: str, kinds: str, faults: bool, time_scale: float,
+            window: int, processes: int, as_json: bool) -> None:
+    """Publish realistic readings to sensors/<sensor-id>, then report what was sent."""
+    try:
+        host, port = broker_address(broker)
+        options = SensorOptions(
+            host=host, port=port, sensors=count, rate=rate, duration=duration, qos=qos,
+            seed=seed, malformed=malformed, prefix=prefix,
+            kinds=tuple(k.strip() for k in kinds.split(",") if k.strip()), faults=faults,
+            time_scale=time_scale, window=window, processes=processes,
+        )
+        report = run_sensors(options)
+    except (AddressError, ValueError) as error:
+        raise click.UsageError(str(error)) from None
+    except PublishError as error:
+        raise click.ClickException(str(error)) from None
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(report), indent=2))
+    else:
+        click.echo(report.summary())
+
+
+@main.command()
+@click.option("--listen", required=True, help="HOST:PORT to accept on (loopback only).")
+@click.option("--target", required=True, help="HOST:PORT to forward to (the broker).")
+@click.option("--control", default=None, help="HOST:PORT for line commands (loopback only).")
+@click.option("--schedule", default="", help='Mode changes by time, e.g. "60:halfopen,90:pass".')
+def link(listen: str, target: str, control: str | None, schedule: str) -> None:
+    """A TCP proxy that passes, delays, throttles, drops or goes half-open on command."""
+    from simulators.link_cli import serve_link  # asyncio and the proxy only when asked for
+
+    try:
+        asyncio.run(serve_link(host_port(listen), host_port(target),
+                               host_port(control) if control else None, schedule))
+    except (AddressError, ValueError) as error:
+        raise click.UsageError(str(error)) from None
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command()
+@click.argument("control")
+@click.argument("command", nargs=-1, required=True)
+def linkctl(control: str, command: tuple[str, ...]) -> None:
+    """Send COMMAND (pass, delay MS, throttle BYTES_PER_S, drop, halfopen, status) to a link
+    proxy's CONTROL address and print its answer."""
+    from simulators.link_control import send_command
+
+    try:
+        answer = send_command(host_port(control), " ".join(command))
+    except (AddressError, OSError) as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(answer)
+    if not answer.startswith("ok"):
+        sys.exit(1)

@@ -1,0 +1,5 @@
+"""``python -m simulators`` is ``edge-sim``."""
+
+from simulators.cli import main
+
+main()
