@@ -94,8 +94,8 @@ class Window(Module[WindowConfig]):
     """
 
     Config = WindowConfig
-    description = "Tumbling or hopping windows per sensor: count, sum, mean, min, max, stddev, " \
-        "first, last, p50, p90, p95, p99."
+    description = "Tumbling or hopping windows per sensor: count, mean, min, max, stddev, first, " \
+        "last, p50...p99."
 
     def __init__(self, config: WindowConfig, context: Context) -> None:
         super().__init__(config, context)

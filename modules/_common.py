@@ -1,0 +1,71 @@
+"""Small pieces the built-in modules share: reading a value, naming a sensor, picking sensors."""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import re
+from collections.abc import Sequence
+from typing import Annotated
+
+from pydantic import AfterValidator, Field
+
+from agent import Counters, Record
+
+NOT_A_NUMBER = "not_a_number"
+"""Counter: the record's ``value`` is missing or not a number (a string, a bool, null...)."""
+NOT_FINITE = "not_finite"
+"""Counter: the value is NaN or an infinity."""
+OUT_OF_ORDER = "out_of_order"
+"""Counter: the reading is older than one already seen from the same sensor."""
+TOO_MANY_SENSORS = "too_many_sensors"
+"""Counter: a reading from a new sensor beyond the module's ``max_sensors``."""
+
+
+def value_of(record: Record, counters: Counters) -> float | None:
+    """The record's ``value`` as a finite float, or None after counting why it is not one."""
+    value = record.data.get("value")
+    kind = type(value)
+    if kind is not float and kind is not int:  # type(True) is bool: not a reading
+        counters.incr(NOT_A_NUMBER)
+        return None
+    if not math.isfinite(value):
+        counters.incr(NOT_FINITE)
+        return None
+    return float(value)
+
+
+def sensor_of(record: Record) -> str:
+    """The sensor a record is about: its ``sensor`` field, else its topic."""
+    sensor = record.data.get("sensor")
+    return sensor if type(sensor) is str and sensor else record.topic
+
+
+def _check_patterns(patterns: tuple[str, ...]) -> tuple[str, ...]:
+    for pattern in patterns:
+        if not pattern:
+            raise ValueError("a sensor pattern cannot be empty")
+    return patterns
+
+
+SensorPatterns = Annotated[tuple[str, ...], Field(min_length=1), AfterValidator(_check_patterns)]
+"""Sensor ids or shell-style patterns: ``"t1"``, ``"boiler-*"``, ``"line?/temp"``."""
+
+
+class SensorSelector:
+    """Which sensors a list of patterns picks, remembered per sensor (ids repeat a lot)."""
+
+    def __init__(self, patterns: Sequence[str]) -> None:
+        self._everything = "*" in patterns
+        self._regex = re.compile("|".join(fnmatch.translate(p) for p in patterns))
+        self._cache: dict[str, bool] = {}
+
+    def __call__(self, sensor: str) -> bool:
+        if self._everything:
+            return True
+        hit = self._cache.get(sensor)
+        if hit is None:
+            if len(self._cache) > 100_000:
+                self._cache.clear()
+            hit = self._cache[sensor] = self._regex.match(sensor) is not None
+        return hit
