@@ -168,3 +168,6 @@ def _format_status(state: dict[str, Any]) -> str:
 
 def _ago(at: float | None) -> str:
     return "?" if at is None else f"{time.time() - at:.0f} s ago"
+
+
+from agent import cli_sync  # noqa: E402,F401  (registers `edge-agent sync`)

@@ -172,9 +172,41 @@ class BufferConfig(_Section):
 
 
 class CloudConfig(BrokerLogin):
-    """The cloud broker that summaries are synced to."""
+    """The cloud broker that summaries are synced to, and how the uploader paces itself.
 
-    prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_/-]{1,64}$")] = "edge"
+    Sizes are bytes ("256kB"), durations seconds ("500ms", "15s"). See docs/protocol.md."""
+
+    prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,32}(/[A-Za-z0-9_-]{1,32}){0,3}$")] = "edge"
+    protocol: Literal["auto", "5", "3.1.1"] = "auto"
+    """MQTT version: ``auto`` tries 5 and falls back to 3.1.1 when the broker refuses it."""
+    session_expiry: Duration = 7 * 86400.0
+    """MQTT 5: how long the broker keeps the device's session while it is away."""
+    batch_records: Annotated[int, Field(ge=1, le=100_000)] = 1000
+    batch_bytes: Annotated[Size, Field(ge=1024)] = 512_000
+    """Bound on a batch's records before compression."""
+    batch_delay: Duration = 0.5
+    """A batch that is not full waits at most this long for more records."""
+    max_message_bytes: Annotated[Size, Field(ge=1024)] = 256_000
+    """The largest payload sent (after compression); set it at or below the broker's limit
+    (Mosquitto ``message_size_limit``). A record that alone does not fit is set aside."""
+    compression: Literal["auto", "zstd", "zlib", "none"] = "auto"
+    """``auto``: zstd when the ``zstandard`` package is installed, zlib otherwise."""
+    window: Annotated[int, Field(ge=1, le=1000)] = 16
+    """Messages published and not yet acknowledged by the broker, at most."""
+    unacked_records: Annotated[int, Field(ge=1)] = 50_000
+    """Records sent and not yet covered by the cloud's ack, at most."""
+    resend_after: PositiveDuration = 15.0
+    """What the cloud has not acknowledged this long after sending is sent again."""
+    backlog_rate_bytes: Size = 2_000_000
+    """After an outage, the backlog is sent at most this many bytes per second (0: no limit);
+    records made since the reconnect go first, unthrottled."""
+    backlog_rate_messages: Annotated[float, Field(ge=0)] = 50.0
+    """...and at most this many messages per second (0: no limit)."""
+    heartbeat: PositiveDuration = 30.0
+    """The retained status is published on connect and at this interval."""
+    reconnect_min: PositiveDuration = 1.0
+    reconnect_max: PositiveDuration = 60.0
+    """Reconnect delays grow from ``reconnect_min`` to this, with full jitter."""
 
 
 class SupervisorConfig(_Section):

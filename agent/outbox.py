@@ -12,6 +12,7 @@ WAL mode lets them read while the daemon writes.
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -23,6 +24,7 @@ from agent import codec
 from agent.errors import OutboxError
 
 DB_NAME = "outbox.db"
+_MAX_SEQ = (1 << 63) - 1
 
 _MIGRATIONS: list[list[str]] = [
     [
@@ -44,6 +46,14 @@ _MIGRATIONS: list[list[str]] = [
         "CREATE TABLE module_state (module TEXT PRIMARY KEY, state TEXT NOT NULL)",
         "CREATE TABLE health (name TEXT PRIMARY KEY, data TEXT NOT NULL, at REAL NOT NULL)",
         "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    ],
+    [
+        # Records the uploader could not deliver (too large for the broker, refused by it):
+        # kept here with the reason, and announced to the cloud as a dropped range.
+        """CREATE TABLE sync_set_aside (
+               seq INTEGER PRIMARY KEY, stream TEXT NOT NULL, ts REAL NOT NULL,
+               data TEXT NOT NULL, size INTEGER NOT NULL, reason TEXT NOT NULL, at REAL NOT NULL)""",
+        "CREATE INDEX dropped_ranges_last ON dropped_ranges (last_seq)",
     ],
 ]
 
@@ -252,6 +262,118 @@ class Outbox:
             raise
         self._bytes -= freed
         return int(removed)
+
+    # -- sync (the uploader's side) -------------------------------------------------------------
+
+    def epoch(self) -> str:
+        """This outbox's identity: a random id made once, with the file. The cloud tells a new
+        outbox of a device (a wiped SD card) from the old one by it."""
+        epoch = self.meta("epoch")
+        if epoch is None:
+            epoch = secrets.token_hex(8)
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._set_meta("epoch", epoch)
+            self._conn.execute("COMMIT")
+        return str(epoch)
+
+    def read_rows(
+        self, after_seq: int, max_records: int, max_bytes: int, up_to_seq: int | None = None
+    ) -> list[tuple[int, str, float, str, int]]:
+        """Unsent rows after ``after_seq`` (and up to ``up_to_seq``) as stored, ``data`` still
+        JSON text: ``(seq, stream, ts, data, size)``, bounded by count and bytes (at least one)."""
+        rows = self._conn.execute(
+            "SELECT seq, stream, ts, data, size FROM outbox WHERE seq > ? AND seq <= ? "
+            "ORDER BY seq LIMIT ?",
+            (after_seq, _MAX_SEQ if up_to_seq is None else up_to_seq, max_records),
+        ).fetchall()
+        total = 0
+        for index, row in enumerate(rows):
+            total += row[4]
+            if index and total > max_bytes:
+                return rows[:index]
+        return rows
+
+    def dropped_after(self, seq: int, limit: int = 100) -> list[tuple[int, int, str]]:
+        """Dropped ranges ``(first_seq, last_seq, reason)`` not yet covered by an ack at ``seq``."""
+        return self._conn.execute(
+            "SELECT first_seq, last_seq, reason FROM dropped_ranges WHERE last_seq > ? "
+            "ORDER BY first_seq LIMIT ?",
+            (seq, limit),
+        ).fetchall()
+
+    def set_aside(self, seq: int, reason: str, detail: str = "") -> bool:
+        """Move one unsendable record out of the queue, keep it with ``reason`` and ``detail``,
+        count it under ``dropped/<reason>`` and record its seq as a dropped range (which the
+        uploader announces). False if the record is not in the outbox any more."""
+        conn = self._conn
+        now = time.time()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute("SELECT stream, ts, data, size FROM outbox WHERE seq = ?", (seq,)).fetchone()
+            if row is None:
+                conn.execute("ROLLBACK")
+                return False
+            conn.execute(
+                "INSERT OR REPLACE INTO sync_set_aside VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (seq, *row, f"{reason}: {detail}" if detail else reason, now),
+            )
+            conn.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+            conn.execute("INSERT INTO dropped_ranges VALUES (?, ?, ?, ?)", (seq, seq, reason, now))
+            conn.execute(
+                "INSERT INTO counters VALUES ('dropped', ?, 1) "
+                "ON CONFLICT (scope, name) DO UPDATE SET value = value + 1",
+                (reason,),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        self._bytes -= row[3]
+        return True
+
+    def set_aside_rows(self, limit: int = 100) -> list[dict[str, Any]]:
+        rows = self._conn.execute(
+            "SELECT seq, stream, reason, size, at FROM sync_set_aside ORDER BY seq DESC LIMIT ?", (limit,)
+        )
+        return [dict(zip(("seq", "stream", "reason", "size", "at"), row, strict=True)) for row in rows]
+
+    def rebase(self, above_seq: int) -> int:
+        """Renumber every unsent record (and dropped range) so that the first comes after
+        ``above_seq``; the cloud has seen seqs up to there from an earlier outbox of this device.
+        Returns the offset added (0 if nothing needed it)."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            lowest = conn.execute(
+                "SELECT min(s) FROM (SELECT min(seq) AS s FROM outbox "
+                "UNION ALL SELECT min(first_seq) FROM dropped_ranges "
+                "UNION ALL SELECT seq + 1 FROM sqlite_sequence WHERE name = 'outbox')"
+            ).fetchone()[0] or 1
+            offset = max(0, above_seq + 1 - lowest)
+            if offset:
+                # Shift from the top down so no seq collides on the way.
+                conn.execute(
+                    "UPDATE outbox SET seq = -(seq + ?)", (offset,)
+                )
+                conn.execute("UPDATE outbox SET seq = -seq")
+                conn.execute(
+                    "UPDATE dropped_ranges SET first_seq = first_seq + ?, last_seq = last_seq + ?",
+                    (offset, offset),
+                )
+                conn.execute(
+                    "UPDATE sqlite_sequence SET seq = seq + ? WHERE name = 'outbox'", (offset,)
+                )
+                conn.execute(
+                    "INSERT OR IGNORE INTO sqlite_sequence (name, seq) VALUES ('outbox', ?)", (above_seq,)
+                )
+                self._set_meta("rebased", {"offset": offset, "at": time.time()})
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return offset
 
     def _set_meta(self, key: str, value: Any) -> None:
         self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, codec.dumps(value)))

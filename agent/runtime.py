@@ -96,6 +96,8 @@ class Agent:
         self._last_health = 0.0
         self._group: asyncio.TaskGroup | None = None
         self._committer_task: asyncio.Task[None] | None = None
+        self.uploader: Any = None  # cloud_sync.uploader.Uploader when [cloud] is configured
+        self._uploader_task: asyncio.Task[None] | None = None
 
     def request_stop(self) -> None:
         self._stopping.set()
@@ -116,6 +118,7 @@ class Agent:
             async with asyncio.TaskGroup() as group:
                 self._group = group
                 self._committer_task = group.create_task(committer.run(), name="committer")
+                await self._start_sync(group)
                 self.pipeline = Pipeline(self.loaded, self)
                 await self.pipeline.start(group)
                 self._ready(on_ready)
@@ -157,12 +160,40 @@ class Agent:
                 await self.pipeline.stop()
         except TimeoutError:
             log.error("modules did not finish flushing within %.1f s; committing what there is", budget)
+        await self._stop_sync(budget * 0.15)
         self.committer.stop()
         if self._committer_task:
             await self._committer_task
         self._last_health = self._last_state_save = 0.0  # the final commit carries both
         await self.committer.close()
         log.info("stopped; outbox committed")
+
+    async def _start_sync(self, group: asyncio.TaskGroup) -> None:
+        """Start the uploader when ``[cloud]`` is configured (downstream of the outbox)."""
+        cloud = self.loaded.agent.cloud
+        if cloud is None or self.committer is None:
+            return
+        from cloud_sync.uploader import Uploader  # only a device that syncs loads it
+
+        self.uploader = Uploader(
+            cloud, self.loaded.agent.device_id, self.loaded.agent.data_dir, self.committer.call,
+            self.committer.outbox, self.counters, __version__,
+        )
+        self.committer.on_commit(self.uploader.on_commit)
+        self._uploader_task = group.create_task(self.uploader.run(), name="uploader")
+
+    async def _stop_sync(self, budget: float) -> None:
+        """Say goodbye to the cloud broker within ``budget`` seconds; unsent records stay."""
+        if self.uploader is None or self._uploader_task is None:
+            return
+        self.uploader.stop()
+        try:
+            async with asyncio.timeout(budget):
+                await asyncio.shield(self._uploader_task)
+        except TimeoutError:
+            log.warning("the uploader did not stop within %.1f s; cancelling it", budget)
+            self._uploader_task.cancel()
+            await asyncio.gather(self._uploader_task, return_exceptions=True)
 
     async def _reload(self) -> None:
         log.info("reloading %s", self.loaded.path)

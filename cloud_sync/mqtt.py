@@ -1,0 +1,149 @@
+"""The MQTT client both ends use: aiomqtt, plus the two things sync needs from it.
+
+* ``send`` publishes without awaiting and returns a future for the PUBACK's reason code, so the
+  uploader can keep a window of messages in flight and learn when the broker refused one
+  (MQTT 5). aiomqtt's own ``publish`` awaits each message and drops the reason code.
+* ``connack_properties``: the broker's limits (MQTT 5 Maximum Packet Size, Receive Maximum).
+
+This is the one file that touches aiomqtt's internals (its paho client and callbacks); the
+version range in pyproject.toml pins the aiomqtt it was written against.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from typing import Any
+
+import aiomqtt
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from agent.config import BrokerLogin
+
+log = logging.getLogger(__name__)
+
+PROTOCOLS = {"5": aiomqtt.ProtocolVersion.V5, "3.1.1": aiomqtt.ProtocolVersion.V311}
+# CONNACK codes meaning "not this protocol version": 3.1.1's 1, MQTT 5's 0x84.
+_WRONG_PROTOCOL = {1, 0x84}
+
+
+class Client(aiomqtt.Client):
+    """An aiomqtt client with a non-blocking ``send``; see the module docstring."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._acks: dict[int, asyncio.Future[ReasonCode]] = {}
+        self.connack_properties: Properties | None = None
+
+    def send(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> asyncio.Future[ReasonCode]:
+        """Publish now; the future resolves with the PUBACK's reason code (or fails when the
+        connection is lost first)."""
+        info = self._client.publish(topic, payload, qos, retain)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            raise aiomqtt.MqttCodeError(info.rc, "could not publish")
+        future: asyncio.Future[ReasonCode] = self._loop.create_future()
+        future.add_done_callback(_retrieve)  # a lost connection is handled elsewhere, not logged here
+        if qos == 0 or info.is_published():
+            future.set_result(ReasonCode(PacketTypes.PUBACK, identifier=0))
+        else:
+            self._acks[info.mid] = future
+        return future
+
+    @property
+    def pending_sends(self) -> int:
+        return len(self._acks)
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any = None) -> None:
+        self.connack_properties = properties
+        super()._on_connect(client, userdata, flags, reason_code, properties)
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
+        future = self._acks.pop(mid, None)
+        if future is not None and not future.done():
+            future.set_result(reason_code)
+        super()._on_publish(client, userdata, mid, reason_code, properties)
+
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any = None) -> None:
+        self._loop.call_soon_threadsafe(self._fail_sends, reason_code)
+        super()._on_disconnect(client, userdata, flags, reason_code, properties)
+
+    def _fail_sends(self, reason_code: Any) -> None:
+        acks, self._acks = self._acks, {}
+        for future in acks.values():
+            if not future.done():
+                future.set_exception(aiomqtt.MqttError(f"connection lost before the PUBACK ({reason_code})"))
+
+    @property
+    def max_packet_size(self) -> int | None:
+        """The broker's Maximum Packet Size (MQTT 5), if it announced one."""
+        props = self.connack_properties
+        return getattr(props, "MaximumPacketSize", None) if props is not None else None
+
+    @property
+    def protocol_name(self) -> str:
+        return "5" if self._client.protocol == paho.MQTTv5 else "3.1.1"
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+def ssl_context(login: BrokerLogin) -> ssl.SSLContext | None:
+    """TLS when the URL is ``mqtts://`` or a CA is given; mutual TLS with ``tls_cert``/``tls_key``."""
+    if not login.tls:
+        return None
+    context = ssl.create_default_context(cafile=str(login.tls_ca) if login.tls_ca else None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if login.tls_cert and login.tls_key:
+        context.load_cert_chain(str(login.tls_cert), str(login.tls_key))
+    return context
+
+
+def make_client(
+    login: BrokerLogin,
+    client_id: str,
+    protocol: str,
+    *,
+    will: aiomqtt.Will | None = None,
+    session_expiry: float = 0.0,
+    inflight: int = 20,
+    logger: logging.Logger | None = None,
+    tls: ssl.SSLContext | None = None,
+) -> Client:
+    """A client with a persistent session (``clean_start`` off, ``session_expiry`` on MQTT 5)."""
+    v5 = protocol == "5"
+    properties = None
+    if v5:
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = int(min(session_expiry, 0xFFFFFFFF))
+    secret = login.password()
+    return Client(
+        login.host,
+        login.port,
+        username=login.username,
+        password=secret.get_secret_value() if secret else None,
+        identifier=client_id,
+        protocol=PROTOCOLS[protocol],
+        clean_session=None if v5 else False,
+        clean_start=False if v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
+        properties=properties,
+        will=will,
+        keepalive=max(1, round(login.keepalive)),
+        timeout=max(5.0, login.keepalive),
+        max_inflight_messages=inflight,
+        tls_context=tls,
+        logger=logger or log,
+    )
+
+
+def wrong_protocol(exc: BaseException) -> bool:
+    """True if a failed connect says the broker does not speak the protocol version we tried."""
+    if isinstance(exc, aiomqtt.MqttConnectError):
+        rc = getattr(exc, "rc", None)
+        return getattr(rc, "value", rc) in _WRONG_PROTOCOL
+    return False

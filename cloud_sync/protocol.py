@@ -1,0 +1,355 @@
+"""The sync wire protocol, in one place: topics, payload framing, encodings and validation.
+
+Both ends import this module and nothing else about the wire. ``docs/protocol.md`` describes the
+same thing for someone writing another client.
+
+Data payloads are framed, so the receiver never guesses an encoding (MQTT 3.1.1 has no content
+type): three header bytes, then the body::
+
+    0xED  MAGIC      not a byte any JSON text starts with
+    0x01  VERSION    format version of the body
+    'j' | 'z' | 's'  ENCODING: JSON, zlib-compressed JSON, zstd-compressed JSON
+
+The body is one JSON object (see ``DataBatch``). A bare JSON object (first byte ``{``) is taken
+as version 1 JSON too, so ``mosquitto_pub`` can be used by hand.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from agent import codec
+
+try:
+    import zstandard
+except ImportError:  # the `zstd` extra is optional on both ends
+    zstandard = None
+
+MAGIC = 0xED
+VERSION = 1
+JSON, ZLIB, ZSTD = b"j", b"z", b"s"
+Encoding = Literal["json", "zlib", "zstd"]
+_ENCODING_BYTE: dict[str, bytes] = {"json": JSON, "zlib": ZLIB, "zstd": ZSTD}
+
+DEVICE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+STREAM_MAX = 128
+MAX_RECORDS = 100_000
+"""At most this many records in one data message."""
+MAX_DROPPED = 1_000
+"""At most this many dropped ranges announced in one data message."""
+MAX_DECODED = 64 << 20
+"""A payload that inflates beyond this is refused (a compression bomb)."""
+MAX_SEQ = (1 << 63) - 1
+
+KINDS = ("data", "status", "ack")
+Kind = Literal["data", "status", "ack"]
+
+
+class ProtocolError(ValueError):
+    """A message that does not follow the protocol; ``reason`` is a short stable label for
+    counting (``bad_json``, ``bad_header``...), ``detail`` says what and where."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")
+
+
+# -- topics ------------------------------------------------------------------------------------
+
+
+def topic(prefix: str, device_id: str, kind: Kind) -> str:
+    """``<prefix>/<device-id>/<kind>``."""
+    return f"{prefix}/{device_id}/{kind}"
+
+
+def subscription(prefix: str, kind: Kind, share_group: str | None = None) -> str:
+    """The filter for every device's ``kind`` topic, shared across a group of ingest workers."""
+    base = f"{prefix}/+/{kind}"
+    return f"$share/{share_group}/{base}" if share_group else base
+
+
+def parse_topic(prefix: str, name: str) -> tuple[str, Kind]:
+    """``(device_id, kind)`` of a topic under ``prefix``; ``ProtocolError`` if it is not one."""
+    head = prefix + "/"
+    if not name.startswith(head):
+        raise ProtocolError("bad_topic", f"{name!r} is not under {prefix!r}")
+    parts = name[len(head):].split("/")
+    if len(parts) != 2 or parts[1] not in KINDS:
+        raise ProtocolError("bad_topic", f"{name!r} is not {prefix}/<device-id>/(data|status|ack)")
+    device_id, kind = parts
+    check_device_id(device_id)
+    return device_id, kind  # type: ignore[return-value]  # checked against KINDS above
+
+
+def check_device_id(device_id: str) -> str:
+    if not DEVICE_ID.fullmatch(device_id):
+        raise ProtocolError(
+            "bad_device_id", f"{device_id[:80]!r}: a device id is 1 to 64 of A-Z a-z 0-9 _ -"
+        )
+    return device_id
+
+
+# -- data batches ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DroppedRange:
+    """Records ``first..last`` that the device let go without sending (``reason``), announced
+    so that the cloud's ack can move past them."""
+
+    first: int
+    last: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Record:
+    seq: int
+    stream: str
+    ts: float
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class BadRecord:
+    """A record whose ``seq`` is readable but whose other fields are not: kept aside at the
+    cloud with ``reason``, and still accounted for, so that it never holds the ack back."""
+
+    seq: int
+    reason: str
+    raw: Any
+
+
+@dataclass
+class DataBatch:
+    """The decoded body of a data message."""
+
+    device_id: str
+    epoch: str
+    released: int
+    """The device holds nothing at or below this seq any more (the cloud's last ack it saw)."""
+    records: list[Record] = field(default_factory=list)
+    bad: list[BadRecord] = field(default_factory=list)
+    dropped: list[DroppedRange] = field(default_factory=list)
+
+
+RawRow = tuple[int, str, float, str]
+"""``(seq, stream, ts, data as JSON text)``: a record as the outbox stores it."""
+
+
+class Encoder:
+    """Builds data payloads straight from outbox rows, without parsing their ``data`` again."""
+
+    def __init__(self, device_id: str, epoch: str, compression: str = "auto", min_bytes: int = 512):
+        self.device_id = check_device_id(device_id)
+        self.epoch = epoch
+        self.encoding = resolve_encoding(compression)
+        self.min_bytes = min_bytes
+        self._head = f'{{"v":{VERSION},"device":"{device_id}","epoch":{codec.dumps(epoch)},'
+        self._streams: dict[str, str] = {}
+        self._zstd = zstandard.ZstdCompressor(level=3) if self.encoding == "zstd" else None
+
+    def body(self, rows: Sequence[RawRow], released: int, dropped: Iterable[DroppedRange] = ()) -> bytes:
+        streams = self._streams
+        parts = []
+        for seq, stream, ts, data in rows:
+            quoted = streams.get(stream)
+            if quoted is None:
+                quoted = streams[stream] = codec.dumps(stream)
+            number = repr(float(ts)) if math.isfinite(ts) else "null"
+            parts.append(f'{{"seq":{seq},"stream":{quoted},"ts":{number},"data":{data}}}')
+        drops = ",".join(
+            f'{{"first":{d.first},"last":{d.last},"reason":{codec.dumps(d.reason)}}}' for d in dropped
+        )
+        return (
+            f'{self._head}"released":{released},"records":[{",".join(parts)}],"dropped":[{drops}]}}'
+        ).encode()
+
+    def frame(self, body: bytes) -> bytes:
+        """The payload for ``body``: compressed when that is on and worth it."""
+        if self.encoding == "json" or len(body) < self.min_bytes:
+            return bytes((MAGIC, VERSION)) + JSON + body
+        if self._zstd is not None:
+            return bytes((MAGIC, VERSION)) + ZSTD + self._zstd.compress(body)
+        return bytes((MAGIC, VERSION)) + ZLIB + zlib.compress(body, 1)
+
+    def encode(self, rows: Sequence[RawRow], released: int, dropped: Iterable[DroppedRange] = ()) -> bytes:
+        return self.frame(self.body(rows, released, dropped))
+
+
+def resolve_encoding(compression: str) -> Encoding:
+    """``auto`` is zstd when the ``zstandard`` package is installed, zlib otherwise."""
+    if compression == "auto":
+        return "zstd" if zstandard is not None else "zlib"
+    if compression == "none":
+        return "json"
+    if compression == "zstd" and zstandard is None:
+        raise ValueError("compression 'zstd' needs the zstandard package (pip install edge-agent[zstd])")
+    if compression not in ("json", "zlib", "zstd"):
+        raise ValueError(f"unknown compression {compression!r}: use auto, zstd, zlib or none")
+    return compression  # type: ignore[return-value]
+
+
+def unframe(payload: bytes) -> bytes:
+    """The JSON body of a data payload, whatever its encoding; ``ProtocolError`` if unreadable."""
+    if not payload:
+        raise ProtocolError("empty", "the payload is empty")
+    if payload[0] == 0x7B:  # '{': unframed JSON, version 1
+        return payload
+    if len(payload) < 3 or payload[0] != MAGIC:
+        raise ProtocolError("bad_header", f"payload starts {payload[:8]!r}: no sync header")
+    if payload[1] != VERSION:
+        raise ProtocolError("bad_version", f"format version {payload[1]} (this ingest reads {VERSION})")
+    kind, body = payload[2:3], payload[3:]
+    if kind == JSON:
+        return body
+    if kind == ZLIB:
+        inflater = zlib.decompressobj()
+        try:
+            out = inflater.decompress(body, MAX_DECODED)
+        except zlib.error as exc:
+            raise ProtocolError("bad_compression", f"zlib: {exc}") from None
+        if inflater.unconsumed_tail:
+            raise ProtocolError("too_large", f"inflates beyond {MAX_DECODED} bytes")
+        return out
+    if kind == ZSTD:
+        if zstandard is None:
+            raise ProtocolError("unsupported_encoding", "zstd payload, but zstandard is not installed")
+        try:
+            reader = zstandard.ZstdDecompressor().decompressobj()
+            out = reader.decompress(body)
+        except zstandard.ZstdError as exc:
+            raise ProtocolError("bad_compression", f"zstd: {exc}") from None
+        if len(out) > MAX_DECODED:
+            raise ProtocolError("too_large", f"inflates beyond {MAX_DECODED} bytes")
+        return out
+    raise ProtocolError("unsupported_encoding", f"encoding byte {kind!r}")
+
+
+def decode_batch(device_id: str, payload: bytes) -> DataBatch:
+    """Decode and validate a data message from ``device_id`` (taken from its topic).
+
+    Raises ``ProtocolError`` for a message that cannot be accounted for at all; a record with a
+    readable ``seq`` but bad fields comes back in ``DataBatch.bad`` instead.
+    """
+    body = unframe(payload)
+    try:
+        doc = codec.loads(body)
+    except (codec.JSONDecodeError, ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError("bad_json", f"body is not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ProtocolError("bad_body", "the body is not a JSON object")
+    if doc.get("v", VERSION) != VERSION:
+        raise ProtocolError("bad_version", f"body version {doc.get('v')!r}")
+    if doc.get("device", device_id) != device_id:
+        raise ProtocolError("device_mismatch", f"body names device {str(doc.get('device'))[:80]!r}")
+    epoch = doc.get("epoch", "")
+    released = doc.get("released", 0)
+    if not isinstance(epoch, str) or len(epoch) > 64:
+        raise ProtocolError("bad_body", "epoch: not a string of at most 64 characters")
+    if not _is_seq(released, allow_zero=True):
+        raise ProtocolError("bad_body", "released: not a sequence number")
+    records = doc.get("records", [])
+    dropped = doc.get("dropped", [])
+    if not isinstance(records, list) or len(records) > MAX_RECORDS:
+        raise ProtocolError("bad_body", f"records: not a list of at most {MAX_RECORDS}")
+    if not isinstance(dropped, list) or len(dropped) > MAX_DROPPED:
+        raise ProtocolError("bad_body", f"dropped: not a list of at most {MAX_DROPPED}")
+    batch = DataBatch(device_id, epoch, released, dropped=[_dropped(i, d) for i, d in enumerate(dropped)])
+    for index, item in enumerate(records):
+        _record(index, item, batch)
+    return batch
+
+
+def _is_seq(value: Any, allow_zero: bool = False) -> bool:
+    return type(value) is int and (0 if allow_zero else 1) <= value <= MAX_SEQ
+
+
+def _record(index: int, item: Any, batch: DataBatch) -> None:
+    if not isinstance(item, dict):
+        raise ProtocolError("bad_record", f"records[{index}]: not an object")
+    seq = item.get("seq")
+    if not _is_seq(seq):
+        raise ProtocolError("bad_record", f"records[{index}].seq: {str(seq)[:40]!r} is not a sequence number")
+    stream, ts, data = item.get("stream"), item.get("ts"), item.get("data")
+    if not isinstance(stream, str) or not 0 < len(stream) <= STREAM_MAX:
+        batch.bad.append(BadRecord(seq, f"records[{index}].stream: not a name of 1 to {STREAM_MAX} characters", item))
+    elif type(ts) not in (int, float) or not math.isfinite(ts):
+        batch.bad.append(BadRecord(seq, f"records[{index}].ts: not a finite number", item))
+    elif not isinstance(data, dict):
+        batch.bad.append(BadRecord(seq, f"records[{index}].data: not an object", item))
+    else:
+        batch.records.append(Record(seq, stream, float(ts), data))
+
+
+def _dropped(index: int, item: Any) -> DroppedRange:
+    if not isinstance(item, dict):
+        raise ProtocolError("bad_body", f"dropped[{index}]: not an object")
+    first, last, reason = item.get("first"), item.get("last"), item.get("reason", "unknown")
+    if not (_is_seq(first) and _is_seq(last) and first <= last):
+        raise ProtocolError("bad_body", f"dropped[{index}]: first and last are not a range of seqs")
+    if not isinstance(reason, str) or not 0 < len(reason) <= 64:
+        raise ProtocolError("bad_body", f"dropped[{index}].reason: not a short string")
+    return DroppedRange(first, last, reason)
+
+
+# -- acks and status ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ack:
+    """What the ingest has accounted for: every seq up to ``seq`` (stored, kept aside or
+    announced dropped) of the device's outbox ``epoch``; ``max_seq`` is the highest seen."""
+
+    seq: int
+    epoch: str
+    max_seq: int = 0
+    at: float = 0.0
+
+    def encode(self) -> bytes:
+        return codec.dumps_bytes(
+            {"v": VERSION, "seq": self.seq, "epoch": self.epoch, "max_seq": self.max_seq, "at": self.at}
+        )
+
+
+def decode_ack(payload: bytes) -> Ack:
+    try:
+        doc = codec.loads(payload)
+    except (codec.JSONDecodeError, ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError("bad_json", f"ack is not JSON: {exc}") from None
+    if not isinstance(doc, dict) or not _is_seq(doc.get("seq"), allow_zero=True):
+        raise ProtocolError("bad_ack", "an ack is an object with a seq")
+    epoch = doc.get("epoch", "")
+    max_seq = doc.get("max_seq", doc["seq"])
+    at = doc.get("at", 0.0)
+    if not isinstance(epoch, str) or not _is_seq(max_seq, allow_zero=True):
+        raise ProtocolError("bad_ack", "epoch or max_seq of the wrong type")
+    return Ack(doc["seq"], epoch, max_seq, float(at) if type(at) in (int, float) else 0.0)
+
+
+MAX_STATUS = 64 << 10
+
+
+def encode_status(status: dict[str, Any]) -> bytes:
+    return codec.dumps_bytes({"v": VERSION, **status})
+
+
+def decode_status(payload: bytes) -> dict[str, Any]:
+    """A status object with at least ``online`` (bool); ``ProtocolError`` otherwise."""
+    if len(payload) > MAX_STATUS:
+        raise ProtocolError("too_large", f"status of {len(payload)} bytes (at most {MAX_STATUS})")
+    if not payload:
+        raise ProtocolError("empty", "empty status (a cleared retained message)")
+    try:
+        doc = codec.loads(payload)
+    except (codec.JSONDecodeError, ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError("bad_json", f"status is not JSON: {exc}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("online"), bool):
+        raise ProtocolError("bad_status", "a status is an object with a boolean 'online'")
+    return doc

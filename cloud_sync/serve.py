@@ -1,0 +1,67 @@
+"""``edge-cloud serve``: the ingest and the HTTP API in one event loop, stopped together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Iterable, Iterator
+
+import uvicorn
+
+from agent.config import BrokerLogin
+from cloud_sync.ingest import Ingest
+from cloud_sync.store import Store
+from cloud_sync.store.base import redact
+from cloud_sync.web import create_app
+
+log = logging.getLogger(__name__)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: SIGTERM stops the ingest and the API together."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def serve_forever(
+    store: Store,
+    login: BrokerLogin,
+    tokens: Iterable[str],
+    host: str,
+    port: int,
+    **ingest_options: object,
+) -> None:
+    tokens = list(tokens)
+    ingest = Ingest(store, login, **ingest_options)  # type: ignore[arg-type]
+    app = create_app(store, tokens, ingest)
+    server = _Server(uvicorn.Config(
+        app, host=host, port=port, log_level="warning", access_log=False, lifespan="off",
+    ))
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        log.info("stopping: the ingest flushes what it has, then the API closes")
+        ingest.stop()
+        server.should_exit = True
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
+    if not tokens:
+        log.warning("no API token (EDGE_CLOUD_TOKEN or --tokens-file): every /api request gets 401")
+    log.info("edge-cloud: store %s, API on http://%s:%d", redact(store.url), host, port)
+    try:
+        async with asyncio.TaskGroup() as group:
+            ingesting = group.create_task(ingest.run(), name="ingest")
+            group.create_task(server.serve(), name="http")
+            await ingesting
+            server.should_exit = True
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(ValueError, RuntimeError):
+                loop.remove_signal_handler(sig)
+        store.close()
+    log.info("stopped")

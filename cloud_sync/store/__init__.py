@@ -1,0 +1,26 @@
+"""The cloud store: where the ingest keeps records, device states and what it kept aside.
+
+``open_store(url)`` picks the engine from the URL: ``sqlite:///path/to/file.db`` (the embedded
+default) or ``postgresql://user@host:port/dbname``. Both implement ``Store``; the PostgreSQL one
+needs the ``cloud`` extra (psycopg).
+"""
+
+from __future__ import annotations
+
+from cloud_sync.store.base import Store, StoreError
+
+
+def open_store(url: str) -> Store:
+    """Open (creating the schema if needed) the store at ``url``."""
+    if url.startswith("sqlite://"):
+        from cloud_sync.store.sqlite import SqliteStore
+
+        return SqliteStore.open(url)
+    if url.startswith(("postgresql://", "postgres://")):
+        from cloud_sync.store.postgres import PostgresStore
+
+        return PostgresStore.open(url)
+    raise StoreError(url, "use sqlite:///path/to/file.db or postgresql://user@host/dbname")
+
+
+__all__ = ["Store", "StoreError", "open_store"]

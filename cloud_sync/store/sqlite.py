@@ -1,0 +1,203 @@
+"""The embedded cloud store: one SQLite file in WAL mode, through sqlite-utils.
+
+One writer (the ingest's flush thread) commits batches of thousands of records per transaction
+with ``BEGIN IMMEDIATE``; readers (the JSON API) have connections of their own and never wait on
+it. ``records`` is a WITHOUT ROWID table keyed by ``(device_id, seq)``, so a repeat is ignored
+by the primary key itself.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from agent import codec
+from cloud_sync.ledger import DeviceState, Quarantined
+from cloud_sync.store.base import Row, Store, StoreError, rows_by_device
+
+_RECORDS = """
+CREATE TABLE IF NOT EXISTS records (
+    device_id TEXT NOT NULL, seq INTEGER NOT NULL, stream TEXT NOT NULL, ts REAL NOT NULL,
+    data TEXT NOT NULL, received_at REAL NOT NULL,
+    PRIMARY KEY (device_id, seq)) WITHOUT ROWID
+"""
+
+_DEVICE_COLUMNS: dict[str, Any] = {
+    "device_id": str, "epoch": str, "acked_seq": int, "max_seq": int, "ranges": str,
+    "records": int, "duplicates": int, "bad_records": int, "dropped": str, "lost": int,
+    "messages": int, "first_seen": float, "last_seen": float, "last_sync": float, "online": int,
+    "status": str, "status_at": float,
+}
+
+
+class SqliteStore(Store):
+    def __init__(self, url: str, path: Path, db: sqlite_utils.Database) -> None:
+        super().__init__()
+        self.url = url
+        self.path = path
+        self._db = db
+        self._conn: sqlite3.Connection = db.conn
+
+    @classmethod
+    def open(cls, url: str) -> SqliteStore:
+        try:
+            path = sqlite_path(url)
+        except ValueError as exc:
+            raise StoreError(url, str(exc)) from None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            db = sqlite_utils.Database(conn)
+            db.enable_wal()
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=10000")
+            conn.execute("PRAGMA journal_size_limit=67108864")
+            _create_schema(db)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(url, f"cannot open the SQLite store: {exc}") from exc
+        return cls(url, path, db)
+
+    # -- writing --------------------------------------------------------------------------------
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _load_states(self, tx: sqlite3.Connection, ids: list[str], now: float) -> dict[str, DeviceState]:
+        states: dict[str, DeviceState] = {}
+        for chunk in _chunks(ids, 500):
+            marks = ",".join("?" * len(chunk))
+            cursor = tx.execute(f"SELECT * FROM devices WHERE device_id IN ({marks})", chunk)
+            names = [d[0] for d in cursor.description]
+            for row in cursor:
+                state = DeviceState.from_row(dict(zip(names, row, strict=True)))
+                states[state.device_id] = state
+        for device_id in ids:
+            if device_id not in states:
+                states[device_id] = DeviceState(device_id, first_seen=now)
+        return states
+
+    def _insert_records(self, tx: sqlite3.Connection, rows: list[Row]) -> dict[str, int]:
+        inserted = {}
+        for device_id, group in rows_by_device(rows):
+            cursor = tx.executemany("INSERT OR IGNORE INTO records VALUES (?, ?, ?, ?, ?, ?)", group)
+            inserted[device_id] = cursor.rowcount
+        return inserted
+
+    def _insert_dropped(self, tx: sqlite3.Connection, rows: list[tuple[str, int, int, str, float]]) -> None:
+        tx.executemany("INSERT OR IGNORE INTO dropped VALUES (?, ?, ?, ?, ?)", rows)
+
+    def _insert_quarantined(self, tx: sqlite3.Connection, items: list[Quarantined], now: float) -> None:
+        tx.executemany(
+            "INSERT INTO quarantine (device_id, topic, seq, reason, detail, payload, size, at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(q.device_id, q.topic, q.seq, q.reason, q.detail, q.payload, q.size, now) for q in items],
+        )
+
+    def _save_states(self, tx: sqlite3.Connection, states: list[DeviceState]) -> None:
+        if not states:
+            return
+        columns = list(_DEVICE_COLUMNS)
+        tx.executemany(
+            f"INSERT OR REPLACE INTO devices ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+            [tuple(state.as_row()[c] for c in columns) for state in states],
+        )
+
+    def _add_counters(self, tx: sqlite3.Connection, counters: dict[str, int]) -> None:
+        tx.executemany(
+            "INSERT INTO counters VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+            list(counters.items()),
+        )
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
+            conn.execute("PRAGMA busy_timeout=10000")
+            conn.row_factory = sqlite3.Row
+            self._local.conn = conn
+        return conn
+
+    def devices(self) -> list[DeviceState]:
+        rows = self._reader().execute("SELECT * FROM devices ORDER BY device_id")
+        return [DeviceState.from_row(dict(row)) for row in rows]
+
+    def device(self, device_id: str) -> DeviceState | None:
+        row = self._reader().execute("SELECT * FROM devices WHERE device_id = ?", (device_id,)).fetchone()
+        return DeviceState.from_row(dict(row)) if row else None
+
+    def records(
+        self, device_id: str, stream: str | None = None, after_seq: int = 0, limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        sql = "SELECT seq, stream, ts, data FROM records WHERE device_id = ? AND seq > ?"
+        params: list[Any] = [device_id, after_seq]
+        if stream is not None:
+            sql += " AND stream = ?"
+            params.append(stream)
+        rows = self._reader().execute(sql + " ORDER BY seq LIMIT ?", [*params, limit])
+        return [
+            {"seq": seq, "stream": name, "ts": ts, "data": codec.loads(data)} for seq, name, ts, data in rows
+        ]
+
+    def quarantined(self, limit: int = 100, device_id: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT id, device_id, topic, seq, reason, detail, size, at FROM quarantine"
+        params: list[Any] = []
+        if device_id is not None:
+            sql += " WHERE device_id = ?"
+            params.append(device_id)
+        rows = self._reader().execute(sql + " ORDER BY id DESC LIMIT ?", [*params, limit])
+        return [dict(row) for row in rows]
+
+    def counters(self) -> dict[str, int]:
+        return {name: value for name, value in self._reader().execute("SELECT name, value FROM counters")}
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+        self._conn.close()
+
+
+def sqlite_path(url: str) -> Path:
+    """The file of a SQLite URL, as SQLAlchemy reads them: ``sqlite:///relative/x.db`` (three
+    slashes) and ``sqlite:////absolute/x.db`` (four)."""
+    if not url.startswith("sqlite:///") or len(url) == len("sqlite:///"):
+        raise ValueError("use sqlite:///relative/path.db or sqlite:////absolute/path.db")
+    return Path(url.removeprefix("sqlite:///")).absolute()
+
+
+def _create_schema(db: sqlite_utils.Database) -> None:
+    db.execute(_RECORDS)
+    db.execute("CREATE INDEX IF NOT EXISTS records_stream ON records (device_id, stream, seq)")
+    db["devices"].create(_DEVICE_COLUMNS, pk="device_id", not_null={"device_id"}, if_not_exists=True)
+    db["dropped"].create(
+        {"device_id": str, "first_seq": int, "last_seq": int, "reason": str, "at": float},
+        pk=("device_id", "first_seq"), if_not_exists=True,
+    )
+    db["quarantine"].create(
+        {"id": int, "device_id": str, "topic": str, "seq": int, "reason": str, "detail": str,
+         "payload": bytes, "size": int, "at": float},
+        pk="id", if_not_exists=True,
+    )
+    db["quarantine"].create_index(["device_id"], if_not_exists=True)
+    db["counters"].create({"name": str, "value": int}, pk="name", if_not_exists=True)
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
