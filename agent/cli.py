@@ -107,10 +107,17 @@ def outbox(config_path: Path, as_json: bool, limit: int | None) -> None:
         box.close()
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @JSON_OPTION
-def modules(as_json: bool) -> None:
-    """The modules available to ``use``, each with its config schema."""
+@click.pass_context
+def modules(ctx: click.Context, as_json: bool) -> None:
+    """The modules available to ``use``, each with its config schema; ``modules new NAME``
+    writes a new one."""
+    if ctx.invoked_subcommand is None:
+        _list_modules(as_json)
+
+
+def _list_modules(as_json: bool) -> None:
     listing: list[dict[str, Any]] = []
     for name, target in sorted(available_modules().items()):
         try:
@@ -171,3 +178,11 @@ def _ago(at: float | None) -> str:
 
 
 from agent import cli_sync  # noqa: E402,F401  (registers `edge-agent sync`)
+
+
+# Commands kept in their own files, registered here.
+from agent.cli_replay import replay_command  # noqa: E402
+from agent.scaffold import new_command  # noqa: E402
+
+main.add_command(replay_command)
+modules.add_command(new_command)

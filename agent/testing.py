@@ -170,6 +170,8 @@ class Harness:
         self.strict = strict
         self.emitted: list[Record] = []
         self.quarantined: list[Quarantined] = []
+        self.start_errors: list[tuple[str, BaseException]] = []
+        """Modules whose constructor or ``start`` raised (``strict=False``), with the error."""
         self._on_emit = on_emit
         self._keep = keep
         self._batch_size = batch_size
@@ -344,8 +346,16 @@ class Harness:
             raise KeyError(f"no module named {name!r} in this harness") from None
 
     async def _start_stage(self, stage: _Stage) -> None:
-        stage.module = stage.cls(stage.config, stage.context)
-        await self._hook(stage, "start", stage.module.start)
+        try:
+            stage.module = stage.cls(stage.config, stage.context)
+            await stage.module.start()
+        except Exception as exc:
+            stage.module = None
+            stage.context.counters.incr("errors")
+            self.start_errors.append((stage.name, exc))
+            if self.strict:
+                raise
+            return  # as in the daemon: a module that did not start gets nothing
         stage.stopped = False
         stage.next_tick = self.clock.now + stage.cls.tick_interval
         self._collect(stage)
