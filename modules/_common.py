@@ -20,6 +20,26 @@ OUT_OF_ORDER = "out_of_order"
 """Counter: the reading is older than one already seen from the same sensor."""
 TOO_MANY_SENSORS = "too_many_sensors"
 """Counter: a reading from a new sensor beyond the module's ``max_sensors``."""
+CLOCK_JUMP = 60.0
+"""The clock moving more than this between two looks (ticks come every second or so), or
+backwards, is a jump: NTP setting the clock of a board with no RTC, a suspended process."""
+
+
+class ClockWatch:
+    """Tells a clock jump from time passing. Modules that measure silences by the clock (how
+    long since a sensor's last reading) shift their marks by the jump, so a jump neither closes
+    windows early nor raises false gaps."""
+
+    def __init__(self, limit: float = CLOCK_JUMP) -> None:
+        self._limit = limit
+        self._last: float | None = None
+
+    def jump(self, now: float) -> float:
+        """How far the clock jumped since the last call: 0.0 when it just moved on."""
+        last, self._last = self._last, now
+        if last is None or 0.0 <= now - last <= self._limit:
+            return 0.0
+        return now - last
 
 
 def value_of(record: Record, counters: Counters) -> float | None:

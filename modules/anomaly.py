@@ -12,13 +12,10 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator
 
 from agent import Context, Module, ModuleConfig, PositiveDuration, Record
-from modules._common import NOT_A_NUMBER, NOT_FINITE, OUT_OF_ORDER, TOO_MANY_SENSORS
+from modules._common import NOT_A_NUMBER, NOT_FINITE, OUT_OF_ORDER, TOO_MANY_SENSORS, ClockWatch
 
 SCORE_CAP = 1e9
 """Scores are capped here, to stay finite over a tiny spread."""
-CLOCK_JUMP = 60.0
-"""The clock moving more than this between two ticks, or backwards, is a clock jump (NTP on a
-board with no RTC, a suspended process): silences are measured afresh from it."""
 DetectorName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
 
 
@@ -129,7 +126,7 @@ class Anomaly(Module[AnomalyConfig]):
         self._gap = next((d for d in config.detectors if isinstance(d, Gap)), None)
         self._window = max((d.window for d in self._spikes), default=1)
         self._sensors: dict[str, _Sensor] = {}
-        self._last_tick: float | None = None
+        self._clock = ClockWatch()
 
     async def start(self) -> None:
         if self._gap is None:
@@ -145,6 +142,7 @@ class Anomaly(Module[AnomalyConfig]):
 
     def process_batch(self, records: Iterable[Record]) -> None:
         now = self.context.clock()
+        self._clock_jumped(now)
         counters = self.context.counters
         for record in records:
             data = record.data
@@ -184,11 +182,7 @@ class Anomaly(Module[AnomalyConfig]):
         gap = self._gap
         if gap is None:
             return
-        last, self._last_tick = self._last_tick, now
-        if last is not None and (now < last or now - last > CLOCK_JUMP):
-            for sensor in self._sensors.values():
-                sensor.arrived += now - last
-            self.context.log.info("the clock jumped by %.0f s; gap silences restart", now - last)
+        self._clock_jumped(now)
         for name, sensor in self._sensors.items():
             silence = now - sensor.arrived
             if not sensor.gap_raised and silence > gap.max_silence:
@@ -197,6 +191,13 @@ class Anomaly(Module[AnomalyConfig]):
         self.context.state["gap"] = {
             name: [sensor.newest, sensor.gap_raised] for name, sensor in self._sensors.items()
         }
+
+    def _clock_jumped(self, now: float) -> None:
+        jump = self._clock.jump(now)
+        if jump and self._gap is not None:
+            for sensor in self._sensors.values():
+                sensor.arrived += jump
+            self.context.log.info("the clock jumped by %.0f s; gap silences restart", jump)
 
     # -- detectors -------------------------------------------------------------------------
 

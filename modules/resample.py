@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, model_validator
 
 from agent import Context, Duration, Module, ModuleConfig, PositiveDuration, Record
-from modules._common import TOO_MANY_SENSORS, sensor_of, value_of
+from modules._common import TOO_MANY_SENSORS, ClockWatch, sensor_of, value_of
 from modules._quantiles import QuantileSketch, SketchShape
 
 Aggregation = Literal["mean", "median", "first", "last", "min", "max", "sum", "count"]
@@ -79,12 +79,14 @@ class Resample(Module[ResampleConfig]):
         super().__init__(config, context)
         self._sensors: dict[str, _Sensor] = {}
         self._shape = SketchShape() if config.agg == "median" else None
+        self._clock = ClockWatch()
 
     def process(self, record: Record) -> None:
         self.process_batch((record,))
 
     def process_batch(self, records: Iterable[Record]) -> None:
         now = self.context.clock()
+        self._clock_jumped(now)
         every, lateness = self.config.every, self.config.lateness
         for record in records:
             value = value_of(record, self.context.counters)
@@ -109,6 +111,7 @@ class Resample(Module[ResampleConfig]):
                     self._close(name, sensor, ts - lateness)
 
     def tick(self, now: float) -> None:
+        self._clock_jumped(now)
         wait = self.config.timeout + self.config.lateness
         for name, sensor in list(self._sensors.items()):
             estimate = sensor.newest + max(0.0, now - sensor.arrived)
@@ -119,6 +122,12 @@ class Resample(Module[ResampleConfig]):
         for name, sensor in list(self._sensors.items()):
             if sensor.open:
                 self._close(name, sensor, math.inf)
+
+    def _clock_jumped(self, now: float) -> None:
+        jump = self._clock.jump(now)
+        if jump:
+            for sensor in self._sensors.values():
+                sensor.arrived += jump
 
     def _new_sensor(self, name: str) -> _Sensor | None:
         if len(self._sensors) >= self.config.max_sensors:

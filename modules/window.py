@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from agent import Context, Duration, Module, ModuleConfig, PositiveDuration, Record
+from modules._common import ClockWatch
 from modules._quantiles import QuantileSketch, SketchShape
 
 Stat = Literal[
@@ -112,12 +113,14 @@ class Window(Module[WindowConfig]):
         self._shape = SketchShape(config.quantile_accuracy) if self._quantiles else None
         self._sensors: dict[str, _Sensor] = {}
         self._counters = context.counters
+        self._clock = ClockWatch()
 
     def process(self, record: Record) -> None:
         self.process_batch((record,))
 
     def process_batch(self, records: Iterable[Record]) -> None:
         now = self.context.clock()
+        self._clock_jumped(now)
         sensors = self._sensors
         pane = self._pane
         lateness = self.config.lateness
@@ -169,6 +172,7 @@ class Window(Module[WindowConfig]):
                 state.arrived = now
 
     def tick(self, now: float) -> None:
+        self._clock_jumped(now)
         wait = self.config.timeout + self.config.lateness
         for sensor, state in list(self._sensors.items()):
             # The sensor's own time, moved on by the clock time since its newest reading came:
@@ -181,6 +185,12 @@ class Window(Module[WindowConfig]):
         for sensor, state in list(self._sensors.items()):
             if state.panes:
                 self._close(sensor, state, math.inf)
+
+    def _clock_jumped(self, now: float) -> None:
+        jump = self._clock.jump(now)
+        if jump:
+            for state in self._sensors.values():
+                state.arrived += jump
 
     # -- panes and windows -----------------------------------------------------------------
 

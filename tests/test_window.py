@@ -1,0 +1,209 @@
+"""The window module: tumbling and hopping windows, every statistic, lateness and closing."""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+
+import pytest
+from pydantic import ValidationError
+
+from agent.testing import module_harness, reading
+from modules._quantiles import QuantileSketch, SketchShape
+
+ALL = ["count", "sum", "mean", "min", "max", "stddev", "first", "last", "p50", "p90", "p95", "p99"]
+Q = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
+
+
+def expected(values: list[tuple[float, float]], stat: str) -> float:
+    """The statistic computed the slow, obvious way from (ts, value) pairs."""
+    ordered = [v for _, v in sorted(values, key=lambda pair: pair[0])]
+    plain = [v for _, v in values]
+    if stat == "count":
+        return len(plain)
+    if stat == "sum":
+        return math.fsum(plain)
+    if stat == "mean":
+        return statistics.fmean(plain)
+    if stat == "min":
+        return min(plain)
+    if stat == "max":
+        return max(plain)
+    if stat == "stddev":
+        return statistics.pstdev(plain)
+    if stat == "first":
+        return ordered[0]
+    if stat == "last":
+        return ordered[-1]
+    data = sorted(plain)  # linear interpolation between closest ranks, as numpy.percentile
+    position = Q[stat] * (len(data) - 1)
+    low = math.floor(position)
+    high = min(low + 1, len(data) - 1)
+    return data[low] + (data[high] - data[low]) * (position - low)
+
+
+@pytest.mark.parametrize(("every", "hop"), [(10, None), (10, 5), (60, 20), (6, 4), (1.5, 0.5)])
+def test_every_statistic_of_every_window_matches_a_brute_force_computation(every, hop) -> None:
+    rng = random.Random(every * 100 + (hop or 0))
+    rows = [(f"s{rng.randrange(3)}", 1000 + rng.uniform(0, 120), rng.gauss(1013, 5))
+            for _ in range(2000)]
+    rows.sort(key=lambda row: row[1])
+    options = {"every": every, "stats": ALL} | ({"hop": hop} if hop else {})
+    out = module_harness("window", **options).run([reading(*row) for row in rows])
+    step = hop or every
+    seen = set()
+    for record in out:
+        data = record.data
+        assert list(data)[:4] == ["sensor", "start", "end", "count"]
+        assert data["end"] - data["start"] == pytest.approx(every)
+        assert record.ts == data["end"]
+        assert round(data["start"] / step, 6) == round(data["start"] / step)  # aligned on hop
+        inside = [(ts, v) for s, ts, v in rows if s == data["sensor"]
+                  and data["start"] <= ts < data["end"]]
+        span = max(v for _, v in inside) - min(v for _, v in inside)
+        for stat in ALL:
+            want = expected(inside, stat)
+            if stat in Q and len(inside) > 256:  # past 256 readings, the sketch's guarantee
+                ranked = sorted(v for _, v in inside)[math.floor(Q[stat] * (len(inside) - 1))]
+                assert abs(data[stat] - ranked) <= 0.01 * span, stat
+            else:
+                assert data[stat] == pytest.approx(want, rel=1e-9, abs=1e-9), stat
+        seen.add((data["sensor"], data["start"]))
+    assert len(seen) == len(out)  # no window twice
+    windows_per_reading = [
+        sum(1 for k in range(math.floor((ts - every) / step), math.floor(ts / step) + 2)
+            if k * step <= ts < k * step + every)
+        for _, ts, _ in rows
+    ]
+    assert sum(r.data["count"] for r in out) == sum(windows_per_reading)  # none lost, none twice
+
+
+def test_windows_with_no_readings_emit_nothing() -> None:
+    out = module_harness("window", every="10s").run(
+        [reading("t1", 1, 1.0), reading("t1", 95, 2.0)]
+    )
+    assert [(r.data["start"], r.data["count"]) for r in out] == [(0.0, 1), (90.0, 1)]
+
+
+def test_first_and_last_go_by_reading_time_not_arrival() -> None:
+    out = module_harness("window", every="10s", stats=["first", "last"], lateness="5s").run(
+        [reading("t1", 5, 5.0), reading("t1", 2, 2.0), reading("t1", 8, 8.0), reading("t1", 8, 9.0)]
+    )
+    assert out[0].data | {} == {"sensor": "t1", "start": 0.0, "end": 10.0, "count": 4,
+                                "first": 2.0, "last": 9.0}  # a tie goes to the later arrival
+
+
+@pytest.mark.parametrize(
+    ("lateness", "times", "counted_late"),
+    [
+        (0, [1, 5, 11, 9.5], 1),  # 11 closed [0, 10): 9.5 comes too late
+        (0, [1, 5, 9.5, 11], 0),
+        (0, [1, 5, 11, 10.5], 0),  # out of order, but its window is still open
+        ("2s", [1, 5, 11, 9.5], 0),  # 11 - 2 < 10: [0, 10) still takes readings
+        ("2s", [1, 5, 11, 12.5, 9.5], 1),  # 12.5 - 2 >= 10: closed
+        ("1s", [1, 5, 11, 9.5], 1),
+    ],
+)
+def test_lateness_folds_late_readings_in_or_counts_them(lateness, times, counted_late) -> None:
+    harness = module_harness("window", every="10s", lateness=lateness)
+    out = harness.run([reading("t1", ts, 1.0) for ts in times])
+    assert harness.counters["late"] == counted_late
+    assert sum(r.data["count"] for r in out) == len(times) - counted_late
+
+
+def test_a_backlog_of_old_readings_is_not_closed_early_by_the_clock() -> None:
+    """Readings from last year arriving now (a buffer flushed after an outage) close their
+    windows by their own times, not because the wall clock is far ahead of them."""
+    harness = module_harness("window", every="10s", follow_readings=False, start_at=2e9)
+    harness.feed([reading("t1", 1000 + i * 0.5, 1.0) for i in range(10)])
+    assert harness.advance(1, step=0.25) == []  # the clock is 30 years ahead: still open
+    harness.feed([reading("t1", 1005 + i * 0.5, 1.0) for i in range(10)])
+    out = harness.advance(30, step=1)  # the sensor went quiet: timeout closes what is due
+    assert [(r.data["start"], r.data["count"]) for r in out] == [(1000.0, 20)]
+    assert harness.counters["late"] == 0
+
+
+def test_timeout_closes_a_quiet_sensors_window_after_its_end() -> None:
+    harness = module_harness("window", every="10s", timeout="5s", follow_readings=False)
+    harness.feed([reading("t1", 2, 1.0)])
+    assert harness.advance(12, step=1) == []  # 14: end (10) + timeout (5) not yet passed
+    out = harness.advance(1)
+    assert [r.data["end"] for r in out] == [10.0]
+
+
+def test_a_clock_jump_closes_nothing_early_and_loses_nothing() -> None:
+    harness = module_harness("window", every="10s", follow_readings=False, start_at=100)
+    harness.feed([reading("t1", 100 + i, 1.0) for i in range(5)])
+    harness.clock.set(-5e8)  # back to 1954
+    assert harness.tick() == []
+    harness.clock.set(2e9)  # and forward again
+    out = harness.tick() + harness.feed([reading("t1", 106, 1.0)]) + harness.stop()
+    assert sum(r.data["count"] for r in out) == 6
+
+
+def test_memory_is_bounded_in_sensors() -> None:
+    harness = module_harness("window", every="10s", max_sensors=2)
+    out = harness.run([reading(f"s{i}", 1, 1.0) for i in range(5)])
+    assert len(out) == 2 and harness.counters["too_many_sensors"] == 3
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"every": "0s"}, "greater than 0"),
+        ({"stats": []}, "at least 1"),
+        ({"stats": ["mean", "median"]}, "'p99'"),
+        ({"stats": ["mean", "mean"]}, "more than once"),
+        ({"every": "10s", "hop": "20s"}, "must not be longer"),
+        ({"every": "1h", "hop": "7ms"}, "common step"),
+        ({"quantile_accuracy": 0.5}, "less than or equal"),
+        ({"lateness": "soon"}, "not a duration"),
+    ],
+)
+def test_bad_configs_are_refused_with_a_reason(options, error) -> None:
+    with pytest.raises(ValidationError, match=error):
+        module_harness("window", **options)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda rng: rng.gauss(1013.25, 4.0),  # far from zero, small spread: pressure in hPa
+        lambda rng: rng.lognormvariate(0, 2),  # heavy tail
+        lambda rng: rng.uniform(-40, 40),  # crosses zero
+        lambda rng: rng.choice([0.0, 0.5, 1.0]) + rng.gauss(0, 1e-3),  # clusters
+        lambda rng: 21.5,  # constant
+    ],
+)
+def test_sketch_quantiles_stay_within_the_documented_error(make) -> None:
+    rng = random.Random(7)
+    values = [make(rng) for _ in range(50_000)]
+    shape = SketchShape(accuracy=0.01)
+    sketch = QuantileSketch(shape)
+    for value in values:
+        sketch.add(value)
+    assert sketch.bins() <= 2 * shape.max_bins + 1
+    ordered = sorted(values)
+    span = ordered[-1] - ordered[0]
+    qs = [0.5, 0.9, 0.95, 0.99]
+    for q, estimate in zip(qs, sketch.quantiles(qs, ordered[0], ordered[-1]), strict=True):
+        true = ordered[math.floor(q * (len(ordered) - 1))]
+        assert abs(estimate - true) <= 0.01 * abs(true - sketch.ref) + 1e-12 or \
+            abs(estimate - true) <= 0.006 * span, (q, estimate, true)
+        assert abs(estimate - true) <= 0.01 * span + 1e-12
+
+
+def test_hopping_panes_merge_without_losing_the_guarantee() -> None:
+    rng = random.Random(3)
+    rows = [("t1", i * 0.01, rng.gauss(50, 10)) for i in range(30_000)]  # 300 s, 100 a second
+    out = module_harness("window", every="60s", hop="20s", stats=["count", "p50", "p99"]).run(
+        [reading(*row) for row in rows]
+    )
+    for record in out:
+        data = record.data
+        inside = sorted(v for _, ts, v in rows if data["start"] <= ts < data["end"])
+        span = inside[-1] - inside[0]
+        for stat in ("p50", "p99"):
+            true = inside[math.floor(Q[stat] * (len(inside) - 1))]
+            assert abs(data[stat] - true) <= 0.02 * span, (data, stat, true)
