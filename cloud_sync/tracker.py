@@ -10,11 +10,12 @@ Resending is go-back-N: when the oldest range stays unacknowledged past ``resend
 cursors go back to the ack and everything after it is sent again (the cloud's store takes the
 repeats idempotently). The timeout doubles while the ack does not move, up to 16 times.
 
-A message that is lost again and again while the cloud receives what came after it is poison
-(over the broker's size limit on an MQTT 3.1.1 broker, which drops it silently): its range is
-then sent one record per message, and a single record lost like that twice more is given up
-(``set_aside``), so it never blocks the queue behind it. A broker that refuses a message
-outright (an MQTT 5 reason code) gets the same treatment at once.
+A message that keeps getting lost while the cloud receives what came after it (over the
+broker's size limit on MQTT 3.1.1, which drops it silently), that the broker refuses (an MQTT 5
+reason code), or on which the broker keeps closing the connection (Mosquitto 2.0 answers an
+oversized MQTT 5 publish with a PUBACK code clients reject) is *poison*. A poison message of
+several records makes the uploader halve its batch size; a poison single record is set aside,
+counted and announced, so it never blocks the queue behind it.
 """
 
 from __future__ import annotations
@@ -22,11 +23,17 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-SPLIT_AFTER = 2
-"""A range lost this many times in a row (while later records arrive) is sent record by record."""
-GIVE_UP_AFTER = 2
-"""A single record lost this many more times (or refused once) is set aside."""
+STRIKES = {"lost": 2, "refused": 1, "disconnect": 3}
+"""How many times a message must be lost in each way before it is judged poison."""
 MAX_BACKOFF = 16
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What to do about a poison message: send smaller batches, or set a record aside."""
+
+    shrink_to: int | None = None
+    set_aside: int | None = None
 
 
 @dataclass
@@ -36,6 +43,7 @@ class Sent:
     count: int
     at: float
     live: bool
+    size: int = 0
 
 
 class SendTracker:
@@ -47,12 +55,11 @@ class SendTracker:
         self.live_from = 0
         self.backlog_cursor = 0
         self.live_cursor = 0
-        self.split_until = 0
-        """Records up to this seq are sent one per message."""
-        self.sent: deque[Sent] = deque()
+        self._sent: tuple[deque[Sent], deque[Sent]] = (deque(), deque())
+        """Backlog and live messages in flight, each in seq order."""
         self.unacked = 0
         self._backoff = 1
-        self._strikes: dict[int, int] = {}
+        self._strikes: dict[tuple[int, int], int] = {}
         self.resends = 0
 
     # -- connecting and sending -----------------------------------------------------------------
@@ -63,8 +70,7 @@ class SendTracker:
         self.live_from = max(last_seq, self.acked)
         self.backlog_cursor = self.acked
         self.live_cursor = self.live_from
-        self.sent.clear()
-        self.unacked = 0
+        self._clear()
 
     @property
     def backlog_done(self) -> bool:
@@ -74,16 +80,12 @@ class SendTracker:
     def room(self) -> bool:
         return self.unacked < self.unacked_limit
 
-    def batch_limit(self, first_seq: int, records: int) -> int:
-        """How many records a message starting at ``first_seq`` may carry."""
-        return 1 if first_seq <= self.split_until else records
-
-    def on_sent(self, first: int, last: int, count: int, now: float, live: bool) -> None:
+    def on_sent(self, first: int, last: int, count: int, now: float, live: bool, size: int = 0) -> None:
         if live:
             self.live_cursor = max(self.live_cursor, last)
         else:
             self.backlog_cursor = max(self.backlog_cursor, last)
-        self.sent.append(Sent(first, last, count, now, live))
+        self._sent[live].append(Sent(first, last, count, now, live, size))
         self.unacked += count
 
     def skip(self, up_to: int, live: bool) -> None:
@@ -101,55 +103,59 @@ class SendTracker:
         if seq <= self.acked:
             return False
         self.acked = seq
-        while self.sent and self.sent[0].last <= seq:
-            self.unacked -= self.sent.popleft().count
-        self.unacked = max(0, self.unacked)
+        for sent in self._sent:
+            while sent and sent[0].last <= seq:
+                self.unacked -= sent.popleft().count
         self.backlog_cursor = max(self.backlog_cursor, min(seq, self.live_from))
         self.live_cursor = max(self.live_cursor, seq)
         self._backoff = 1
-        self._strikes = {k: v for k, v in self._strikes.items() if k > seq}
+        self._strikes = {k: v for k, v in self._strikes.items() if k[0] > seq}
         return True
 
     def due(self, now: float) -> Sent | None:
         """The oldest sent range if it has waited for the ack longer than allowed."""
-        if not self.sent:
+        heads = [sent[0] for sent in self._sent if sent]
+        if not heads:
             return None
-        oldest = self.sent[0]
+        oldest = min(heads, key=lambda s: s.at)
         return oldest if now - oldest.at >= self.resend_after * self._backoff else None
 
-    def resend(self, oldest: Sent) -> int | None:
-        """Go back to the ack and send everything after it again. Returns a seq to set aside
-        when ``oldest`` is a single record that keeps getting lost while later ones arrive."""
+    def resend(self, oldest: Sent) -> Verdict | None:
+        """Go back to the ack and send everything after it again. When the cloud has meanwhile
+        received later records, ``oldest`` was lost on the way: it may be poison."""
         self.resends += 1
-        poison = self._lost(oldest, lost_for_sure=self.max_seen > oldest.last)
+        verdict = None
+        if self.max_seen > oldest.last:
+            verdict = self.strike(oldest, "lost")
+        else:  # the cloud hears nothing: an outage, so wait longer before the next resend
+            self._backoff = min(self._backoff * 2, MAX_BACKOFF)
         self._rewind()
-        self._backoff = min(self._backoff * 2, MAX_BACKOFF)
-        return poison
+        return verdict
 
-    def refused(self, first: int, last: int, count: int) -> int | None:
-        """The broker refused the message ``first..last``: split it, or give up a single record."""
-        poison = self._lost(Sent(first, last, count, 0.0, False), lost_for_sure=True, refused=True)
-        self._rewind(to=first - 1)
-        return poison
+    def refused(self, sent: Sent) -> Verdict | None:
+        """The broker refused ``sent`` (an MQTT 5 reason code)."""
+        verdict = self.strike(sent, "refused")
+        self._rewind(to=sent.first - 1)
+        return verdict
 
-    def _lost(self, sent: Sent, lost_for_sure: bool, refused: bool = False) -> int | None:
-        if not lost_for_sure:
-            self._strikes.pop(sent.first, None)
+    def strike(self, sent: Sent, how: str) -> Verdict | None:
+        """Count one more loss of ``sent``; a verdict once it has been lost too often."""
+        key = (sent.first, sent.count)
+        strikes = self._strikes[key] = self._strikes.get(key, 0) + 1
+        if strikes < STRIKES[how]:
             return None
-        strikes = self._strikes[sent.first] = self._strikes.get(sent.first, 0) + 1
+        del self._strikes[key]
         if sent.count > 1:
-            if refused or strikes >= SPLIT_AFTER:
-                self.split_until = max(self.split_until, sent.last)
-                self._strikes[sent.first] = 0
-            return None
-        if refused or strikes >= GIVE_UP_AFTER:
-            self._strikes.pop(sent.first, None)
-            return sent.first
-        return None
+            return Verdict(shrink_to=max(1024, sent.size // 2))
+        return Verdict(set_aside=sent.first)
 
     def _rewind(self, to: int | None = None) -> None:
         point = self.acked if to is None else max(self.acked, to)
         self.backlog_cursor = min(self.backlog_cursor, min(point, self.live_from))
         self.live_cursor = min(self.live_cursor, max(point, self.live_from))
-        self.sent.clear()
+        self._clear()
+
+    def _clear(self) -> None:
+        for sent in self._sent:
+            sent.clear()
         self.unacked = 0

@@ -35,7 +35,7 @@ from cloud_sync import protocol
 from cloud_sync.mqtt import Client, make_client, ssl_context, wrong_protocol
 from cloud_sync.protocol import DroppedRange, Encoder
 from cloud_sync.ratelimit import RateLimit
-from cloud_sync.tracker import Sent, SendTracker
+from cloud_sync.tracker import Sent, SendTracker, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class Uploader:
         self._stopping = asyncio.Event()
         self._acked_target = 0
         self._ack_changed = asyncio.Event()
-        self._inflight: deque[tuple[float, asyncio.Future[ReasonCode]]] = deque()
+        self._inflight: deque[tuple[float, asyncio.Future[ReasonCode], Prepared | None]] = deque()
         self._fatal: Exception | None = None
         self._tasks: set[asyncio.Future[None]] = set()
         self._flushed_ack = 0
@@ -108,6 +108,8 @@ class Uploader:
         self._partial: tuple[int, float] | None = None
         self._protocol = "5" if config.protocol in ("auto", "5") else "3.1.1"
         self._max_payload = config.max_message_bytes
+        self._batch_limit = config.max_message_bytes
+        """Payload bound for a message of several records; lowered when the broker drops ours."""
         self._started = time.time()
         self._acked_samples: deque[tuple[float, int]] = deque(maxlen=64)
         self._errors = ThrottledLog(log, interval=30)
@@ -133,6 +135,7 @@ class Uploader:
                     await self._session()
                 except* (aiomqtt.MqttError, LinkDead, OSError, TimeoutError) as group:
                     self._lost(group.exceptions[0])
+                    await self._judge_disconnect()
                 except* Exception as group:  # a bug must not take the daemon down: log, retry
                     self._counters.incr(SCOPE, "internal_errors")
                     log.error("sync failed; retrying", exc_info=group.exceptions[0])
@@ -195,6 +198,19 @@ class Uploader:
             self._executor.submit(reader.close).result()
         self._executor.shutdown(wait=True)
 
+    async def _judge_disconnect(self) -> None:
+        """The connection ended: if it did so right after a message the broker never
+        acknowledged, that message may be what made the broker (or client) hang up."""
+        now = time.monotonic()
+        for sent_at, future, prepared in self._inflight:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                continue
+            if prepared is not None and prepared.count and now - sent_at < 5.0:
+                sent = Sent(prepared.first, prepared.last, prepared.count, sent_at, False, len(prepared.payload))
+                await self._apply(self.tracker.strike(sent, "disconnect"), "the broker hung up on it")
+            break
+        self._inflight.clear()
+
     def _lost(self, exc: BaseException) -> None:
         self.connected = False
         self.last_error = f"{self.config.url}: {exc}"
@@ -214,6 +230,7 @@ class Uploader:
             session_expiry=self.config.session_expiry, inflight=self.config.window + 4,
             logger=log.getChild("mqtt"), tls=ssl_context(self.config),
         )
+        self._inflight.clear()
         async with client:
             self.connected, self.last_error = True, None
             broker_max = client.max_packet_size
@@ -307,7 +324,7 @@ class Uploader:
     async def _prepare(self, after: int, up_to: int | None, ripe: bool) -> Prepared | None:
         """The next message after ``after``; its payload is empty if it is a partial batch that
         is not ``ripe`` yet (nothing is encoded then)."""
-        limit = self.tracker.batch_limit(after + 1, self.config.batch_records)
+        limit = self.config.batch_records
         prepared = await self._read(self._encode, after, up_to, limit, self.tracker.acked, ripe)
         if prepared is not None and prepared.too_large is not None:
             seq = prepared.too_large
@@ -319,9 +336,9 @@ class Uploader:
     def _send(self, client: Client, prepared: Prepared, live: bool) -> None:
         future = client.send(self._topics["data"], prepared.payload, qos=1)
         now = time.monotonic()
-        self._inflight.append((now, future))
+        self._inflight.append((now, future, prepared))
         if prepared.count:
-            self.tracker.on_sent(prepared.first, prepared.last, prepared.count, now, live)
+            self.tracker.on_sent(prepared.first, prepared.last, prepared.count, now, live, len(prepared.payload))
             self._partial = None
         if not live:
             self._rate.take(len(prepared.payload))
@@ -343,9 +360,8 @@ class Uploader:
             self._fatal = LinkDead(f"the broker refused our data: {detail}; check its ACL")
             return
         self._errors.warning("refused", "the broker refused seqs %d..%d: %s", prepared.first, prepared.last, detail)
-        poison = self.tracker.refused(prepared.first, prepared.last, prepared.count)
-        if poison is not None:
-            self._background(self._set_aside(poison, "refused", f"refused by the broker: {detail}"))
+        sent = Sent(prepared.first, prepared.last, prepared.count, 0.0, False, len(prepared.payload))
+        self._background(self._apply(self.tracker.refused(sent), f"refused by the broker: {detail}"))
 
     async def _resend(self, oldest: Sent) -> None:
         self._counters.incr(SCOPE, "resends")
@@ -353,13 +369,20 @@ class Uploader:
             "no ack for seqs %d..%d after %.0f s (cloud acked %d); sending again from there",
             oldest.first, oldest.last, time.monotonic() - oldest.at, self.tracker.acked,
         )
-        poison = self.tracker.resend(oldest)
-        if poison is not None:
-            await self._set_aside(
-                poison, "undeliverable",
-                "lost again and again while later records arrived (over the broker's size limit?)",
-            )
-            self.tracker.skip(poison, live=poison > self.tracker.live_from)
+        await self._apply(self.tracker.resend(oldest), "lost again and again while later records arrived")
+
+    async def _apply(self, verdict: Verdict | None, why: str) -> None:
+        """Act on a poison message: smaller batches from now on, or one record set aside."""
+        if verdict is None:
+            return
+        if verdict.shrink_to is not None and verdict.shrink_to < self._batch_limit:
+            self._batch_limit = verdict.shrink_to
+            self._counters.incr(SCOPE, "batch_shrinks")
+            log.warning("%s; sending batches of at most %d bytes from now on", why, self._batch_limit)
+        if verdict.set_aside is not None:
+            seq = verdict.set_aside
+            await self._set_aside(seq, "undeliverable", f"{why} (over the broker's size limit?)")
+            self.tracker.skip(seq, live=seq > self.tracker.live_from)
 
     async def _set_aside(self, seq: int, reason: str, detail: str) -> None:
         log.warning("setting record seq %d aside (%s): %s", seq, reason, detail)
@@ -470,7 +493,7 @@ class Uploader:
 
     def _publish_status(self, client: Client, figures: dict[str, Any] | None = None) -> None:
         future = client.send(self._topics["status"], self._status(True, figures), qos=1, retain=True)
-        self._inflight.append((time.monotonic(), future))
+        self._inflight.append((time.monotonic(), future, None))
 
     def _status(self, online: bool, figures: dict[str, Any] | None = None) -> bytes:
         body: dict[str, Any] = {
@@ -534,10 +557,10 @@ class Uploader:
         dropped = self._dropped(acked)
         while True:
             payload = self._encoder.encode([r[:4] for r in rows], acked, dropped)
-            if len(payload) <= self._max_payload:
-                return Prepared(payload, rows[0][0], rows[-1][0], len(rows), full)
-            if len(rows) == 1:
+            if len(rows) == 1 and len(payload) > self._max_payload:
                 return Prepared(b"", rows[0][0], rows[0][0], 0, True, too_large=rows[0][0])
+            if len(rows) == 1 or len(payload) <= min(self._batch_limit, self._max_payload):
+                return Prepared(payload, rows[0][0], rows[-1][0], len(rows), full)
             rows = rows[: len(rows) // 2]
             full = True
 

@@ -184,3 +184,101 @@ def agent_config(
         + textwrap.dedent(modules)
     )
     return path
+
+
+# -- cloud sync: a second ("cloud") broker, the ingest as a process, a PostgreSQL database ----------
+
+EDGE_CLOUD = [sys.executable, "-m", "cloud_sync"]
+PG_ADMIN_URL = os.environ.get("EDGE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+class IngestProcess:
+    """``edge-cloud serve`` as a child process on ``broker``, with its log in a file."""
+
+    def __init__(self, workdir: Path, broker_url: str, db_url: str, *extra: str, token: str = "test-token") -> None:
+        self.http_port = free_port()
+        self.token = token
+        self.args = [*EDGE_CLOUD, "serve", "--broker", broker_url, "--db", db_url,
+                     "--http", f"127.0.0.1:{self.http_port}", "--client-id", "test-ingest", *extra]
+        self.log = workdir / f"ingest-{self.http_port}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 15.0) -> IngestProcess:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.args, stdout=log, stderr=log,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", "EDGE_CLOUD_TOKEN": self.token},
+            )
+        deadline = time.monotonic() + timeout
+        while "ingesting" not in self.output().split("edge-cloud: store")[-1]:
+            if self.process.poll() is not None:
+                raise AssertionError(f"the ingest exited ({self.process.returncode}):\n{self.output()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the ingest did not subscribe within {timeout} s:\n{self.output()}")
+            time.sleep(0.05)
+        wait_for_port(self.http_port)
+        return self
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def api(self, path: str) -> object:
+        import json
+        import urllib.request
+
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.http_port}{path}", headers={"Authorization": f"Bearer {self.token}"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        return self.process.returncode if self.process else None
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def cloud_broker(tmp_path: Path) -> Iterator[Broker]:
+    """A second Mosquitto, standing for the cloud's (the ``broker`` fixture is the gateway's)."""
+    workdir = tmp_path / "cloud-broker"
+    workdir.mkdir()
+    server = Broker(workdir).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def ingests() -> Iterator[list[IngestProcess]]:
+    """Ingest processes a test started; whatever still runs at the end is stopped."""
+    started: list[IngestProcess] = []
+    yield started
+    for ingest in started:
+        ingest.kill()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for one test, dropped afterwards; skipped (saying why) when
+    no server answers at ``EDGE_TEST_PG`` (default postgresql://postgres@127.0.0.1:5432/postgres)."""
+    psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed (pip install '.[cloud]')")
+    name = f"edge_test_{os.getpid()}_{free_port()}"
+    try:
+        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3)
+    except psycopg.Error as exc:
+        pytest.skip(f"PostgreSQL is not reachable at {PG_ADMIN_URL} ({str(exc).strip()[:120]}); "
+                    ".ci/run starts it, or set EDGE_TEST_PG")
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -1,0 +1,3 @@
+from cloud_sync.cli import main
+
+main()
