@@ -59,8 +59,9 @@ _TOKEN = re.compile(
       | (?P<num>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)
       | (?P<text>'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")
       | (?P<name>[A-Za-z_][A-Za-z0-9_]*)
+      | (?P<wrong>&&|\|\||\*\*|[\^&|\[\].])
       | (?P<op><=|>=|==|!=|[-+*/%<>(),])
-      | (?P<wrong>&&|\|\||!|=|\*\*|\^|&|\||\[|\]|\.)""",
+      | (?P<lone>[!=])""",
     re.VERBOSE,
 )
 _INSTEAD = {"&&": "and", "||": "or", "!": "not", "=": "==", "**": "pow(x, y)", "^": "pow(x, y)",
@@ -81,7 +82,7 @@ def _tokens(source: str) -> list[_Token]:
         pos = match.end()
         if kind == "space":
             continue
-        if kind == "wrong":
+        if kind in ("wrong", "lone"):
             hint = f": use {_INSTEAD[text]}" if text in _INSTEAD else ""
             raise ExpressionError(f"{text!r} is not part of the language{hint}", source, column)
         value: Any = None
