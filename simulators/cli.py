@@ -107,3 +107,52 @@ def linkctl(control: str, command: tuple[str, ...]) -> None:
     click.echo(answer)
     if not answer.startswith("ok"):
         sys.exit(1)
+
+
+@main.command()
+@click.option("--broker", default="mqtt://127.0.0.1:1883", show_default=True,
+              help="The cloud broker's URL.")
+@click.option("--devices", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Seconds to run (until Ctrl-C if unset).")
+@click.option("--interval", type=click.FloatRange(min=0, min_open=True), default=10.0,
+              show_default=True, help="Seconds between a device's window summaries.")
+@click.option("--sensors", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Summaries per device and interval.")
+@click.option("--status-interval", type=click.FloatRange(min=0, min_open=True), default=30.0,
+              show_default=True)
+@click.option("--topic-prefix", default="edge", show_default=True)
+@click.option("--id-prefix", default="sim", show_default=True, help="Device ids are PREFIX-00042.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--connect-rate", type=click.FloatRange(min=0, min_open=True), default=500.0,
+              show_default=True, help="New connections per second (at start and after outages).")
+@click.option("--schedule", default="", help='Link outages, e.g. "60:offline=0.1,90:online".')
+@click.option("--compression", type=click.Choice(["auto", "zstd", "zlib", "none"]),
+              default="zlib", show_default=True,
+              help="zstd costs about 50 KB of memory per device.")
+@click.option("--json", "as_json", is_flag=True, help="Print the final report as JSON.")
+def fleet(broker: str, devices: int, duration: float | None, interval: float, sensors: int,
+          status_interval: float, topic_prefix: str, id_prefix: str, seed: int,
+          connect_rate: float, schedule: str, compression: str, as_json: bool) -> None:
+    """N virtual devices speaking the sync protocol to a cloud broker."""
+    # Imported here: the fleet needs cloud_sync, which sensors and link do without.
+    from simulators.fleet import FleetOptions
+    from simulators.fleet_cli import serve_fleet
+    from simulators.fleet_device import DeviceOptions
+
+    try:
+        host, port = broker_address(broker)
+        options = FleetOptions(
+            devices=devices, id_prefix=id_prefix, seed=seed, duration=duration,
+            connect_rate=connect_rate, schedule=schedule,
+            device=DeviceOptions(host=host, port=port, topic_prefix=topic_prefix,
+                                 interval=interval, sensors=sensors,
+                                 status_interval=status_interval, compression=compression),
+        )
+    except (AddressError, ValueError) as error:
+        raise click.UsageError(str(error)) from None
+    report = asyncio.run(serve_fleet(options))
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(report), indent=2))
+    else:
+        click.echo(" ".join(f"{k}={v}" for k, v in dataclasses.asdict(report).items()))
