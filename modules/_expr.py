@@ -210,6 +210,7 @@ _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
     "==": operator.eq, "!=": operator.ne,
 }
 _KEYWORDS = {"and", "or", "not", "true", "false"}
+_ORDERED = {int: NUM, float: NUM, str: TEXT}  # what < and > accept: numbers, or texts
 
 
 class _Parser:
@@ -308,7 +309,8 @@ class _Parser:
 
         def compare(env: Env) -> bool:
             a, b = left(env), right(env)
-            if (type(a) is str) != (type(b) is str) or type(a) is bool or type(b) is bool:
+            kinds = {_ORDERED.get(type(a)), _ORDERED.get(type(b))}
+            if len(kinds) != 1 or None in kinds:
                 raise EvalError(f"cannot compare {_describe(a)} with {_describe(b)}", column)
             return bool(op(a, b))
 

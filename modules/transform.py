@@ -148,7 +148,8 @@ class Transform(Module[TransformConfig]):
     applies). Records dropped are counted by reason: ``filtered`` (a ``where`` was false),
     ``expression_errors`` (an expression failed on a record: a missing field, a division by
     zero; logged with its column), ``unit_errors`` (no unit, or one that does not convert),
-    ``not_a_number`` and ``not_finite`` (a value to calibrate that is not a finite number).
+    ``not_a_number`` (a value to calibrate that is not a number) and ``not_finite`` (NaN or an
+    infinity, dropped whatever the rule).
     """
 
     Config = TransformConfig
@@ -169,6 +170,10 @@ class Transform(Module[TransformConfig]):
 
     def process_batch(self, records: Iterable[Record]) -> None:
         for record in records:
+            value = record.data.get("value")
+            if type(value) is float and value - value != 0:  # NaN, inf: never a reading
+                self.context.counters.incr(NOT_FINITE)
+                continue
             sensor = sensor_of(record)
             plan = self._cache.get(sensor) or self._plan_for(sensor)
             data = self._calibrated(record, plan)
@@ -204,9 +209,6 @@ class Transform(Module[TransformConfig]):
         value = data.get("value")
         if type(value) is not float and type(value) is not int:
             self.context.counters.incr(NOT_A_NUMBER)
-            return None
-        if value - value != 0:
-            self.context.counters.incr(NOT_FINITE)
             return None
         if plan.value is not None:
             env = {"ts": record.ts, "topic": record.topic, **data, "raw": value}
