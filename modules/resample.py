@@ -68,8 +68,10 @@ class Resample(Module[ResampleConfig]):
     can take it as input. Filled intervals have ``count`` 0 and ``"filled": "hold"`` or
     ``"interpolate"``; they are emitted when the next reading closes the gap.
 
-    An interval closes like a window (see ``window``). Readings for an interval already emitted
-    are counted as ``late``; non-numbers and NaN/infinities are counted and dropped.
+    An interval closes like a window (see ``window``). Readings for an interval already closed,
+    or due to close (its end is at or before the sensor's newest reading time minus
+    ``lateness``), are counted as ``late``; non-numbers and NaN/infinities are counted and
+    dropped.
     """
 
     Config = ResampleConfig
@@ -98,7 +100,9 @@ class Resample(Module[ResampleConfig]):
                 continue
             ts = record.ts
             start = ts // every * every
-            if start < sensor.closed_until:
+            if start < sensor.closed_until or (
+                start not in sensor.open and start + every <= sensor.newest - lateness
+            ):
                 self.context.counters.incr("late")
                 continue
             self._add(sensor, start, value, ts)

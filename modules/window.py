@@ -90,7 +90,8 @@ class Window(Module[WindowConfig]):
     ``end``, ``count`` and each requested statistic by name; windows with no readings emit
     nothing. A window closes when a reading of the same sensor arrives past its end plus
     ``lateness``, or ``timeout`` after that when the sensor goes quiet, or at ``stop``. A reading
-    for a window already emitted is counted as ``late`` and left out. Readings whose value is not
+    whose window has closed, or is due to (it ends at or before the sensor's newest reading time
+    minus ``lateness``), is counted as ``late`` and left out. Readings whose value is not
     a number are counted as ``not_a_number``, NaN and infinities as ``not_finite``.
     """
 
@@ -202,11 +203,16 @@ class Window(Module[WindowConfig]):
         return state
 
     def _add_to_other_pane(self, state: _Sensor, start: float, value: float, ts: float) -> bool:
-        """The slow path: a reading for another pane than the last one. False if late."""
-        if start < state.closed_until:
+        """The slow path: a reading for another pane than the last one. False if late: its
+        first window was emitted, or would have been by now (it ends at or before the sensor's
+        newest reading time minus ``lateness``)."""
+        acc = state.panes.get(start)
+        if acc is None and (
+            start < state.closed_until
+            or self._first_window_end(start) <= state.newest - self.config.lateness
+        ):
             self._counters.incr("late")
             return False
-        acc = state.panes.get(start)
         if acc is None:
             sketch = None
             if self._shape is not None:
