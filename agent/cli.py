@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import logging
 import sys
@@ -26,7 +27,29 @@ CONFIG_OPTION = click.option(
 JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
 
-@click.group()
+class LazyGroup(click.Group):
+    """A group whose commands in other files are imported only when one of them runs, so that
+    ``edge-agent run`` does not carry the imports of every other command in the daemon's memory."""
+
+    def __init__(self, *args: Any, lazy: dict[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy or {}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.lazy])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.lazy:
+            module, attribute = self.lazy[name].split(":")
+            command: click.Command = getattr(importlib.import_module(module), attribute)
+            return command
+        return super().get_command(ctx, name)
+
+
+@click.group(
+    cls=LazyGroup,
+    lazy={"sync": "agent.cli_sync:sync", "replay": "agent.cli_replay:replay_command"},
+)
 @click.version_option(__version__, prog_name="edge-agent")
 def main() -> None:
     """Edge Agent: processing modules on local sensor streams, a durable outbox, cloud sync."""
@@ -107,7 +130,7 @@ def outbox(config_path: Path, as_json: bool, limit: int | None) -> None:
         box.close()
 
 
-@main.group(invoke_without_command=True)
+@main.group(cls=LazyGroup, lazy={"new": "agent.scaffold:new_command"}, invoke_without_command=True)
 @JSON_OPTION
 @click.pass_context
 def modules(ctx: click.Context, as_json: bool) -> None:
@@ -177,12 +200,3 @@ def _ago(at: float | None) -> str:
     return "?" if at is None else f"{time.time() - at:.0f} s ago"
 
 
-from agent import cli_sync  # noqa: E402,F401  (registers `edge-agent sync`)
-
-
-# Commands kept in their own files, registered here.
-from agent.cli_replay import replay_command  # noqa: E402
-from agent.scaffold import new_command  # noqa: E402
-
-main.add_command(replay_command)
-modules.add_command(new_command)

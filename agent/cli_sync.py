@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from agent import __version__
-from agent.cli import CONFIG_OPTION, _load, _setup_logging, main
+from agent.cli import CONFIG_OPTION, _load, _setup_logging
 from agent.config import AgentConfig, CloudConfig
 from agent.counters import CounterSet
 from agent.errors import OutboxError
@@ -28,7 +28,7 @@ from agent.status import read_status
 log = logging.getLogger("agent.sync")
 
 
-@main.command()
+@click.command("sync")
 @CONFIG_OPTION
 @click.option("--once", is_flag=True, help="Drain what is waiting now, then exit.")
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=120.0, show_default=True,
