@@ -142,7 +142,10 @@ def reading(
 
 def readings(rows: Iterable[tuple[Any, ...]], prefix: str = "sensors/") -> list[Record]:
     """Readings from ``(sensor, ts, value)`` or ``(sensor, ts, value, unit)`` tuples."""
-    return [reading(*row, prefix=prefix) for row in rows]
+    out = []
+    for sensor, ts, value, *unit in rows:
+        out.append(reading(sensor, ts, value, unit[0] if unit else None, prefix))
+    return out
 
 
 class Harness:
@@ -226,7 +229,8 @@ class Harness:
     def stop(self) -> list[Record]:
         """Stop every module upstream first, routing what they flush; returns what was emitted
         meanwhile. Stopping twice does nothing."""
-        return self._run_sync(self.astop())
+        stopped: list[Record] = self._run_sync(self.astop())
+        return stopped
 
     async def astop(self) -> list[Record]:
         mark = len(self.emitted)
@@ -242,7 +246,8 @@ class Harness:
     def restart(self, name: str | None = None) -> list[Record]:
         """Stop module ``name``, then start a new instance of it with its saved state, as the
         daemon does after a restart: the state goes through JSON on the way, as it would."""
-        return self._run_sync(self.arestart(name))
+        flushed: list[Record] = self._run_sync(self.arestart(name))
+        return flushed
 
     async def arestart(self, name: str | None = None) -> list[Record]:
         stage = self._stage(name)
@@ -511,18 +516,20 @@ def module_harness(
     start_at: float = 0.0,
     follow_readings: bool = True,
     strict: bool = True,
+    keep: bool = True,
     **options: Any,
 ) -> Harness:
     """A started harness around one module.
 
     ``module`` is a class or a registered name (``"window"``); its config comes from ``config``
     (a dict or a ``Config``) or keyword ``options`` and is validated as the daemon would.
-    ``state`` is the saved state the module starts with; ``start_at`` is the clock's start.
+    ``state`` is the saved state the module starts with; ``start_at`` is the clock's start;
+    ``keep=False`` does not keep what is emitted (``feed`` then returns nothing), for long runs.
     """
     plan = _plan(module, config, options, name, inputs)
     harness = Harness(
         [plan], clock=ManualClock(start_at), follow_readings=follow_readings, strict=strict,
-        states={plan.spec.name: state if state is not None else {}},
+        states={plan.spec.name: state if state is not None else {}}, keep=keep,
     )
     return harness.start()
 

@@ -6,7 +6,7 @@ import fnmatch
 import math
 import re
 from collections.abc import Sequence
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field
 
@@ -44,7 +44,7 @@ class ClockWatch:
 
 def value_of(record: Record, counters: Counters) -> float | None:
     """The record's ``value`` as a finite float, or None after counting why it is not one."""
-    value = record.data.get("value")
+    value: Any = record.data.get("value")
     kind = type(value)
     if kind is not float and kind is not int:  # type(True) is bool: not a reading
         counters.incr(NOT_A_NUMBER)

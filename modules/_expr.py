@@ -249,7 +249,9 @@ class _Parser:
         return fn, kind
 
     def logic(self, word: str) -> tuple[Fn, str]:
-        lower = (lambda: self.logic("and")) if word == "or" else self.negation
+        lower: Callable[[], tuple[Fn, str]] = (
+            (lambda: self.logic("and")) if word == "or" else self.negation
+        )
         left, kind = lower()
         while self.token.text == word:
             token = self.take()
@@ -317,7 +319,9 @@ class _Parser:
         return compare, BOOL
 
     def arithmetic(self, ops: tuple[str, ...]) -> tuple[Fn, str]:
-        lower = (lambda: self.arithmetic(("*", "/", "%"))) if ops[0] == "+" else self.unary
+        lower: Callable[[], tuple[Fn, str]] = (
+            (lambda: self.arithmetic(("*", "/", "%"))) if ops[0] == "+" else self.unary
+        )
         left, lk = lower()
         while self.token.text in ops:
             token = self.take()

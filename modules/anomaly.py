@@ -146,7 +146,7 @@ class Anomaly(Module[AnomalyConfig]):
         counters = self.context.counters
         for record in records:
             data = record.data
-            value = data.get("value")
+            value: Any = data.get("value")  # checked just below, without isinstance (hot path)
             kind = type(value)
             if kind is not float and kind is not int:
                 counters.incr(NOT_A_NUMBER)

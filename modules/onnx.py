@@ -72,10 +72,10 @@ class Onnx(Module[OnnxConfig]):
     async def start(self) -> None:
         try:
             import numpy
-            import onnxruntime
+            import onnxruntime  # type: ignore[import-untyped]  # ships no type hints
         except ImportError as exc:
             raise RuntimeError(f"{INSTALL_HINT} ({exc})") from None
-        self._np = numpy
+        self._np: Any = numpy
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = self.config.threads
         options.inter_op_num_threads = 1

@@ -128,7 +128,7 @@ class Window(Module[WindowConfig]):
         shape = self._shape
         for record in records:
             data = record[2]
-            value = data.get("value")
+            value: Any = data.get("value")  # checked just below, without isinstance (hot path)
             kind = type(value)
             if kind is not float:
                 if kind is not int:  # bool, str, None, ...: type(True) is bool, not int
