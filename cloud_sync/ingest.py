@@ -238,7 +238,7 @@ class Ingest:
         now = time.time()
         for device_id in flush.acks:
             state = states[device_id]
-            ack = protocol.Ack(state.acked, state.epoch, state.max_seq, now)
+            ack = protocol.Ack(state.acked, state.epoch, state.max_seq, now, flush.probes.get(device_id, 0))
             try:
                 client.send(protocol.topic(self.prefix, device_id, "ack"), ack.encode(), qos=1, retain=True)
             except aiomqtt.MqttError as exc:

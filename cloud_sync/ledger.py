@@ -137,6 +137,8 @@ class Flush:
     quarantined: list[Quarantined] = field(default_factory=list)
     acks: set[str] = field(default_factory=set)
     """Devices whose ack should be published after the commit."""
+    probes: dict[str, int] = field(default_factory=dict)
+    """The highest probe each device sent in this flush, echoed in its ack."""
     counters: dict[str, int] = field(default_factory=dict)
 
     def count(self, name: str, by: int = 1) -> None:
@@ -187,6 +189,8 @@ def _status(state: DeviceState, status: Status) -> None:
 
 def _batch(state: DeviceState, topic: str, batch: DataBatch, flush: Flush, now: float) -> None:
     flush.acks.add(state.device_id)
+    if batch.probe:
+        flush.probes[state.device_id] = max(batch.probe, flush.probes.get(state.device_id, 0))
     state.messages += 1
     flush.count("messages")
     if not _admit(state, topic, batch, flush):

@@ -17,6 +17,7 @@ import ssl
 from typing import Any
 
 import aiomqtt
+from aiomqtt.exceptions import MqttConnectError
 import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -143,7 +144,7 @@ def make_client(
 
 def wrong_protocol(exc: BaseException) -> bool:
     """True if a failed connect says the broker does not speak the protocol version we tried."""
-    if isinstance(exc, aiomqtt.MqttConnectError):
+    if isinstance(exc, MqttConnectError):
         rc = getattr(exc, "rc", None)
         return getattr(rc, "value", rc) in _WRONG_PROTOCOL
     return False

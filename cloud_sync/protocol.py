@@ -137,6 +137,8 @@ class DataBatch:
     records: list[Record] = field(default_factory=list)
     bad: list[BadRecord] = field(default_factory=list)
     dropped: list[DroppedRange] = field(default_factory=list)
+    probe: int = 0
+    """Echoed in the ack: tells the device the ingest got this message (and so all before it)."""
 
 
 RawRow = tuple[int, str, float, str]
@@ -155,7 +157,9 @@ class Encoder:
         self._streams: dict[str, str] = {}
         self._zstd = zstandard.ZstdCompressor(level=3) if self.encoding == "zstd" else None
 
-    def body(self, rows: Sequence[RawRow], released: int, dropped: Iterable[DroppedRange] = ()) -> bytes:
+    def body(
+        self, rows: Sequence[RawRow], released: int, dropped: Iterable[DroppedRange] = (), probe: int = 0
+    ) -> bytes:
         streams = self._streams
         parts = []
         for seq, stream, ts, data in rows:
@@ -167,8 +171,9 @@ class Encoder:
         drops = ",".join(
             f'{{"first":{d.first},"last":{d.last},"reason":{codec.dumps(d.reason)}}}' for d in dropped
         )
+        tail = f',"probe":{probe}}}' if probe else "}"
         return (
-            f'{self._head}"released":{released},"records":[{",".join(parts)}],"dropped":[{drops}]}}'
+            f'{self._head}"released":{released},"records":[{",".join(parts)}],"dropped":[{drops}]{tail}'
         ).encode()
 
     def frame(self, body: bytes) -> bytes:
@@ -179,8 +184,10 @@ class Encoder:
             return bytes((MAGIC, VERSION)) + ZSTD + self._zstd.compress(body)
         return bytes((MAGIC, VERSION)) + ZLIB + zlib.compress(body, 1)
 
-    def encode(self, rows: Sequence[RawRow], released: int, dropped: Iterable[DroppedRange] = ()) -> bytes:
-        return self.frame(self.body(rows, released, dropped))
+    def encode(
+        self, rows: Sequence[RawRow], released: int, dropped: Iterable[DroppedRange] = (), probe: int = 0
+    ) -> bytes:
+        return self.frame(self.body(rows, released, dropped, probe))
 
 
 def resolve_encoding(compression: str) -> Encoding:
@@ -257,11 +264,16 @@ def decode_batch(device_id: str, payload: bytes) -> DataBatch:
         raise ProtocolError("bad_body", "released: not a sequence number")
     records = doc.get("records", [])
     dropped = doc.get("dropped", [])
+    probe = doc.get("probe", 0)
+    if not _is_seq(probe, allow_zero=True):
+        raise ProtocolError("bad_body", "probe: not a non-negative integer")
     if not isinstance(records, list) or len(records) > MAX_RECORDS:
         raise ProtocolError("bad_body", f"records: not a list of at most {MAX_RECORDS}")
     if not isinstance(dropped, list) or len(dropped) > MAX_DROPPED:
         raise ProtocolError("bad_body", f"dropped: not a list of at most {MAX_DROPPED}")
-    batch = DataBatch(device_id, epoch, released, dropped=[_dropped(i, d) for i, d in enumerate(dropped)])
+    batch = DataBatch(
+        device_id, epoch, released, dropped=[_dropped(i, d) for i, d in enumerate(dropped)], probe=probe
+    )
     for index, item in enumerate(records):
         _record(index, item, batch)
     return batch
@@ -311,11 +323,14 @@ class Ack:
     epoch: str
     max_seq: int = 0
     at: float = 0.0
+    probe: int = 0
+    """The highest ``probe`` of the device's messages in the flush this ack follows."""
 
     def encode(self) -> bytes:
-        return codec.dumps_bytes(
-            {"v": VERSION, "seq": self.seq, "epoch": self.epoch, "max_seq": self.max_seq, "at": self.at}
-        )
+        return codec.dumps_bytes({
+            "v": VERSION, "seq": self.seq, "epoch": self.epoch, "max_seq": self.max_seq,
+            "at": self.at, "probe": self.probe,
+        })
 
 
 def decode_ack(payload: bytes) -> Ack:
@@ -328,9 +343,10 @@ def decode_ack(payload: bytes) -> Ack:
     epoch = doc.get("epoch", "")
     max_seq = doc.get("max_seq", doc["seq"])
     at = doc.get("at", 0.0)
-    if not isinstance(epoch, str) or not _is_seq(max_seq, allow_zero=True):
-        raise ProtocolError("bad_ack", "epoch or max_seq of the wrong type")
-    return Ack(doc["seq"], epoch, max_seq, float(at) if type(at) in (int, float) else 0.0)
+    probe = doc.get("probe", 0)
+    if not isinstance(epoch, str) or not _is_seq(max_seq, allow_zero=True) or not _is_seq(probe, allow_zero=True):
+        raise ProtocolError("bad_ack", "epoch, max_seq or probe of the wrong type")
+    return Ack(doc["seq"], epoch, max_seq, float(at) if type(at) in (int, float) else 0.0, probe)
 
 
 MAX_STATUS = 64 << 10

@@ -120,12 +120,13 @@ class SendTracker:
         oldest = min(heads, key=lambda s: s.at)
         return oldest if now - oldest.at >= self.resend_after * self._backoff else None
 
-    def resend(self, oldest: Sent) -> Verdict | None:
+    def resend(self, oldest: Sent, later_arrived: bool = False) -> Verdict | None:
         """Go back to the ack and send everything after it again. When the cloud has meanwhile
-        received later records, ``oldest`` was lost on the way: it may be poison."""
+        received later records (or a probe sent after it: ``later_arrived``), ``oldest`` was
+        lost on the way: it may be poison."""
         self.resends += 1
         verdict = None
-        if self.max_seen > oldest.last:
+        if self.max_seen > oldest.last or later_arrived:
             verdict = self.strike(oldest, "lost")
         else:  # the cloud hears nothing: an outage, so wait longer before the next resend
             self._backoff = min(self._backoff * 2, MAX_BACKOFF)

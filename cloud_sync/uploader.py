@@ -65,6 +65,7 @@ class Prepared:
     count: int
     full: bool
     too_large: int | None = None
+    probe: int = 0
 
 
 class Uploader:
@@ -103,6 +104,11 @@ class Uploader:
         self._flushed_ack = 0
         self._commit_watch = False
         self._health_at = 0.0
+        self._probe = 0
+        self._probes: dict[int, float] = {}
+        self._echoed_at = 0.0
+        self._last_data_at = 0.0
+        self._last_probe_at = 0.0
         self._last_seq_seen = 0
         self._announced_at = 0.0
         self._partial: tuple[int, float] | None = None
@@ -132,14 +138,11 @@ class Uploader:
             while not self._stopping.is_set():
                 connected_at = time.monotonic()
                 try:
-                    await self._session()
-                except* (aiomqtt.MqttError, LinkDead, OSError, TimeoutError) as group:
-                    self._lost(group.exceptions[0])
-                    await self._judge_disconnect()
-                except* Exception as group:  # a bug must not take the daemon down: log, retry
+                    await self._connection()
+                except Exception as exc:  # a bug must not take the daemon down: log, count, retry
                     self._counters.incr(SCOPE, "internal_errors")
-                    log.error("sync failed; retrying", exc_info=group.exceptions[0])
-                    self._lost(group.exceptions[0])
+                    self.last_error = f"internal error: {exc!r}"
+                    log.error("sync failed; retrying", exc_info=exc)
                 if self._stopping.is_set():
                     break
                 if time.monotonic() - connected_at > 60:
@@ -197,6 +200,14 @@ class Uploader:
             reader, self._reader = self._reader, None
             self._executor.submit(reader.close).result()
         self._executor.shutdown(wait=True)
+
+    async def _connection(self) -> None:
+        """One connection, from connect to loss (or ``stop``)."""
+        try:
+            await self._session()
+        except* (aiomqtt.MqttError, LinkDead, OSError, TimeoutError) as group:
+            self._lost(group.exceptions[0])
+            await self._judge_disconnect()
 
     async def _judge_disconnect(self) -> None:
         """The connection ended: if it did so right after a message the broker never
@@ -307,12 +318,24 @@ class Uploader:
             if backlog is not None:
                 return backlog, False, 0.0
             tracker.skip(tracker.live_from, live=False)
-        if live is None and time.monotonic() - self._announced_at > self.config.resend_after:
+        now = time.monotonic()
+        if live is None and now - self._announced_at > self.config.resend_after:
             announcement = await self._read(self._encode_dropped_only)
             if announcement is not None:
-                self._announced_at = time.monotonic()
+                self._announced_at = now
                 return announcement, True, 0.0
+        if self._probe_due(now):
+            return await self._read(self._encode_probe), True, 0.0
         return None, True, wait
+
+    def _probe_due(self, now: float) -> bool:
+        """Idle with records still unacknowledged: send an empty message the ingest will echo,
+        so that a lost message is told apart from a cloud that hears nothing."""
+        return bool(
+            self.tracker.unacked
+            and self._last_probe_at < self._last_data_at
+            and now - self._last_data_at >= min(1.0, self.config.resend_after / 2)
+        )
 
     def _ripe(self, cursor: int) -> bool:
         """Has a partial batch after ``cursor`` waited ``batch_delay`` for more records?"""
@@ -340,6 +363,11 @@ class Uploader:
         if prepared.count:
             self.tracker.on_sent(prepared.first, prepared.last, prepared.count, now, live, len(prepared.payload))
             self._partial = None
+            self._last_data_at = now
+        if prepared.probe:
+            self._probes[prepared.probe] = self._last_probe_at = now
+            if len(self._probes) > 64:
+                del self._probes[min(self._probes)]
         if not live:
             self._rate.take(len(prepared.payload))
         self.sent_records += prepared.count
@@ -369,7 +397,9 @@ class Uploader:
             "no ack for seqs %d..%d after %.0f s (cloud acked %d); sending again from there",
             oldest.first, oldest.last, time.monotonic() - oldest.at, self.tracker.acked,
         )
-        await self._apply(self.tracker.resend(oldest), "lost again and again while later records arrived")
+        later_arrived = self._echoed_at > oldest.at  # a probe sent after it got through
+        verdict = self.tracker.resend(oldest, later_arrived)
+        await self._apply(verdict, "lost again and again while later messages arrived")
 
     async def _apply(self, verdict: Verdict | None, why: str) -> None:
         """Act on a poison message: smaller batches from now on, or one record set aside."""
@@ -420,6 +450,8 @@ class Uploader:
         if ack.epoch and ack.epoch != self.epoch:
             await self._foreign_ack(ack)
             return
+        if ack.probe in self._probes:
+            self._echoed_at = max(self._echoed_at, self._probes[ack.probe])
         if ack.seq > self.tracker.acked:
             if ack.seq > self._last_seq_seen:
                 self._last_seq_seen = await self._read(self._last_seq)
@@ -571,6 +603,12 @@ class Uploader:
             return None
         payload = self._encoder.encode([], self.tracker.acked, dropped)
         return Prepared(payload, 0, 0, 0, True)
+
+    def _encode_probe(self) -> Prepared:
+        assert self._encoder is not None
+        self._probe += 1
+        payload = self._encoder.encode([], self.tracker.acked, self._dropped(self.tracker.acked), probe=self._probe)
+        return Prepared(payload, 0, 0, 0, True, probe=self._probe)
 
     def _dropped(self, acked: int) -> list[DroppedRange]:
         assert self._reader is not None

@@ -15,12 +15,19 @@ def open_store(url: str) -> Store:
     if url.startswith("sqlite://"):
         from cloud_sync.store.sqlite import SqliteStore
 
-        return SqliteStore.open(url)
-    if url.startswith(("postgresql://", "postgres://")):
+        store: Store = SqliteStore.open(url)
+    elif url.startswith(("postgresql://", "postgres://")):
         from cloud_sync.store.postgres import PostgresStore
 
-        return PostgresStore.open(url)
-    raise StoreError(url, "use sqlite:///path/to/file.db or postgresql://user@host/dbname")
+        store = PostgresStore.open(url)
+    else:
+        raise StoreError(url, "use sqlite:///path/to/file.db or postgresql://user@host/dbname")
+    try:
+        store.open_views()  # the console's tables (views.py)
+    except Exception as exc:  # sqlite3 and psycopg errors differ
+        store.close()
+        raise StoreError(url, f"cannot create the console's tables: {exc}") from exc
+    return store
 
 
 __all__ = ["Store", "StoreError", "open_store"]

@@ -18,6 +18,7 @@ from typing import Any
 
 from cloud_sync.ledger import DeviceState, Flush, Incoming, Quarantined, Status, plan_flush, settle
 from cloud_sync.protocol import DataBatch
+from cloud_sync.store.views import ConsoleViews
 
 Row = tuple[str, int, str, float, str, float]
 
@@ -40,7 +41,7 @@ def redact(url: str) -> str:
     return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}" if ":" in userinfo else url
 
 
-class Store(ABC):
+class Store(ConsoleViews, ABC):
     """A cloud store. ``write`` is called from one thread at a time; reads from any thread."""
 
     url: str
@@ -65,6 +66,7 @@ class Store(ABC):
             if flush.quarantined:
                 self._insert_quarantined(tx, flush.quarantined, now)
             self._save_states(tx, [states[i] for i in ids])
+            self._save_views(tx, [states[i] for i in ids], flush, items, now)
             if flush.counters:
                 self._add_counters(tx, flush.counters)
         return flush, states

@@ -55,6 +55,8 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 
 class PostgresStore(Store):
+    _MARK = "%s"  # psycopg's placeholder, for the SQL shared with SQLite (views.py)
+
     def __init__(self, url: str, conninfo: str, schema: str | None, conn: psycopg.Connection[Any]) -> None:
         super().__init__()
         self.url = url

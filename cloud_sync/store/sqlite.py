@@ -133,6 +133,9 @@ class SqliteStore(Store):
             self._local.conn = conn
         return conn
 
+    def _query(self, sql: str, params: Any = ()) -> list[dict[str, Any]]:
+        return [dict(row) for row in self._reader().execute(sql, params)]
+
     def devices(self) -> list[DeviceState]:
         rows = self._reader().execute("SELECT * FROM devices ORDER BY device_id")
         return [DeviceState.from_row(dict(row)) for row in rows]
