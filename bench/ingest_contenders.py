@@ -128,27 +128,24 @@ def run_agent(port: int, count: int, qos: int, workdir: Path, subscribe: bool) -
     result: dict[str, float] = {}
 
     async def watch() -> None:
+        # Watch from the very start: a resumed session streams its backlog before the SUBACK
+        # that makes the agent ready, so waiting for ready would miss the start of the drain.
         totals = agent.counters.totals
         while not totals.get(("source:local", "accepted")):
-            await asyncio.sleep(0.001)
+            await asyncio.sleep(0.0005)
         first = time.perf_counter()
         while totals.get(("module:win", "processed"), 0) < count:
-            if subscribe:
-                break
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.002)
         result["rate"] = count / (time.perf_counter() - first)
-        agent.request_stop()
 
     async def main() -> None:
         ready = asyncio.Event()
         task = asyncio.create_task(agent.run(on_ready=ready.set))
-        await ready.wait()
         if subscribe:
-            while not any(source.connected for source in agent.pipeline.sources):  # type: ignore[union-attr]
-                await asyncio.sleep(0.01)
-            agent.request_stop()
+            await ready.wait()
         else:
             await watch()
+        agent.request_stop()
         await task
 
     asyncio.run(main())
