@@ -254,18 +254,12 @@ class ModuleRunner:
 
     def health(self) -> dict[str, Any]:
         busy = self._watch.busy()
-        totals = self._counters.totals
         return {
             "status": "hung" if busy and busy.module == self.name else self.status,
             "use": self.plan.spec.use,
             "queue": self.queue.size,
-            "restarts": self._restarts,
             "last_error": self.last_error,
             "last_error_at": self.last_error_at,
-            **{
-                name: totals.get((self._scope, name), 0)
-                for name in ("processed", "emitted", "errors", "quarantined", "hangs")
-            },
         }
 
 

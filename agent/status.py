@@ -12,6 +12,8 @@ from agent.outbox import Outbox
 
 # The daemon writes its health every 2 s; older than this, it is not running (or is stuck).
 STALE_AFTER = 10.0
+# Cumulative since the data directory was made; a module's own counters are listed beside them.
+MODULE_FIGURES = ("processed", "emitted", "errors", "quarantined", "hangs", "restarts")
 
 
 def read_status(data_dir: Path, now: float | None = None) -> dict[str, Any]:
@@ -32,7 +34,13 @@ def read_status(data_dir: Path, now: float | None = None) -> dict[str, Any]:
     for name, (data, at) in sorted(health.items()):
         if name.startswith("module:"):
             module = name.removeprefix("module:")
-            modules[module] = {**data, "counters": counters.get(name, {}), "reported_at": at}
+            totals = counters.get(name, {})
+            modules[module] = {
+                **data,
+                **{figure: totals.get(figure, 0) for figure in MODULE_FIGURES},
+                "counters": totals,
+                "reported_at": at,
+            }
     return {
         "device_id": agent.get("device_id"),
         "daemon": _daemon_state(agent, agent_at, now),
