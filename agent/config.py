@@ -222,6 +222,28 @@ class SupervisorConfig(_Section):
     """Shutdown budget: sources stop, modules flush, the outbox commits within this."""
 
 
+def _check_listen(value: str) -> str:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r}: use HOST:PORT, e.g. 127.0.0.1:9464")
+    return value
+
+
+class MetricsConfig(_Section):
+    """The Prometheus endpoint (off unless this section is present)."""
+
+    listen: Annotated[str, AfterValidator(_check_listen)] = "127.0.0.1:9464"
+    """HOST:PORT; keep it on 127.0.0.1 unless a firewall guards the port."""
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
 class AgentConfig(_Section):
     """The whole agent config file."""
 
@@ -233,6 +255,7 @@ class AgentConfig(_Section):
     buffer: BufferConfig = BufferConfig()
     cloud: CloudConfig | None = None
     supervisor: SupervisorConfig = SupervisorConfig()
+    metrics: MetricsConfig | None = None
 
     @model_validator(mode="after")
     def _names_unique(self) -> AgentConfig:

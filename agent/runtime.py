@@ -24,6 +24,7 @@ from agent.config import LoadedConfig, ModulePlan, load_config
 from agent.counters import CounterSet
 from agent.errors import ConfigError
 from agent.loopwatch import LoopWatch
+from agent.metrics import MetricsServer
 from agent.module_runner import ModuleRunner
 from agent.outbox import Changes, Outbox
 from agent.sources import Source, build_source
@@ -113,6 +114,10 @@ class Agent:
         self.committer = committer = Committer(outbox, config.buffer, self.counters)
         self.saved_state = await committer.call(outbox.module_states)
         committer.on_commit(self._snapshot)
+        metrics = None
+        if config.metrics is not None:
+            metrics = MetricsServer(config.data_dir, config.metrics.host, config.metrics.port)
+            await metrics.start()
         self.watch.start()
         try:
             async with asyncio.TaskGroup() as group:
@@ -125,6 +130,8 @@ class Agent:
                 await self._serve()
                 await self._shutdown()
         finally:
+            if metrics is not None:
+                await metrics.stop()
             self.watch.stop()
             self._remove_signals(loop)
 
