@@ -7,12 +7,15 @@ import logging
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 from pydantic import ValidationError
 
 from agent import __version__
 from agent.config import BrokerLogin
+from cloud_sync.console.cli_options import console_options, console_settings
+from cloud_sync.console.cli_users import user
 
 
 @click.group()
@@ -32,7 +35,8 @@ def _host_port(value: str) -> tuple[str, int]:
 @click.option("--broker", required=True, help="The cloud broker: mqtt://host:port or mqtts://host:port.")
 @click.option("--db", "db_url", default="sqlite:///edge-cloud.db", show_default=True,
               help="sqlite:///relative.db, sqlite:////absolute.db or postgresql://user@host/db[?schema=s].")
-@click.option("--http", "http", default="127.0.0.1:8080", show_default=True, help="Where the API listens.")
+@click.option("--http", "http", default="127.0.0.1:8080", show_default=True,
+              help="Where the console and its API listen.")
 @click.option("--prefix", default="edge", show_default=True, help="Topic prefix the devices use.")
 @click.option("--share-group", default=None,
               help="Share the subscription with other workers ($share/<group>/...).")
@@ -48,11 +52,12 @@ def _host_port(value: str) -> tuple[str, int]:
 @click.option("--tls-key", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option("--mqtt-protocol", type=click.Choice(["auto", "5", "3.1.1"]), default="auto", show_default=True)
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), default="INFO")
+@console_options
 def serve(
     broker: str, db_url: str, http: str, prefix: str, share_group: str | None, client_id: str | None,
     tokens_file: Path | None, username: str | None, password_env: str | None,
     password_file: Path | None, tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None,
-    mqtt_protocol: str, log_level: str,
+    mqtt_protocol: str, log_level: str, **console: Any,
 ) -> None:
     """Ingest from the broker into the store and serve the JSON API until SIGTERM/SIGINT."""
     logging.basicConfig(level=log_level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
@@ -76,11 +81,16 @@ def serve(
     except ValueError as exc:
         click.echo(f"--tokens-file: {exc}", err=True)
         sys.exit(2)
+    settings = console_settings(host, **console)
     try:
         store = open_store(db_url)
     except StoreError as exc:
         click.echo(f"--db: {exc}", err=True)
         sys.exit(1)
+    store.history_step, store.history_keep = console["history_step"], console["history_days"] * 86400.0
     client_id = client_id or "-".join(filter(None, ["edge-cloud", socket.gethostname()[:40], share_group]))
-    asyncio.run(serve_forever(store, login, tokens, host, port, prefix=prefix, share_group=share_group,
-                              client_id=client_id, protocol_version=mqtt_protocol))
+    asyncio.run(serve_forever(store, login, tokens, host, port, settings, prefix=prefix,
+                              share_group=share_group, client_id=client_id, protocol_version=mqtt_protocol))
+
+
+main.add_command(user)

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 
 QUARANTINE_BYTES = 4096
 """How much of a bad message is kept."""
+
+FlushListener = Callable[[Flush, dict[str, DeviceState]], None]
 
 
 @dataclass
@@ -84,6 +87,7 @@ class Ingest:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-cloud-store")
         self._errors = ThrottledLog(log, interval=30)
         self._client: Client | None = None
+        self._listeners: list[FlushListener] = []
 
     async def run(self) -> None:
         """Ingest until ``stop``, reconnecting to the broker with backoff."""
@@ -183,6 +187,7 @@ class Ingest:
             return False
         self._account(flush)
         self._acknowledge(flush, states)
+        self._notify(flush, states)
         return True
 
     def _keep(self, items: list[tuple[str, bytes]]) -> None:
@@ -244,6 +249,18 @@ class Ingest:
             except aiomqtt.MqttError as exc:
                 self._errors.warning("ack", "cannot publish the ack for %s: %s", device_id, exc)
                 return
+
+    def subscribe(self, listener: FlushListener) -> None:
+        """Call ``listener(flush, states)`` on the event loop after each committed flush, with the
+        touched devices' new states (the console's live updates). A failing listener is logged."""
+        self._listeners.append(listener)
+
+    def _notify(self, flush: Flush, states: dict[str, DeviceState]) -> None:
+        for listener in self._listeners:
+            try:
+                listener(flush, states)
+            except Exception:
+                log.exception("a flush listener failed")
 
     def health(self) -> dict[str, Any]:
         stats = self.stats

@@ -1,4 +1,4 @@
-"""``edge-cloud serve``: the ingest and the HTTP API in one event loop, stopped together."""
+"""``edge-cloud serve``: the ingest, the console and its API in one event loop, stopped together."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator
 import uvicorn
 
 from agent.config import BrokerLogin
+from cloud_sync.console import Console, ConsoleSettings
 from cloud_sync.ingest import Ingest
 from cloud_sync.store import Store
 from cloud_sync.store.base import redact
@@ -33,31 +34,38 @@ async def serve_forever(
     tokens: Iterable[str],
     host: str,
     port: int,
+    console_settings: ConsoleSettings | None = None,
     **ingest_options: object,
 ) -> None:
     tokens = list(tokens)
     ingest = Ingest(store, login, **ingest_options)  # type: ignore[arg-type]
-    app = create_app(store, tokens, ingest)
+    console = Console(store, console_settings, ingest)
+    app = create_app(store, tokens, ingest, console)
     server = _Server(uvicorn.Config(
         app, host=host, port=port, log_level="warning", access_log=False, lifespan="off",
+        timeout_graceful_shutdown=5,
     ))
     loop = asyncio.get_running_loop()
 
     def stop() -> None:
         log.info("stopping: the ingest flushes what it has, then the API closes")
         ingest.stop()
+        console.close()  # ends the live event streams, which would hold the server open
         server.should_exit = True
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
     if not tokens:
         log.warning("no API token (EDGE_CLOUD_TOKEN or --tokens-file): every /api request gets 401")
-    log.info("edge-cloud: store %s, API on http://%s:%d", redact(store.url), host, port)
+    if not console.users.configured:
+        log.warning("no users file (--users): nobody can sign in to the console")
+    log.info("edge-cloud: store %s, console and API on http://%s:%d", redact(store.url), host, port)
     try:
         async with asyncio.TaskGroup() as group:
             ingesting = group.create_task(ingest.run(), name="ingest")
             group.create_task(server.serve(), name="http")
             await ingesting
+            console.close()
             server.should_exit = True
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -1,9 +1,10 @@
-"""The console's JSON API (the HTML pages come with the console issue).
+"""The console's JSON API; the HTML pages, sign-in and live updates are ``cloud_sync.console``.
 
 Every ``/api`` route needs ``Authorization: Bearer TOKEN``, with tokens from ``EDGE_CLOUD_TOKEN``
-(comma-separated) or a tokens file (one a line, ``#`` comments). With no token configured the API
-answers 401 to everyone: there is no default credential. ``/healthz`` is open (it says only
-whether the ingest is connected).
+(comma-separated) or a tokens file (one a line, ``#`` comments), or a console session (when a
+``console`` is given). With no token configured the API answers 401 to everyone but signed-in
+users: there is no default credential. ``/healthz`` is open (it says only whether the ingest is
+connected).
 
 Store reads run in Starlette's thread pool, each thread with its own connection, so a slow query
 never holds up the ingest or the event loop.
@@ -16,7 +17,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -24,10 +25,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from agent import codec
 from cloud_sync.ingest import Ingest
 from cloud_sync.ledger import DeviceState
 from cloud_sync.protocol import DEVICE_ID
 from cloud_sync.store import Store
+from cloud_sync.store.fleet_query import FleetQuery, QueryError
+from cloud_sync.store.summary import api_object, summarize
+
+if TYPE_CHECKING:
+    from cloud_sync.console import Console
 
 MAX_LIMIT = 10_000
 
@@ -47,51 +54,19 @@ def load_tokens(tokens_file: Path | None = None, environ: dict[str, str] | None 
 
 def device_json(state: DeviceState, now: float | None = None) -> dict[str, Any]:
     """One device as ``GET /api/devices`` shows it: cloud-side figures, and the device's own from
-    its last status (aged by the time since, for the oldest unsent record)."""
+    its last status (aged by the time since, for the oldest unsent record); see ``store.summary``."""
     now = time.time() if now is None else now
-    status = state.status
-    backlog = status.get("backlog") if isinstance(status.get("backlog"), dict) else {}
-    age = backlog.get("oldest_unsent_age_s")
-    if isinstance(age, int | float) and state.status_at is not None and backlog.get("rows"):
-        age = round(age + max(0.0, now - state.status_at), 1)
-    clock = status.get("clock") if isinstance(status.get("clock"), dict) else {}
-    device_time = clock.get("time")
-    device_dropped = status.get("dropped") if isinstance(status.get("dropped"), dict) else None
-    return {
-        "device_id": state.device_id,
-        "online": bool(state.online),
-        "last_seen": state.last_seen,
-        "last_sync": state.last_sync,
-        "acked_seq": state.acked,
-        "max_seq": state.max_seq,
-        "backlog": backlog.get("rows"),
-        "backlog_bytes": backlog.get("bytes"),
-        "oldest_unsent_age_s": age,
-        "records": state.records,
-        "duplicates": state.duplicates,
-        "dropped": device_dropped if device_dropped is not None else dict(state.dropped),
-        "dropped_announced": dict(state.dropped),
-        "gaps": state.missing,
-        "lost": state.lost,
-        "bad_records": state.bad_records,
-        "version": status.get("version"),
-        "send_rate": status.get("send_rate"),
-        "errors": status.get("errors"),
-        "last_error": status.get("last_error"),
-        "clock_synced": clock.get("synced"),
-        "clock_skew_s": (
-            round(device_time - state.status_at, 3)
-            if isinstance(device_time, int | float) and state.status_at else None
-        ),
-        "status_at": state.status_at,
-        "first_seen": state.first_seen,
-    }
+    return api_object(summarize(state, now), now)
 
 
-def create_app(store: Store, tokens: Iterable[str], ingest: Ingest | None = None) -> Starlette:
+def create_app(
+    store: Store, tokens: Iterable[str], ingest: Ingest | None = None, console: Console | None = None
+) -> Starlette:
     tokens = [t.encode() for t in tokens]
 
     def authorised(request: Request) -> bool:
+        if console is not None and console.signed_in(request):
+            return True
         header = request.headers.get("authorization", "")
         scheme, _, given = header.partition(" ")
         if scheme.lower() != "bearer" or not given or not tokens:
@@ -110,18 +85,22 @@ def create_app(store: Store, tokens: Iterable[str], ingest: Ingest | None = None
         return guarded
 
     async def devices(request: Request) -> Response:
-        states = await run_in_threadpool(store.devices)
-        now = time.time()
-        return JSONResponse([device_json(state, now) for state in states])
+        """Every device by id; ``?sort= order= show= q= limit= offset=`` as on the fleet page."""
+        try:
+            query = FleetQuery.parse(request.query_params, default_sort="device", default_limit=None)
+        except QueryError as exc:
+            return _error(400, str(exc))
+        rows, total = await run_in_threadpool(store.fleet_page, query)
+        return _json([api_object(row, query.now) for row in rows], {"X-Total-Count": str(total)})
 
     async def device(request: Request) -> Response:
         device_id = request.path_params["device_id"]
         if not DEVICE_ID.fullmatch(device_id):
             return _error(400, "device_id: 1 to 64 of A-Z a-z 0-9 _ -")
-        state = await run_in_threadpool(store.device, device_id)
-        if state is None:
+        row = await run_in_threadpool(store.device_summary, device_id)
+        if row is None:
             return _error(404, f"no device {device_id!r}")
-        return JSONResponse(device_json(state))
+        return JSONResponse(api_object(row, time.time()))
 
     async def records(request: Request) -> Response:
         device_id = request.path_params["device_id"]
@@ -153,14 +132,17 @@ def create_app(store: Store, tokens: Iterable[str], ingest: Ingest | None = None
         connected = ingest.stats.connected if ingest else None
         return JSONResponse({"ok": connected is not False, "ingest_connected": connected})
 
-    return Starlette(routes=[
+    routes = [
         Route("/healthz", healthz),
         Route("/api/devices", api(devices)),
         Route("/api/devices/{device_id}", api(device)),
         Route("/api/devices/{device_id}/records", api(records)),
         Route("/api/quarantine", api(quarantine)),
         Route("/api/stats", api(stats)),
-    ])
+    ]
+    if console is None:
+        return Starlette(routes=routes)
+    return Starlette(routes=routes + console.routes(api), middleware=console.middleware())
 
 
 def _int(value: str | None, name: str, default: int, low: int, high: int | None = None) -> int:
@@ -173,6 +155,11 @@ def _int(value: str | None, name: str, default: int, low: int, high: int | None 
     if number < low or (high is not None and number > high):
         raise ValueError(f"{name}: must be between {low} and {high}" if high else f"{name}: must be >= {low}")
     return number
+
+
+def _json(data: Any, headers: dict[str, str] | None = None) -> Response:
+    """JSON through ``agent.codec`` (orjson when installed: 10,000 devices in a few ms)."""
+    return Response(codec.dumps_bytes(data), media_type="application/json", headers=headers)
 
 
 def _error(status: int, message: str) -> JSONResponse:

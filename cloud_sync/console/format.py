@@ -8,7 +8,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-DASH = "–"
+from agent import codec
+
+DASH = "\u2013"  # an en dash: "no figure"
 
 
 def duration(seconds: float | None) -> str:
@@ -81,12 +83,19 @@ def value(v: Any) -> str:
         return f"{v:.4g}" if abs(v) < 1e6 else f"{v:.6g}"
     if isinstance(v, int | str):
         return str(v)
-    from agent import codec
-
     return codec.dumps(v)
 
 
+def field(name: str, v: Any) -> str:
+    """A record field as text; the time fields of summaries and events as UTC clock times."""
+    if name in TIME_FIELDS and type(v) in (int, float) and v > 1e9:
+        return dt.datetime.fromtimestamp(v, dt.UTC).strftime("%H:%M:%S")
+    return value(v)
+
+
+TIME_FIELDS = frozenset({"start", "end", "since", "raised_at", "last_seen"})
+
 FILTERS = {
-    "duration": duration, "timestamp": timestamp, "iso": iso, "size": size, "count": count,
+    "duration": duration, "ago": ago, "timestamp": timestamp, "iso": iso, "size": size, "count": count,
     "rate": rate, "value": value,
 }

@@ -12,10 +12,12 @@ password's sessions end there and then (see ``Users.fingerprint``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
 import re
+import secrets
 import tempfile
 import threading
 import time
@@ -29,7 +31,12 @@ log = logging.getLogger(__name__)
 NAME = re.compile(r"[A-Za-z0-9._@-]{1,64}")
 MIN_PASSWORD = 10
 _HASHER = PasswordHasher()
-_DUMMY = _HASHER.hash("an unknown user still costs one verification")
+
+
+@functools.cache
+def _dummy() -> str:
+    """A hash to verify against for an unknown name, so that it costs the same time."""
+    return _HASHER.hash(secrets.token_urlsafe(16))
 
 
 class UsersError(ValueError):
@@ -119,7 +126,7 @@ class Users:
         """Whether ``password`` is ``name``'s; as slow for an unknown name as for a known one."""
         hashed = self._current().get(name)
         try:
-            return _HASHER.verify(hashed or _DUMMY, password) and hashed is not None
+            return _HASHER.verify(hashed or _dummy(), password) and hashed is not None
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return False
 

@@ -118,7 +118,8 @@ class FleetQuery:
     def order(self) -> tuple[str, list[Any]]:
         if self.sort == "problems":
             # offline, then silent, then never heard, then the rest; most behind first within each
-            rank = "CASE WHEN online = 0 THEN 0 WHEN online IS NULL THEN 2 WHEN last_seen < ? THEN 1 ELSE 3 END"
+            rank = ("CASE WHEN online = 0 THEN 0 WHEN online IS NULL THEN 2 WHEN last_seen < ? THEN 1 "
+                    "ELSE 3 END")
             direction = "DESC" if self.desc else "ASC"
             return (
                 f" ORDER BY {rank} {direction}, oldest_unsent_at IS NULL, oldest_unsent_at,"
@@ -132,13 +133,19 @@ class FleetQuery:
 
     def as_params(self, **changes: Any) -> dict[str, str]:
         """This query as URL parameters (for links), with ``changes``; defaults left out."""
-        values = {"show": self.show, "q": self.q, "sort": self.sort,
-                  "order": "desc" if self.desc else "asc", "offset": str(self.offset)}
+        values = {"show": self.show, "q": self.q, "sort": self.sort, "order": "desc" if self.desc else "asc",
+                  "offset": str(self.offset), "limit": str(self.limit)}
         values.update({k: str(v) for k, v in changes.items()})
-        if values["sort"] == "problems" and values["order"] == "asc":
+        if values["order"] == ("desc" if values["sort"] in DEFAULT_DESC else "asc"):
             values.pop("order")
-        defaults = {"show": "all", "q": "", "sort": "problems", "offset": "0"}
+        defaults = {"show": "all", "q": "", "sort": "problems", "offset": "0", "limit": "50"}
         return {k: v for k, v in values.items() if defaults.get(k) != v}
+
+    def sort_link(self, sort: str) -> dict[str, str]:
+        """Parameters for a click on column ``sort``: its natural order first, then reversed."""
+        if sort == self.sort:
+            return self.as_params(order="asc" if self.desc else "desc", offset=0)
+        return self.as_params(sort=sort, order="desc" if sort in DEFAULT_DESC else "asc", offset=0)
 
 
 def _escape_like(text: str) -> str:

@@ -63,8 +63,8 @@ _UPSERT_SUMMARY = _INSERT_SUMMARY + ", quarantined = device_summary.quarantined 
 """Adds this flush's quarantined messages to the device's count."""
 _BACKFILL_SUMMARY = _INSERT_SUMMARY + ", quarantined = excluded.quarantined"
 _UPSERT_HISTORY = (
-    f"INSERT INTO status_history ({', '.join(HISTORY_COLUMNS)}) VALUES ({', '.join('?' * len(HISTORY_COLUMNS))}) "
-    "ON CONFLICT (device_id, bucket) DO UPDATE SET "
+    f"INSERT INTO status_history ({', '.join(HISTORY_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(HISTORY_COLUMNS))}) ON CONFLICT (device_id, bucket) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in HISTORY_COLUMNS[2:])
 )
 _FLEET_TOTALS = """
@@ -158,8 +158,8 @@ class ConsoleViews:
             self._sql(_UPSERT_SUMMARY),
             [_summary_row(row, quarantined.get(device_id, 0)) for device_id, row in summaries.items()],
         )
-        statused = sorted({item.device_id for _, item in items if isinstance(item, Status)} & summaries.keys())
-        points = [_history_row(summaries[d], now, self.history_step) for d in statused]
+        statused = {item.device_id for _, item in items if isinstance(item, Status)} & summaries.keys()
+        points = [_history_row(summaries[d], now, self.history_step) for d in sorted(statused)]
         if points:
             cursor.executemany(self._sql(_UPSERT_HISTORY), points)
         if now - self._pruned_at > 600:

@@ -1,0 +1,165 @@
+// Edge Cloud console: the device page's charts (uPlot), kept current by the live events.
+//
+// Data comes from the JSON API; labels and options are set as text (uPlot and new Option()
+// use textContent), never as markup.
+(() => {
+  "use strict";
+
+  const historyEl = document.getElementById("history-chart");
+  const streamEl = document.getElementById("stream-chart");
+  const streamSelect = document.getElementById("stream-select");
+  const fieldSelect = document.getElementById("field-select");
+  if (!historyEl || !streamEl || !window.uPlot) return;
+
+  const device = historyEl.dataset.device;
+  const DAY_S = 86400;
+  const OVERLAP_S = 600;
+  const HEIGHT = 240;
+  let points = [];
+  let historyPlot = null;
+  let streams = [];
+  let streamPlot = null;
+  let streamKey = "";
+
+  const api = (path) => `/api/devices/${encodeURIComponent(device)}${path}`;
+
+  async function getJSON(url) {
+    const response = await fetch(url, { cache: "no-store", credentials: "same-origin" });
+    if (!response.ok) throw new Error(`${url}: HTTP ${response.status}`);
+    return response.json();
+  }
+
+  function width(el) {
+    return Math.max(260, Math.floor(el.getBoundingClientRect().width));
+  }
+
+  // One point (or none) would stretch the time axis over years: show the last minutes instead.
+  function timeRange(u, min, max) {
+    if (min == null || max == null) return [Date.now() / 1000 - 600, Date.now() / 1000];
+    return max - min < 60 ? [max - 600, max + 30] : [min, max];
+  }
+
+  function note(el, text) {
+    const p = document.createElement("p");
+    p.className = "empty";
+    p.textContent = text;
+    el.replaceChildren(p);
+  }
+
+  // -- backlog and lag over time --------------------------------------------------------------
+
+  async function loadHistory() {
+    const last = points.length ? points[points.length - 1].at : 0;
+    const since = last ? last - OVERLAP_S : Date.now() / 1000 - DAY_S;
+    const rows = await getJSON(api(`/history?since=${since.toFixed(3)}`));
+    points = points.filter((p) => p.at <= since).concat(rows);
+    drawHistory();
+  }
+
+  function drawHistory() {
+    if (!points.length) return;
+    const data = [
+      points.map((p) => p.at),
+      points.map((p) => p.backlog),
+      points.map((p) => (p.backlog ? p.oldest_unsent_age_s : 0)),
+    ];
+    if (historyPlot) {
+      historyPlot.setData(data);
+      return;
+    }
+    historyEl.replaceChildren();
+    historyPlot = new window.uPlot({
+      width: width(historyEl),
+      height: HEIGHT,
+      scales: { x: { time: true, range: timeRange }, rows: { auto: true }, secs: { auto: true } },
+      series: [
+        {},
+        { label: "Backlog (rows)", scale: "rows", stroke: "#2563eb", width: 2, fill: "rgba(37,99,235,0.08)" },
+        { label: "Oldest unsent (s)", scale: "secs", stroke: "#d97706", width: 2 },
+      ],
+      axes: [
+        {},
+        { scale: "rows", label: "rows", size: 60 },
+        { scale: "secs", side: 1, label: "seconds", size: 60, grid: { show: false } },
+      ],
+    }, data, historyEl);
+  }
+
+  // -- a chosen field of a chosen stream --------------------------------------------------------
+
+  function fill(select, values, wanted) {
+    const chosen = values.includes(wanted) ? wanted : values[0];
+    select.replaceChildren(...values.map((v) => new Option(v, v, v === chosen, v === chosen)));
+  }
+
+  async function loadStreams() {
+    const order = { summaries: 0, records: 1, events: 2 };
+    streams = (await getJSON(api("/streams")))
+      .filter((s) => s.fields.length)
+      .sort((a, b) => order[a.kind] - order[b.kind] || a.stream.localeCompare(b.stream));
+    if (!streams.length) {
+      if (!streamEl.querySelector(".empty")) note(streamEl, "No stream with numeric fields yet.");
+      return;
+    }
+    fill(streamSelect, streams.map((s) => s.stream), streamSelect.value);
+    pickFields();
+    await loadStream();
+  }
+
+  function pickFields() {
+    const stream = streams.find((s) => s.stream === streamSelect.value);
+    const fields = stream ? stream.fields : [];
+    const preferred = fields.includes(fieldSelect.value) ? fieldSelect.value : (fields.includes("mean") ? "mean" : fields[0]);
+    fill(fieldSelect, fields, preferred);
+  }
+
+  async function loadStream() {
+    const stream = streamSelect.value;
+    const field = fieldSelect.value;
+    if (!stream || !field) return;
+    const rows = await getJSON(api(`/latest?stream=${encodeURIComponent(stream)}&limit=500`));
+    const usable = rows.filter((r) => typeof r.data[field] === "number");
+    const data = [usable.map((r) => r.ts), usable.map((r) => r.data[field])];
+    const key = `${stream}\u0000${field}`;
+    if (streamPlot && key === streamKey) {
+      streamPlot.setData(data);
+      return;
+    }
+    if (streamPlot) streamPlot.destroy();
+    streamEl.replaceChildren();
+    streamKey = key;
+    streamPlot = new window.uPlot({
+      width: width(streamEl),
+      height: HEIGHT,
+      scales: { x: { time: true, range: timeRange } },
+      series: [{}, { label: `${stream} · ${field}`, stroke: "#059669", width: 2, points: { show: usable.length < 60 } }],
+      axes: [{}, { size: 60 }],
+    }, data, streamEl);
+  }
+
+  function report(error) {
+    console.warn("device charts:", error); // eslint-disable-line no-console
+  }
+
+  streamSelect.addEventListener("change", () => {
+    pickFields();
+    loadStream().catch(report);
+  });
+  fieldSelect.addEventListener("change", () => loadStream().catch(report));
+  document.body.addEventListener("console:changed", () => {
+    loadHistory().catch(report);
+    loadStreams().catch(report);
+  });
+  let resizeTimer = 0;
+  window.addEventListener("resize", () => {
+    clearTimeout(resizeTimer);
+    resizeTimer = setTimeout(() => {
+      for (const [plot, el] of [[historyPlot, historyEl], [streamPlot, streamEl]]) {
+        if (plot) plot.setSize({ width: width(el), height: HEIGHT });
+      }
+    }, 150);
+  });
+
+  loadHistory().catch(report);
+  loadStreams().catch(report);
+})();
