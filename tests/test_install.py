@@ -1,0 +1,55 @@
+"""scripts/install.sh under a relocated root: install, upgrade in place, uninstall, purge."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "scripts" / "install.sh"
+
+pytestmark = pytest.mark.integration
+
+
+def install(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(SCRIPT), *args], env={**os.environ, "EDGE_AGENT_ROOT": str(root)},
+        capture_output=True, text=True, timeout=600,
+    )
+
+
+def test_install_upgrade_and_uninstall_keep_the_operators_files(tmp_path):
+    first = install(tmp_path)
+    assert first.returncode == 0, first.stderr
+    agent = tmp_path / "opt/edge-agent/venv/bin/edge-agent"
+    config = tmp_path / "etc/edge-agent/agent.toml"
+    assert agent.exists() and config.exists()
+    assert (tmp_path / "etc/systemd/system/edge-agent.service").read_text() == (
+        ROOT / "configs/edge-agent.service"
+    ).read_text()
+    assert oct(config.stat().st_mode & 0o777) == "0o640"
+    assert subprocess.run([str(agent), "check", "-c", str(config)], capture_output=True).returncode == 0
+
+    config.write_text(config.read_text().replace('device_id = "gw-01"', 'device_id = "gw-77"'))
+    (tmp_path / "var/lib/edge-agent/outbox.db").write_bytes(b"data")
+    again = install(tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "kept" in again.stderr and 'device_id = "gw-77"' in config.read_text()
+
+    removed = install(tmp_path, "--uninstall")
+    assert removed.returncode == 0, removed.stderr
+    assert not (tmp_path / "opt/edge-agent").exists()
+    assert not (tmp_path / "etc/systemd/system/edge-agent.service").exists()
+    assert config.exists() and (tmp_path / "var/lib/edge-agent/outbox.db").exists()
+
+    purged = install(tmp_path, "--uninstall", "--purge")
+    assert purged.returncode == 0, purged.stderr
+    assert not config.exists() and not (tmp_path / "var/lib/edge-agent").exists()
+
+
+def test_unknown_options_are_refused():
+    result = subprocess.run([str(SCRIPT), "--frobnicate"], capture_output=True, text=True)
+    assert result.returncode == 2 and "unknown option --frobnicate" in result.stderr
