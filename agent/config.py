@@ -193,7 +193,7 @@ class CloudConfig(BrokerLogin):
     """``auto``: zstd when the ``zstandard`` package is installed, zlib otherwise."""
     window: Annotated[int, Field(ge=1, le=1000)] = 16
     """Messages published and not yet acknowledged by the broker, at most."""
-    unacked_records: Annotated[int, Field(ge=1)] = 50_000
+    unacked_records: Annotated[int, Field(ge=1)] = 100_000
     """Records sent and not yet covered by the cloud's ack, at most."""
     resend_after: PositiveDuration = 15.0
     """What the cloud has not acknowledged this long after sending is sent again."""

@@ -67,6 +67,7 @@ class Ingest:
         protocol_version: str = "auto",
         flush_interval: float = 0.05,
         flush_bytes: int = 8 << 20,
+        flush_messages: int = 25,
         max_pending_bytes: int = 256 << 20,
     ) -> None:
         self.store = store
@@ -76,6 +77,7 @@ class Ingest:
         self.client_id = client_id
         self.flush_interval = flush_interval
         self.flush_bytes = flush_bytes
+        self.flush_messages = flush_messages
         self.max_pending_bytes = max_pending_bytes
         self.stats = IngestStats()
         self._protocol = "3.1.1" if protocol_version == "3.1.1" else "5"
@@ -165,7 +167,10 @@ class Ingest:
         while True:
             await self._has_pending.wait()
             deadline = time.monotonic() + self.flush_interval
-            while self._pending_bytes < self.flush_bytes and time.monotonic() < deadline:
+            while (
+                self._pending_bytes < self.flush_bytes and len(self._pending) < self.flush_messages
+                and time.monotonic() < deadline
+            ):
                 await asyncio.sleep(min(0.01, self.flush_interval))
             if await self._flush_once():
                 backoff.reset()

@@ -254,7 +254,7 @@ class Uploader:
                 if any(getattr(code, "value", code) >= 0x80 for code in granted):
                     raise LinkDead(f"the broker refused our subscription to {self._topics['ack']}")
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(1.0):
+                    async with asyncio.timeout(0.25):  # the broker sends it right after the SUBACK
                         await first_ack.wait()  # the retained ack, if any
                 figures = await self._read(self._backlog_figures)
                 self.tracker.start(self._acked_target, figures["last_seq"])

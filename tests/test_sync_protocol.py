@@ -39,10 +39,14 @@ def test_a_record_with_a_non_finite_ts_is_sent_and_comes_back_as_a_bad_record() 
     assert batch.records == [] and [(b.seq, "ts" in b.reason) for b in batch.bad] == [(7, True)]
 
 
-def zstd_bomb() -> bytes:
+def zstd_bomb(sized: bool = True) -> bytes:
     import zstandard
 
-    return zstandard.ZstdCompressor().compress(b"{" + b" " * (protocol.MAX_DECODED + 10) + b"}")
+    data = b"{" + b" " * (protocol.MAX_DECODED + 10) + b"}"
+    if sized:
+        return zstandard.ZstdCompressor().compress(data)
+    streaming = zstandard.ZstdCompressor().compressobj()  # a frame that does not say its size
+    return streaming.compress(data) + streaming.flush()
 
 
 def _framed(body: bytes, kind: bytes = protocol.JSON) -> bytes:
@@ -67,6 +71,7 @@ def _doc(**changes: object) -> bytes:
         (_framed(b"not zstd", protocol.ZSTD), "bad_compression"),
         (_framed(zlib.compress(b"{" + b" " * (protocol.MAX_DECODED + 10) + b"}"), protocol.ZLIB), "too_large"),
         (_framed(zstd_bomb(), protocol.ZSTD), "too_large"),
+        (_framed(zstd_bomb(sized=False), protocol.ZSTD), "too_large"),
         (_framed(b"{not json"), "bad_json"),
         (_framed(b"[1, 2]"), "bad_body"),
         (_framed(_doc(v=2)), "bad_version"),

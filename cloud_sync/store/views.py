@@ -103,6 +103,8 @@ class ConsoleViews:
     """Seconds per point of a device's status history (at most one row per step)."""
     history_keep: float = 3 * 86400.0
     """Seconds of status history kept."""
+    history_prune_every: float = 600.0
+    """Seconds between two deletions of the history older than ``history_keep``."""
     _pruned_at: float = 0.0
 
     def _query(self, sql: str, params: Any = ()) -> list[dict[str, Any]]:
@@ -162,7 +164,7 @@ class ConsoleViews:
         points = [_history_row(summaries[d], now, self.history_step) for d in sorted(statused)]
         if points:
             cursor.executemany(self._sql(_UPSERT_HISTORY), points)
-        if now - self._pruned_at > 600:
+        if now - self._pruned_at >= self.history_prune_every:
             self._pruned_at = now
             cursor.execute(self._sql("DELETE FROM status_history WHERE at < ?"), (now - self.history_keep,))
         cursor.close()
