@@ -179,6 +179,7 @@ def _format_status(state: dict[str, Any]) -> str:
         + (f", oldest {age:.0f} s old" if age is not None else ""),
         "last sync   "
         + ("none yet" if sync is None else f"{_ago(sync['at'])}, up to seq {sync['acked_seq']}"),
+        *_sync_lines(state.get("sync")),
         f"quarantined {state['quarantined']}",
         "dropped     " + (", ".join(f"{k} {v}" for k, v in sorted(state["dropped"].items())) or "none"),
     ]
@@ -194,6 +195,19 @@ def _format_status(state: dict[str, Any]) -> str:
             + (f", last error: {module['last_error']}" if module.get("last_error") else "")
         )
     return "\n".join(lines)
+
+
+def _sync_lines(sync: dict[str, Any] | None) -> list[str]:
+    if sync is None:
+        return []
+    counters = sync["counters"]
+    errors = {k: v for k, v in counters.items() if k not in ("sent", "messages") and v}
+    return [
+        f"sync        {'connected to ' + str(sync['broker']) if sync['connected'] else 'not connected'}"
+        f", {sync['send_rate']:.0f} records/s, sent {counters.get('sent', 0)} in {counters.get('messages', 0)} messages"
+        + (", " + ", ".join(f"{k} {v}" for k, v in sorted(errors.items())) if errors else "")
+        + (f", last error: {sync['last_error']}" if sync.get("last_error") else "")
+    ]
 
 
 def _ago(at: float | None) -> str:

@@ -54,6 +54,7 @@ def read_status(data_dir: Path, now: float | None = None) -> dict[str, Any]:
             "last_seq": last_seq,
         },
         "last_sync": None if last_ack_seq is None else {"acked_seq": last_ack_seq, "at": last_ack_at},
+        "sync": _sync_state(health.get("sync"), counters.get("sync", {}), bool(agent.get("running"))),
         "dropped": counters.get("dropped", {}),
         "quarantined": quarantined,
         "sources": {
@@ -66,6 +67,26 @@ def read_status(data_dir: Path, now: float | None = None) -> dict[str, Any]:
         "outbox": {"commit_errors": counters.get("outbox", {}).get("commit_errors", 0),
                    "last_error": agent.get("outbox_error")},
         "modules": modules,
+    }
+
+
+def _sync_state(
+    health: tuple[dict[str, Any], float] | None, counters: dict[str, int], daemon_running: bool
+) -> dict[str, Any] | None:
+    """The uploader's figures as it last reported them (``None`` when ``[cloud]`` never ran)."""
+    if health is None and not counters:
+        return None
+    data, at = health if health is not None else ({}, None)
+    return {
+        "connected": bool(data.get("connected")) and daemon_running,
+        "broker": data.get("broker"),
+        "protocol": data.get("protocol"),
+        "acked_seq": data.get("acked_seq"),
+        "send_rate": data.get("send_rate", 0.0),
+        "unacked_records": data.get("unacked_records", 0),
+        "last_error": data.get("last_error"),
+        "counters": counters,
+        "reported_at": at,
     }
 
 

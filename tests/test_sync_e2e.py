@@ -5,13 +5,15 @@ stored once each."""
 
 from __future__ import annotations
 
+import json
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import AgentProcess, Broker, IngestProcess, agent_config
+from tests.conftest import EDGE_AGENT, AgentProcess, Broker, IngestProcess, agent_config
 from tests.sync_helpers import (
     Feed,
     HalfOpenProxy,
@@ -104,10 +106,16 @@ def test_ingest_killed_and_restarted(tmp_path, broker: Broker, cloud_broker: Bro
     time.sleep(5)
     ingest = start_ingest(tmp_path, cloud_broker, ingests)
     time.sleep(3)
+    status = subprocess.run([*EDGE_AGENT, "status", "-c", str(config)], capture_output=True, text=True)
+    assert "sync        connected to " + cloud_broker.url in status.stdout, status.stdout
     sent = feed.stop()
     accepted = finish(agent, config)
     assert accepted == sent
-    assert_exactly_once(ingest, accepted)
+    rows = assert_exactly_once(ingest, accepted)
+    sync = json.loads(subprocess.run(
+        [*EDGE_AGENT, "status", "-c", str(config), "--json"], capture_output=True, text=True, check=True
+    ).stdout)["sync"]
+    assert sync["connected"] is False and sync["counters"]["sent"] >= len(rows)
 
 
 def test_half_open_link_is_detected_within_two_keepalives_and_sync_resumes(
