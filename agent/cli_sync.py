@@ -31,8 +31,13 @@ log = logging.getLogger("agent.sync")
 @click.command("sync")
 @CONFIG_OPTION
 @click.option("--once", is_flag=True, help="Drain what is waiting now, then exit.")
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=120.0, show_default=True,
-              help="With --once: give up (exit 1) after this many seconds.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=120.0,
+    show_default=True,
+    help="With --once: give up (exit 1) after this many seconds.",
+)
 def sync(config_path: Path, once: bool, timeout: float) -> None:
     """Sync the outbox to the cloud without the daemon (it must not be running)."""
     loaded = _load(config_path)
@@ -58,7 +63,8 @@ def _refuse_if_daemon_runs(config: AgentConfig) -> None:
     if daemon["running"]:
         click.echo(
             f"the agent (pid {daemon['pid']}) is running and syncs by itself; "
-            "`edge-agent sync` is for when it is not", err=True,
+            "`edge-agent sync` is for when it is not",
+            err=True,
         )
         sys.exit(1)
 
@@ -96,7 +102,9 @@ async def _sync(config: AgentConfig, cloud: CloudConfig, once: bool, timeout: fl
     return code
 
 
-async def _drain(uploader: Any, running: asyncio.Task[None], target: int, timeout: float, started: float) -> int:
+async def _drain(
+    uploader: Any, running: asyncio.Task[None], target: int, timeout: float, started: float
+) -> int:
     drained = asyncio.ensure_future(uploader.drained(target))
     await asyncio.wait({drained, running}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     elapsed = time.monotonic() - started

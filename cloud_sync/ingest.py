@@ -183,12 +183,15 @@ class Ingest:
         if not items:
             return True
         try:
-            flush, states = await asyncio.get_running_loop().run_in_executor(self._executor, self._process, items)
+            loop = asyncio.get_running_loop()
+            flush, states = await loop.run_in_executor(self._executor, self._process, items)
         except Exception as exc:  # the store's own errors (sqlite3, psycopg) vary: keep and retry
             self._keep(items)
             self.stats.store_errors += 1
             self.stats.last_error = f"store {self.store.url}: {exc}"
-            self._errors.warning("store", "cannot write to the store (%s); keeping %d messages, retrying", exc, len(items))
+            self._errors.warning(
+                "store", "cannot write to the store (%s); keeping %d messages, retrying", exc, len(items)
+            )
             return False
         self._account(flush)
         self._acknowledge(flush, states)
@@ -228,7 +231,8 @@ class Ingest:
             return None  # acks are ours
         except ProtocolError as exc:
             self._errors.warning(exc.reason, "quarantined a message on %s: %s", topic[:200], exc)
-            return Quarantined(topic[:1024], exc.reason, exc.detail, payload[:QUARANTINE_BYTES], len(payload), device_id)
+            kept = payload[:QUARANTINE_BYTES]
+            return Quarantined(topic[:1024], exc.reason, exc.detail, kept, len(payload), device_id)
 
     def _account(self, flush: Flush) -> None:
         stats = self.stats

@@ -81,8 +81,8 @@ class DeviceState:
         """Give up on every seq up to ``to`` that has not arrived: counted as ``lost``."""
         if to <= self.acked:
             return
-        self.lost += to - self.acked - sum(
-            min(last, to) - first + 1 for first, last in self.ranges if first <= to
+        self.lost += (
+            to - self.acked - sum(min(last, to) - first + 1 for first, last in self.ranges if first <= to)
         )
         self.ranges = [(max(f, to + 1), last) for f, last in self.ranges if last > to]
         self.acked = to
@@ -91,25 +91,45 @@ class DeviceState:
 
     def as_row(self) -> dict[str, Any]:
         return {
-            "device_id": self.device_id, "epoch": self.epoch, "acked_seq": self.acked,
-            "max_seq": self.max_seq, "ranges": codec.dumps(self.ranges), "records": self.records,
-            "duplicates": self.duplicates, "bad_records": self.bad_records,
-            "dropped": codec.dumps(self.dropped), "lost": self.lost, "messages": self.messages,
-            "first_seen": self.first_seen, "last_seen": self.last_seen, "last_sync": self.last_sync,
-            "online": self.online, "status": codec.dumps(self.status), "status_at": self.status_at,
+            "device_id": self.device_id,
+            "epoch": self.epoch,
+            "acked_seq": self.acked,
+            "max_seq": self.max_seq,
+            "ranges": codec.dumps(self.ranges),
+            "records": self.records,
+            "duplicates": self.duplicates,
+            "bad_records": self.bad_records,
+            "dropped": codec.dumps(self.dropped),
+            "lost": self.lost,
+            "messages": self.messages,
+            "first_seen": self.first_seen,
+            "last_seen": self.last_seen,
+            "last_sync": self.last_sync,
+            "online": self.online,
+            "status": codec.dumps(self.status),
+            "status_at": self.status_at,
         }
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> DeviceState:
         return cls(
-            device_id=row["device_id"], epoch=row["epoch"] or "", acked=row["acked_seq"] or 0,
-            max_seq=row["max_seq"] or 0, ranges=[tuple(r) for r in codec.loads(row["ranges"] or "[]")],  # type: ignore[misc]
-            records=row["records"] or 0, duplicates=row["duplicates"] or 0,
-            bad_records=row["bad_records"] or 0, dropped=codec.loads(row["dropped"] or "{}"),
-            lost=row["lost"] or 0, messages=row["messages"] or 0, first_seen=row["first_seen"],
-            last_seen=row["last_seen"], last_sync=row["last_sync"],
+            device_id=row["device_id"],
+            epoch=row["epoch"] or "",
+            acked=row["acked_seq"] or 0,
+            max_seq=row["max_seq"] or 0,
+            ranges=[tuple(r) for r in codec.loads(row["ranges"] or "[]")],
+            records=row["records"] or 0,
+            duplicates=row["duplicates"] or 0,
+            bad_records=row["bad_records"] or 0,
+            dropped=codec.loads(row["dropped"] or "{}"),
+            lost=row["lost"] or 0,
+            messages=row["messages"] or 0,
+            first_seen=row["first_seen"],
+            last_seen=row["last_seen"],
+            last_sync=row["last_sync"],
             online=None if row["online"] is None else bool(row["online"]),
-            status=codec.loads(row["status"] or "{}"), status_at=row["status_at"],
+            status=codec.loads(row["status"] or "{}"),
+            status_at=row["status_at"],
         )
 
 
@@ -155,7 +175,9 @@ class Status:
 Incoming = DataBatch | Status | Quarantined
 
 
-def plan_flush(states: dict[str, DeviceState], items: list[tuple[str, Incoming]], now: float | None = None) -> Flush:
+def plan_flush(
+    states: dict[str, DeviceState], items: list[tuple[str, Incoming]], now: float | None = None
+) -> Flush:
     """Apply decoded messages ``(topic, item)`` to the device ``states`` (changed in place) and
     return what to write. ``states`` holds a state for every device named by ``items``."""
     now = time.time() if now is None else now
@@ -205,13 +227,23 @@ def _batch(state: DeviceState, topic: str, batch: DataBatch, flush: Flush, now: 
     flush.attempted[state.device_id] = flush.attempted.get(state.device_id, 0) + len(batch.records)
     for bad in batch.bad:
         flush.quarantined.append(
-            Quarantined(topic, "bad_record", bad.reason, codec.dumps_bytes(bad.raw)[:4096], 0, state.device_id, bad.seq)
+            Quarantined(
+                topic,
+                "bad_record",
+                bad.reason,
+                codec.dumps_bytes(bad.raw)[:4096],
+                0,
+                state.device_id,
+                bad.seq,
+            )
         )
         state.bad_records += 1
         flush.count("quarantined.bad_record")
     for dropped in batch.dropped:
         if dropped.last > state.acked and not _covered(state, dropped.first, dropped.last):
-            state.dropped[dropped.reason] = state.dropped.get(dropped.reason, 0) + (dropped.last - dropped.first + 1)
+            state.dropped[dropped.reason] = state.dropped.get(dropped.reason, 0) + (
+                dropped.last - dropped.first + 1
+            )
             flush.dropped.append((state.device_id, dropped.first, dropped.last, dropped.reason, now))
         state.add(dropped.first, dropped.last)
     for first, last in _runs(sorted([r.seq for r in batch.records] + [b.seq for b in batch.bad])):
@@ -233,11 +265,16 @@ def _admit(state: DeviceState, topic: str, batch: DataBatch, flush: Flush) -> bo
         flush.count("epoch_changes")
         return True
     flush.count("epoch_conflicts")
-    flush.quarantined.append(Quarantined(
-        topic, "epoch_conflict",
-        f"outbox {batch.epoch!r} reuses seqs up to {state.max_seq} of outbox {state.epoch!r}",
-        b"", 0, state.device_id,
-    ))
+    flush.quarantined.append(
+        Quarantined(
+            topic,
+            "epoch_conflict",
+            f"outbox {batch.epoch!r} reuses seqs up to {state.max_seq} of outbox {state.epoch!r}",
+            b"",
+            0,
+            state.device_id,
+        )
+    )
     return False
 
 

@@ -18,8 +18,8 @@ import ssl
 from typing import Any
 
 import aiomqtt
-from aiomqtt.exceptions import MqttConnectError
 import paho.mqtt.client as paho
+from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -44,7 +44,9 @@ class Client(aiomqtt.Client):
         self._acks: dict[int, asyncio.Future[ReasonCode]] = {}
         self.connack_properties: Properties | None = None
 
-    def send(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> asyncio.Future[ReasonCode]:
+    def send(
+        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False
+    ) -> asyncio.Future[ReasonCode]:
         """Publish now; the future resolves with the PUBACK's reason code (or fails when the
         connection is lost first)."""
         info = self._client.publish(topic, payload, qos, retain)
@@ -62,7 +64,9 @@ class Client(aiomqtt.Client):
     def pending_sends(self) -> int:
         return len(self._acks)
 
-    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any = None) -> None:
+    def _on_connect(
+        self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any = None
+    ) -> None:
         self.connack_properties = properties
         super()._on_connect(client, userdata, flags, reason_code, properties)
 
@@ -72,7 +76,9 @@ class Client(aiomqtt.Client):
             future.set_result(reason_code)
         super()._on_publish(client, userdata, mid, reason_code, properties)
 
-    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any = None) -> None:
+    def _on_disconnect(
+        self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any = None
+    ) -> None:
         self._loop.call_soon_threadsafe(self._fail_sends, reason_code)
         super()._on_disconnect(client, userdata, flags, reason_code, properties)
 
@@ -124,7 +130,7 @@ def make_client(
     v5 = protocol == "5"
     properties = None
     if v5:
-        properties = Properties(PacketTypes.CONNECT)
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho
         properties.SessionExpiryInterval = int(min(session_expiry, 0xFFFFFFFF))
     secret = login.password()
     return Client(

@@ -21,14 +21,14 @@ import re
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, TypeGuard
 
 from agent import codec
 
 try:
     import zstandard
 except ImportError:  # the `zstd` extra is optional on both ends
-    zstandard = None
+    zstandard = None  # type: ignore[assignment]
 
 MAGIC = 0xED
 VERSION = 1
@@ -46,8 +46,8 @@ MAX_DECODED = 64 << 20
 """A payload that inflates beyond this is refused (a compression bomb)."""
 MAX_SEQ = (1 << 63) - 1
 
-KINDS = ("data", "status", "ack")
 Kind = Literal["data", "status", "ack"]
+KINDS: tuple[Kind, ...] = ("data", "status", "ack")
 
 
 class ProtocolError(ValueError):
@@ -79,7 +79,7 @@ def parse_topic(prefix: str, name: str) -> tuple[str, Kind]:
     head = prefix + "/"
     if not name.startswith(head):
         raise ProtocolError("bad_topic", f"{name!r} is not under {prefix!r}")
-    parts = name[len(head):].split("/")
+    parts = name[len(head) :].split("/")
     if len(parts) != 2 or parts[1] not in KINDS:
         raise ProtocolError("bad_topic", f"{name!r} is not {prefix}/<device-id>/(data|status|ack)")
     device_id, kind = parts
@@ -89,9 +89,7 @@ def parse_topic(prefix: str, name: str) -> tuple[str, Kind]:
 
 def check_device_id(device_id: str) -> str:
     if not DEVICE_ID.fullmatch(device_id):
-        raise ProtocolError(
-            "bad_device_id", f"{device_id[:80]!r}: a device id is 1 to 64 of A-Z a-z 0-9 _ -"
-        )
+        raise ProtocolError("bad_device_id", f"{device_id[:80]!r}: a device id is 1 to 64 of A-Z a-z 0-9 _ -")
     return device_id
 
 
@@ -233,10 +231,8 @@ def unframe(payload: bytes) -> bytes:
             size = zstandard.frame_content_size(body)
             if size > MAX_DECODED:
                 raise ProtocolError("too_large", f"inflates to {size} bytes (at most {MAX_DECODED})")
-            if size >= 0:  # the frame says how large it is: one exact allocation
-                out = zstandard.ZstdDecompressor().decompress(body)
-            else:
-                out = _zstd_stream(body)
+            # A frame that says how large it is gets one exact allocation.
+            out = zstandard.ZstdDecompressor().decompress(body) if size >= 0 else _zstd_stream(body)
         except zstandard.ZstdError as exc:
             raise ProtocolError("bad_compression", f"zstd: {exc}") from None
         return out
@@ -297,10 +293,14 @@ def decode_batch(device_id: str, payload: bytes) -> DataBatch:
             raise ProtocolError("bad_record", f"records[{index}]: not an object")
         seq, stream, ts, data = item.get("seq"), item.get("stream"), item.get("ts"), item.get("data")
         if type(seq) is not int or not 0 < seq <= MAX_SEQ:
-            raise ProtocolError("bad_record", f"records[{index}].seq: {str(seq)[:40]!r} is not a sequence number")
+            raise ProtocolError(
+                "bad_record", f"records[{index}].seq: {str(seq)[:40]!r} is not a sequence number"
+            )
         if (
-            type(stream) is str and 0 < len(stream) <= STREAM_MAX
-            and (type(ts) is float or type(ts) is int) and math.isfinite(ts)
+            type(stream) is str
+            and 0 < len(stream) <= STREAM_MAX
+            and (type(ts) is float or type(ts) is int)
+            and math.isfinite(ts)
             and type(data) is dict
         ):
             keep(Record(seq, stream, float(ts), data))
@@ -309,7 +309,7 @@ def decode_batch(device_id: str, payload: bytes) -> DataBatch:
     return batch
 
 
-def _is_seq(value: Any, allow_zero: bool = False) -> bool:
+def _is_seq(value: Any, allow_zero: bool = False) -> TypeGuard[int]:
     return type(value) is int and (0 if allow_zero else 1) <= value <= MAX_SEQ
 
 
@@ -317,7 +317,7 @@ def _bad_record(index: int, item: dict[str, Any], seq: int) -> BadRecord:
     stream, ts = item.get("stream"), item.get("ts")
     if not isinstance(stream, str) or not 0 < len(stream) <= STREAM_MAX:
         return BadRecord(seq, f"records[{index}].stream: not a name of 1 to {STREAM_MAX} characters", item)
-    if type(ts) not in (int, float) or not math.isfinite(ts):
+    if not isinstance(ts, int | float) or isinstance(ts, bool) or not math.isfinite(ts):
         return BadRecord(seq, f"records[{index}].ts: not a finite number", item)
     return BadRecord(seq, f"records[{index}].data: not an object", item)
 
@@ -326,7 +326,7 @@ def _dropped(index: int, item: Any) -> DroppedRange:
     if not isinstance(item, dict):
         raise ProtocolError("bad_body", f"dropped[{index}]: not an object")
     first, last, reason = item.get("first"), item.get("last"), item.get("reason", "unknown")
-    if not (_is_seq(first) and _is_seq(last) and first <= last):
+    if not (type(first) is int and type(last) is int and 0 < first <= last <= MAX_SEQ):
         raise ProtocolError("bad_body", f"dropped[{index}]: first and last are not a range of seqs")
     if not isinstance(reason, str) or not 0 < len(reason) <= 64:
         raise ProtocolError("bad_body", f"dropped[{index}].reason: not a short string")
@@ -349,10 +349,16 @@ class Ack:
     """The highest ``probe`` of the device's messages in the flush this ack follows."""
 
     def encode(self) -> bytes:
-        return codec.dumps_bytes({
-            "v": VERSION, "seq": self.seq, "epoch": self.epoch, "max_seq": self.max_seq,
-            "at": self.at, "probe": self.probe,
-        })
+        return codec.dumps_bytes(
+            {
+                "v": VERSION,
+                "seq": self.seq,
+                "epoch": self.epoch,
+                "max_seq": self.max_seq,
+                "at": self.at,
+                "probe": self.probe,
+            }
+        )
 
 
 def decode_ack(payload: bytes) -> Ack:
@@ -366,9 +372,14 @@ def decode_ack(payload: bytes) -> Ack:
     max_seq = doc.get("max_seq", doc["seq"])
     at = doc.get("at", 0.0)
     probe = doc.get("probe", 0)
-    if not isinstance(epoch, str) or not _is_seq(max_seq, allow_zero=True) or not _is_seq(probe, allow_zero=True):
+    if (
+        not isinstance(epoch, str)
+        or not _is_seq(max_seq, allow_zero=True)
+        or not _is_seq(probe, allow_zero=True)
+    ):
         raise ProtocolError("bad_ack", "epoch, max_seq or probe of the wrong type")
-    return Ack(doc["seq"], epoch, max_seq, float(at) if type(at) in (int, float) else 0.0, probe)
+    seconds = float(at) if type(at) in (int, float) else 0.0
+    return Ack(doc["seq"], epoch, max_seq, seconds, probe)  # all checked by _is_seq above
 
 
 MAX_STATUS = 64 << 10

@@ -35,7 +35,7 @@ from cloud_sync import protocol
 from cloud_sync.mqtt import Client, make_client, ssl_context, wrong_protocol
 from cloud_sync.protocol import DroppedRange, Encoder
 from cloud_sync.ratelimit import RateLimit
-from cloud_sync.tracker import Sent, SendTracker, Verdict
+from cloud_sync.tracker import SendTracker, Sent, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +217,9 @@ class Uploader:
             if future.done() and not future.cancelled() and future.exception() is None:
                 continue
             if prepared is not None and prepared.count and now - sent_at < 5.0:
-                sent = Sent(prepared.first, prepared.last, prepared.count, sent_at, False, len(prepared.payload))
+                sent = Sent(
+                    prepared.first, prepared.last, prepared.count, sent_at, False, len(prepared.payload)
+                )
                 await self._apply(self.tracker.strike(sent, "disconnect"), "the broker hung up on it")
             break
         self._inflight.clear()
@@ -237,9 +239,14 @@ class Uploader:
     async def _session(self) -> None:
         will = aiomqtt.Will(self._topics["status"], protocol.encode_status({"online": False}), 1, True)
         client = make_client(
-            self.config, self.device_id, self._protocol, will=will,
-            session_expiry=self.config.session_expiry, inflight=self.config.window + 4,
-            logger=log.getChild("mqtt"), tls=ssl_context(self.config),
+            self.config,
+            self.device_id,
+            self._protocol,
+            will=will,
+            session_expiry=self.config.session_expiry,
+            inflight=self.config.window + 4,
+            logger=log.getChild("mqtt"),
+            tls=ssl_context(self.config),
         )
         self._inflight.clear()
         async with client:
@@ -340,8 +347,10 @@ class Uploader:
     def _ripe(self, cursor: int) -> bool:
         """Has a partial batch after ``cursor`` waited ``batch_delay`` for more records?"""
         partial = self._partial
-        return partial is not None and partial[0] == cursor and (
-            time.monotonic() - partial[1] >= self.config.batch_delay
+        return (
+            partial is not None
+            and partial[0] == cursor
+            and (time.monotonic() - partial[1] >= self.config.batch_delay)
         )
 
     async def _prepare(self, after: int, up_to: int | None, ripe: bool) -> Prepared | None:
@@ -361,7 +370,9 @@ class Uploader:
         now = time.monotonic()
         self._inflight.append((now, future, prepared))
         if prepared.count:
-            self.tracker.on_sent(prepared.first, prepared.last, prepared.count, now, live, len(prepared.payload))
+            self.tracker.on_sent(
+                prepared.first, prepared.last, prepared.count, now, live, len(prepared.payload)
+            )
             self._partial = None
             self._last_data_at = now
         if prepared.probe:
@@ -387,7 +398,9 @@ class Uploader:
         if code.value in _NOT_THE_MESSAGE:
             self._fatal = LinkDead(f"the broker refused our data: {detail}; check its ACL")
             return
-        self._errors.warning("refused", "the broker refused seqs %d..%d: %s", prepared.first, prepared.last, detail)
+        self._errors.warning(
+            "refused", "the broker refused seqs %d..%d: %s", prepared.first, prepared.last, detail
+        )
         sent = Sent(prepared.first, prepared.last, prepared.count, 0.0, False, len(prepared.payload))
         self._background(self._apply(self.tracker.refused(sent), f"refused by the broker: {detail}"))
 
@@ -395,7 +408,10 @@ class Uploader:
         self._counters.incr(SCOPE, "resends")
         log.info(
             "no ack for seqs %d..%d after %.0f s (cloud acked %d); sending again from there",
-            oldest.first, oldest.last, time.monotonic() - oldest.at, self.tracker.acked,
+            oldest.first,
+            oldest.last,
+            time.monotonic() - oldest.at,
+            self.tracker.acked,
         )
         later_arrived = self._echoed_at > oldest.at  # a probe sent after it got through
         verdict = self.tracker.resend(oldest, later_arrived)
@@ -436,7 +452,9 @@ class Uploader:
     async def _read_acks(self, client: Client, first: asyncio.Event) -> None:
         async for message in client.messages:
             first.set()
-            if str(message.topic) != self._topics["ack"] or not isinstance(message.payload, bytes | bytearray):
+            if str(message.topic) != self._topics["ack"] or not isinstance(
+                message.payload, bytes | bytearray
+            ):
                 continue
             try:
                 ack = protocol.decode_ack(bytes(message.payload))
@@ -475,7 +493,10 @@ class Uploader:
             if offset:
                 log.warning(
                     "the cloud knows device %s up to seq %d from an earlier outbox; renumbered "
-                    "this outbox's records by +%d", self.device_id, ack.max_seq, offset,
+                    "this outbox's records by +%d",
+                    self.device_id,
+                    ack.max_seq,
+                    offset,
                 )
                 self._counters.incr(SCOPE, "rebased")
                 raise LinkDead("outbox renumbered; reconnecting to start over")
@@ -535,7 +556,9 @@ class Uploader:
             "uptime_s": round(time.time() - self._started, 1),
             "last_ack": {"seq": self.tracker.acked, "at": self.acked_at},
             "send_rate": round(self.send_rate(), 1),
-            "errors": {k: v for (s, k), v in self._counters.totals.items() if s == SCOPE and k in _ERROR_NAMES},
+            "errors": {
+                k: v for (s, k), v in self._counters.totals.items() if s == SCOPE and k in _ERROR_NAMES
+            },
             "last_error": self.last_error,
             "clock": {"time": time.time(), "synced": _clock_synced()},
         }
@@ -607,7 +630,9 @@ class Uploader:
     def _encode_probe(self) -> Prepared:
         assert self._encoder is not None
         self._probe += 1
-        payload = self._encoder.encode([], self.tracker.acked, self._dropped(self.tracker.acked), probe=self._probe)
+        payload = self._encoder.encode(
+            [], self.tracker.acked, self._dropped(self.tracker.acked), probe=self._probe
+        )
         return Prepared(payload, 0, 0, 0, True, probe=self._probe)
 
     def _dropped(self, acked: int) -> list[DroppedRange]:
@@ -636,7 +661,15 @@ class Uploader:
             await asyncio.sleep(0.05)
 
 
-_ERROR_NAMES = {"connection_errors", "refused", "resends", "set_aside", "dead_links", "bad_acks", "epoch_conflicts"}
+_ERROR_NAMES = {
+    "connection_errors",
+    "refused",
+    "resends",
+    "set_aside",
+    "dead_links",
+    "bad_acks",
+    "epoch_conflicts",
+}
 
 
 def _nothing() -> None:

@@ -62,17 +62,17 @@ def device_json(state: DeviceState, now: float | None = None) -> dict[str, Any]:
 def create_app(
     store: Store, tokens: Iterable[str], ingest: Ingest | None = None, console: Console | None = None
 ) -> Starlette:
-    tokens = [t.encode() for t in tokens]
+    secrets = [t.encode() for t in tokens]
 
     def authorised(request: Request) -> bool:
         if console is not None and console.signed_in(request):
             return True
         header = request.headers.get("authorization", "")
         scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not given or not tokens:
+        if scheme.lower() != "bearer" or not given or not secrets:
             return False
         candidate = given.strip().encode()
-        return any(hmac.compare_digest(candidate, token) for token in tokens)
+        return any(hmac.compare_digest(candidate, secret) for secret in secrets)
 
     def api(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
         async def guarded(request: Request) -> Response:

@@ -3,6 +3,7 @@ half-open, and the checks on the cloud store."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
@@ -79,10 +80,8 @@ class HalfOpenProxy:
     def close(self) -> None:
         self._closed = True
         for sock in [self._listener, *self._sockets]:
-            try:
+            with contextlib.suppress(OSError):
                 sock.close()
-            except OSError:
-                pass
 
     def _accept(self) -> None:
         while not self._closed:
@@ -119,10 +118,8 @@ class HalfOpenProxy:
                 continue  # what arrived after the freeze goes nowhere
             if not data:
                 for sock in (src, dst):
-                    try:
+                    with contextlib.suppress(OSError):
                         sock.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
                 return
             try:
                 dst.sendall(data)
@@ -133,8 +130,13 @@ class HalfOpenProxy:
 def cloud_section(url: str, **overrides: Any) -> str:
     """A ``[cloud]`` table for tests: short timers so faults show within seconds."""
     values: dict[str, Any] = {
-        "url": url, "keepalive": "2s", "resend_after": "2s", "heartbeat": "2s",
-        "reconnect_min": "200ms", "reconnect_max": "2s", "batch_delay": "200ms",
+        "url": url,
+        "keepalive": "2s",
+        "resend_after": "2s",
+        "heartbeat": "2s",
+        "reconnect_min": "200ms",
+        "reconnect_max": "2s",
+        "batch_delay": "200ms",
     }
     values.update(overrides)
     lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in values.items())
@@ -144,13 +146,17 @@ def cloud_section(url: str, **overrides: Any) -> str:
 def sync_once(config: Path, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*EDGE_AGENT, "sync", "-c", str(config), "--once", "--timeout", str(timeout)],
-        capture_output=True, text=True, timeout=timeout + 30,
+        capture_output=True,
+        text=True,
+        timeout=timeout + 30,
     )
 
 
 def agent_accepted(config: Path) -> int:
     """Readings the agent accepted, from its own committed counters."""
-    out = subprocess.run([*EDGE_AGENT, "status", "-c", str(config), "--json"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [*EDGE_AGENT, "status", "-c", str(config), "--json"], capture_output=True, text=True, check=True
+    )
     status = json.loads(out.stdout)
     return sum(int(source.get("accepted", 0)) for source in status["sources"].values())
 

@@ -20,14 +20,27 @@ TOKEN = {"Authorization": "Bearer t0ken"}
 def client(tmp_path: Path) -> Iterator[TestClient]:
     store = open_store(f"sqlite:///{tmp_path}/cloud.db")
     records = [Record(s, "win" if s % 2 else "alerts", 100.0 + s, {"count": s}) for s in range(1, 21)]
-    store.write([
-        ("edge/gw-1/data", DataBatch("gw-1", "e", 0, records)),
-        ("edge/gw-1/status", Status("gw-1", {
-            "online": True, "version": "0.1.0", "send_rate": 12.5,
-            "backlog": {"rows": 7, "bytes": 900, "oldest_unsent_age_s": 30.0},
-            "dropped": {"buffer_full": 2}, "clock": {"time": 1000.5, "synced": True},
-        }, 1000.0)),
-    ], now=1000.0)
+    store.write(
+        [
+            ("edge/gw-1/data", DataBatch("gw-1", "e", 0, records)),
+            (
+                "edge/gw-1/status",
+                Status(
+                    "gw-1",
+                    {
+                        "online": True,
+                        "version": "0.1.0",
+                        "send_rate": 12.5,
+                        "backlog": {"rows": 7, "bytes": 900, "oldest_unsent_age_s": 30.0},
+                        "dropped": {"buffer_full": 2},
+                        "clock": {"time": 1000.5, "synced": True},
+                    },
+                    1000.0,
+                ),
+            ),
+        ],
+        now=1000.0,
+    )
     with TestClient(create_app(store, ["other", "t0ken"])) as test_client:
         yield test_client
     store.close()

@@ -70,19 +70,26 @@ def test_reading_records_by_stream_after_a_seq_with_a_limit(store: Store) -> Non
 
 
 def test_dropped_bad_and_quarantined_are_kept_and_counted(store: Store) -> None:
-    store.write([
-        data("gw-1", [1, 2], bad=[3], dropped=[DroppedRange(4, 9, "buffer_full")]),
-        ("edge/gw-1/data", Quarantined("edge/gw-1/data", "bad_json", "body is not JSON", b"{oops", 5, "gw-1")),
-        ("edge/x y/data", Quarantined("edge/x y/data", "bad_device_id", "bad id", b"", 0, None)),
-        ("edge/gw-1/status", Status("gw-1", {"online": True, "backlog": {"rows": 3}}, 5.0)),
-    ])
+    store.write(
+        [
+            data("gw-1", [1, 2], bad=[3], dropped=[DroppedRange(4, 9, "buffer_full")]),
+            (
+                "edge/gw-1/data",
+                Quarantined("edge/gw-1/data", "bad_json", "body is not JSON", b"{oops", 5, "gw-1"),
+            ),
+            ("edge/x y/data", Quarantined("edge/x y/data", "bad_device_id", "bad id", b"", 0, None)),
+            ("edge/gw-1/status", Status("gw-1", {"online": True, "backlog": {"rows": 3}}, 5.0)),
+        ]
+    )
     state = store.device("gw-1")
     assert state is not None
     assert (state.acked, state.records, state.bad_records, state.dropped) == (9, 2, 1, {"buffer_full": 6})
     assert state.online is True and state.status["backlog"] == {"rows": 3}
     kept = store.quarantined()
     assert {(q["reason"], q["device_id"], q["seq"]) for q in kept} == {
-        ("bad_record", "gw-1", 3), ("bad_json", "gw-1", None), ("bad_device_id", None, None)
+        ("bad_record", "gw-1", 3),
+        ("bad_json", "gw-1", None),
+        ("bad_device_id", None, None),
     }
     assert len(store.quarantined(device_id="gw-1")) == 2
     counters = store.counters()
@@ -106,7 +113,7 @@ def test_concurrent_writers_keep_each_device_consistent(store_url: str) -> None:
         try:
             for start in range(offset * 50 + 1, 2001, 100):
                 store.write([data("gw-1", range(start, start + 50)), data("gw-2", range(start, start + 50))])
-        except BaseException as exc:  # noqa: BLE001  # reported by the assertion below
+        except BaseException as exc:  # reported by the assertion below
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(s, i)) for i, s in enumerate(stores)]
@@ -143,7 +150,8 @@ def test_url_helpers() -> None:
     assert sqlite_path("sqlite:////var/lib/cloud.db") == Path("/var/lib/cloud.db")
     assert sqlite_path("sqlite:///cloud.db") == Path("cloud.db").absolute()
     assert split_schema("postgresql://u@h/db?schema=s1&sslmode=disable") == (
-        "postgresql://u@h/db?sslmode=disable", "s1"
+        "postgresql://u@h/db?sslmode=disable",
+        "s1",
     )
     with pytest.raises(StoreError):
         split_schema("postgresql://u@h/db?schema=x;drop")

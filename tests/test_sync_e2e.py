@@ -72,7 +72,9 @@ def test_cloud_broker_killed_for_30_s_loses_and_repeats_nothing(
     assert_exactly_once(ingest, accepted)
 
 
-def test_agent_killed_mid_drain_and_restarted(tmp_path, broker: Broker, cloud_broker: Broker, agents, ingests) -> None:
+def test_agent_killed_mid_drain_and_restarted(
+    tmp_path, broker: Broker, cloud_broker: Broker, agents, ingests
+) -> None:
     # A backlog first: the agent runs while no ingest is there, then stops cleanly.
     slow = cloud_section(cloud_broker.url, batch_records=20, backlog_rate_messages=10)
     config = agent_config(tmp_path, broker.url, extra=slow)
@@ -87,7 +89,9 @@ def test_agent_killed_mid_drain_and_restarted(tmp_path, broker: Broker, cloud_br
     # The ingest comes; the agent drains slowly (10 messages of 20 records a second)...
     ingest = start_ingest(tmp_path, cloud_broker, ingests)
     agent = launch(config, agents)
-    wait_for(lambda: ingest.api("/api/devices") and ingest.api("/api/devices")[0]["acked_seq"] > 40, 20, "draining")
+    wait_for(
+        lambda: ingest.api("/api/devices") and ingest.api("/api/devices")[0]["acked_seq"] > 40, 20, "draining"
+    )
     agent.signal(signal.SIGKILL)  # ...and dies in the middle of it
     agent.wait(10)
     agent = launch(config, agents)
@@ -112,9 +116,11 @@ def test_ingest_killed_and_restarted(tmp_path, broker: Broker, cloud_broker: Bro
     accepted = finish(agent, config)
     assert accepted == sent
     rows = assert_exactly_once(ingest, accepted)
-    sync = json.loads(subprocess.run(
-        [*EDGE_AGENT, "status", "-c", str(config), "--json"], capture_output=True, text=True, check=True
-    ).stdout)["sync"]
+    sync = json.loads(
+        subprocess.run(
+            [*EDGE_AGENT, "status", "-c", str(config), "--json"], capture_output=True, text=True, check=True
+        ).stdout
+    )["sync"]
     assert sync["connected"] is False and sync["counters"]["sent"] >= len(rows)
 
 
@@ -160,7 +166,7 @@ stats = ["count", "mean"]
 
 [[modules]]
 name = "bloat"
-use = "{Path(__file__).with_name('sync_bloat.py')}:Bloat"
+use = "{Path(__file__).with_name("sync_bloat.py")}:Bloat"
 inputs = ["sensors/#"]
 sync = true
 [modules.with]

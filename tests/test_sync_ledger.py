@@ -7,7 +7,7 @@ import pytest
 from cloud_sync.ledger import DeviceState, Quarantined, Status, plan_flush, settle
 from cloud_sync.protocol import BadRecord, DataBatch, DroppedRange, Record
 from cloud_sync.ratelimit import RateLimit
-from cloud_sync.tracker import Sent, SendTracker
+from cloud_sync.tracker import SendTracker, Sent
 
 
 @pytest.mark.parametrize(
@@ -44,7 +44,9 @@ def test_jumping_over_a_hole_counts_what_never_came_as_lost() -> None:
 
 def batch(seqs, *, epoch="e1", released=0, dropped=(), bad=()) -> DataBatch:
     return DataBatch(
-        "gw", epoch, released,
+        "gw",
+        epoch,
+        released,
         records=[Record(s, "win", 1.0, {"count": 1}) for s in seqs],
         bad=[BadRecord(s, "ts", {}) for s in bad],
         dropped=list(dropped),
@@ -110,7 +112,9 @@ def test_status_and_will_keep_the_last_figures() -> None:
 
 def test_quarantined_messages_are_counted_by_reason() -> None:
     states = {"gw": DeviceState("gw")}
-    result = plan_flush(states, [("edge/gw/data", Quarantined("edge/gw/data", "bad_json", "x", b"{", 1, "gw"))])
+    result = plan_flush(
+        states, [("edge/gw/data", Quarantined("edge/gw/data", "bad_json", "x", b"{", 1, "gw"))]
+    )
     assert result.counters == {"quarantined.bad_json": 1} and states["gw"].last_seen is not None
 
 

@@ -20,7 +20,8 @@ def test_every_encoding_round_trips(compression: str) -> None:
     assert payload[:2] == bytes((protocol.MAGIC, protocol.VERSION))
     batch = protocol.decode_batch("gw-1", payload)
     assert [(r.seq, r.stream, r.ts, r.data) for r in batch.records] == [
-        (1, "win", 1700000000.5, {"sensor": "t1", "count": 3}), (2, "win", 1700000001.0, {"count": 4})
+        (1, "win", 1700000000.5, {"sensor": "t1", "count": 3}),
+        (2, "win", 1700000001.0, {"count": 4}),
     ]
     assert batch.dropped == [DroppedRange(3, 5, "buffer_full")]
     assert (batch.epoch, batch.released, batch.bad) == ("e1", 0, [])
@@ -69,7 +70,10 @@ def _doc(**changes: object) -> bytes:
         (_framed(b"{}", b"q"), "unsupported_encoding"),
         (_framed(b"not zlib", protocol.ZLIB), "bad_compression"),
         (_framed(b"not zstd", protocol.ZSTD), "bad_compression"),
-        (_framed(zlib.compress(b"{" + b" " * (protocol.MAX_DECODED + 10) + b"}"), protocol.ZLIB), "too_large"),
+        (
+            _framed(zlib.compress(b"{" + b" " * (protocol.MAX_DECODED + 10) + b"}"), protocol.ZLIB),
+            "too_large",
+        ),
         (_framed(zstd_bomb(), protocol.ZSTD), "too_large"),
         (_framed(zstd_bomb(sized=False), protocol.ZSTD), "too_large"),
         (_framed(b"{not json"), "bad_json"),

@@ -51,11 +51,13 @@ class Store(ConsoleViews, ABC):
 
     # -- writing --------------------------------------------------------------------------------
 
-    def write(self, items: list[tuple[str, Incoming]], now: float | None = None) -> tuple[Flush, dict[str, DeviceState]]:
+    def write(
+        self, items: list[tuple[str, Incoming]], now: float | None = None
+    ) -> tuple[Flush, dict[str, DeviceState]]:
         """Store decoded messages ``(topic, item)`` in one transaction; return what was written
         and the touched devices' new states (for their acks)."""
         now = time.time() if now is None else now
-        ids = sorted({_device_of(item) for _, item in items} - {None})  # type: ignore[type-var]
+        ids = sorted({device for _, item in items if (device := _device_of(item)) is not None})
         with self._transaction() as tx:
             states = self._load_states(tx, ids, now)
             flush = plan_flush(states, items, now)
@@ -129,4 +131,3 @@ def rows_by_device(rows: list[Row]) -> Iterator[tuple[str, list[Row]]]:
     for row in rows:
         groups.setdefault(row[0], []).append(row)
     yield from groups.items()
-

@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
 from agent import codec
@@ -47,8 +48,22 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value BIGINT NOT NUL
 """
 
 _COLUMNS = (
-    "device_id", "epoch", "acked_seq", "max_seq", "ranges", "records", "duplicates", "bad_records",
-    "dropped", "lost", "messages", "first_seen", "last_seen", "last_sync", "online", "status",
+    "device_id",
+    "epoch",
+    "acked_seq",
+    "max_seq",
+    "ranges",
+    "records",
+    "duplicates",
+    "bad_records",
+    "dropped",
+    "lost",
+    "messages",
+    "first_seen",
+    "last_seen",
+    "last_sync",
+    "online",
+    "status",
     "status_at",
 )
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
@@ -72,15 +87,15 @@ class PostgresStore(Store):
             with conn.transaction():
                 if schema:
                     conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-                conn.execute(_SCHEMA)  # type: ignore[arg-type]  # a constant, not user input
+                conn.execute(_SCHEMA)
         except psycopg.Error as exc:
             raise StoreError(url, f"cannot open the PostgreSQL store: {str(exc).strip()}") from exc
         return cls(url, conninfo, schema, conn)
 
     @staticmethod
     def _connect(conninfo: str, schema: str | None) -> psycopg.Connection[Any]:
-        options = {"options": f"-c search_path={schema}"} if schema else {}
-        return psycopg.connect(conninfo, autocommit=True, connect_timeout=10, **options)
+        extra = {"options": f"-c search_path={schema}"} if schema else {}
+        return psycopg.connect(make_conninfo(conninfo, connect_timeout=10, **extra), autocommit=True)
 
     # -- writing --------------------------------------------------------------------------------
 
@@ -98,13 +113,13 @@ class PostgresStore(Store):
             (ids, now),
         )
         cursor = tx.cursor(row_factory=dict_row)
-        cursor.execute("SELECT * FROM devices WHERE device_id = ANY(%s) ORDER BY device_id FOR UPDATE", (ids,))
+        cursor.execute(
+            "SELECT * FROM devices WHERE device_id = ANY(%s) ORDER BY device_id FOR UPDATE", (ids,)
+        )
         return {row["device_id"]: DeviceState.from_row(row) for row in cursor}
 
     def _insert_records(self, tx: psycopg.Connection[Any], rows: list[Row]) -> dict[str, int]:
-        tx.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS incoming (LIKE records) ON COMMIT DELETE ROWS"
-        )
+        tx.execute("CREATE TEMP TABLE IF NOT EXISTS incoming (LIKE records) ON COMMIT DELETE ROWS")
         with tx.cursor() as cursor:
             with cursor.copy(
                 "COPY incoming (device_id, seq, stream, ts, data, received_at) FROM STDIN"
@@ -118,11 +133,11 @@ class PostgresStore(Store):
             )
             return {device_id: count for device_id, count in cursor}
 
-    def _insert_dropped(self, tx: psycopg.Connection[Any], rows: list[tuple[str, int, int, str, float]]) -> None:
+    def _insert_dropped(
+        self, tx: psycopg.Connection[Any], rows: list[tuple[str, int, int, str, float]]
+    ) -> None:
         with tx.cursor() as cursor:
-            cursor.executemany(
-                "INSERT INTO dropped VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING", rows
-            )
+            cursor.executemany("INSERT INTO dropped VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING", rows)
 
     def _insert_quarantined(self, tx: psycopg.Connection[Any], items: list[Quarantined], now: float) -> None:
         with tx.cursor() as cursor:
@@ -138,7 +153,7 @@ class PostgresStore(Store):
         sets = ", ".join(f"{c} = %({c})s" for c in _COLUMNS if c != "device_id")
         with tx.cursor() as cursor:
             cursor.executemany(
-                f"UPDATE devices SET {sets} WHERE device_id = %(device_id)s",  # type: ignore[arg-type]
+                f"UPDATE devices SET {sets} WHERE device_id = %(device_id)s",
                 [state.as_row() for state in states],
             )
 
@@ -162,7 +177,7 @@ class PostgresStore(Store):
     def _query(self, sql: str, params: Any = ()) -> list[dict[str, Any]]:
         try:
             with self._reader().cursor(row_factory=dict_row) as cursor:
-                cursor.execute(sql, params)  # type: ignore[arg-type]  # our own constant SQL
+                cursor.execute(sql, params)
                 return cursor.fetchall()
         except psycopg.OperationalError:
             self._local.conn = None  # reconnect on the next call
@@ -214,4 +229,3 @@ def split_schema(url: str) -> tuple[str, str | None]:
     rest = urlencode([(key, value) for key, value in query if key != "schema"])
     scheme = "postgresql" if parts.scheme == "postgres" else parts.scheme
     return urlunsplit((scheme, parts.netloc, parts.path, rest, parts.fragment)), schema
-

@@ -28,10 +28,23 @@ CREATE TABLE IF NOT EXISTS records (
 """
 
 _DEVICE_COLUMNS: dict[str, Any] = {
-    "device_id": str, "epoch": str, "acked_seq": int, "max_seq": int, "ranges": str,
-    "records": int, "duplicates": int, "bad_records": int, "dropped": str, "lost": int,
-    "messages": int, "first_seen": float, "last_seen": float, "last_sync": float, "online": int,
-    "status": str, "status_at": float,
+    "device_id": str,
+    "epoch": str,
+    "acked_seq": int,
+    "max_seq": int,
+    "ranges": str,
+    "records": int,
+    "duplicates": int,
+    "bad_records": int,
+    "dropped": str,
+    "lost": int,
+    "messages": int,
+    "first_seen": float,
+    "last_seen": float,
+    "last_sync": float,
+    "online": int,
+    "status": str,
+    "status_at": float,
 }
 
 
@@ -118,7 +131,8 @@ class SqliteStore(Store):
 
     def _add_counters(self, tx: sqlite3.Connection, counters: dict[str, int]) -> None:
         tx.executemany(
-            "INSERT INTO counters VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+            "INSERT INTO counters VALUES (?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
             list(counters.items()),
         )
 
@@ -187,18 +201,29 @@ def sqlite_path(url: str) -> Path:
 def _create_schema(db: sqlite_utils.Database) -> None:
     db.execute(_RECORDS)
     db.execute("CREATE INDEX IF NOT EXISTS records_stream ON records (device_id, stream, seq)")
-    db["devices"].create(_DEVICE_COLUMNS, pk="device_id", not_null={"device_id"}, if_not_exists=True)
-    db["dropped"].create(
+    db.table("devices").create(_DEVICE_COLUMNS, pk="device_id", not_null={"device_id"}, if_not_exists=True)
+    db.table("dropped").create(
         {"device_id": str, "first_seq": int, "last_seq": int, "reason": str, "at": float},
-        pk=("device_id", "first_seq"), if_not_exists=True,
+        pk=("device_id", "first_seq"),
+        if_not_exists=True,
     )
-    db["quarantine"].create(
-        {"id": int, "device_id": str, "topic": str, "seq": int, "reason": str, "detail": str,
-         "payload": bytes, "size": int, "at": float},
-        pk="id", if_not_exists=True,
+    db.table("quarantine").create(
+        {
+            "id": int,
+            "device_id": str,
+            "topic": str,
+            "seq": int,
+            "reason": str,
+            "detail": str,
+            "payload": bytes,
+            "size": int,
+            "at": float,
+        },
+        pk="id",
+        if_not_exists=True,
     )
-    db["quarantine"].create_index(["device_id"], if_not_exists=True)
-    db["counters"].create({"name": str, "value": int}, pk="name", if_not_exists=True)
+    db.table("quarantine").create_index(["device_id"], if_not_exists=True)
+    db.table("counters").create({"name": str, "value": int}, pk="name", if_not_exists=True)
 
 
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
