@@ -3,7 +3,8 @@
 * **Headers** on every response: a Content-Security-Policy that allows scripts, styles and
   connections from the console's own origin only (no ``unsafe-inline``, no ``eval``), no
   framing, no MIME sniffing, no referrer to other sites; ``no-store`` on everything but the
-  static files (device data stays out of disk caches); HSTS when the request came over HTTPS.
+  static files (device data stays out of disk caches), which are cached for a year when their
+  URL carries their content's hash; HSTS when the request came over HTTPS.
 * **Host check**: with ``allowed_hosts`` set (the default when listening on loopback), a
   request naming another host gets 400, so a DNS-rebinding page cannot reach the console
   through a victim's browser.
@@ -99,6 +100,7 @@ class SecurityMiddleware:
                 await response(scope, receive, send)
                 return
         static = scope["path"].startswith("/static/")
+        versioned = scope.get("query_string", b"").startswith(b"v=")
         https = scope.get("scheme") == "https"
 
         async def send_with_headers(message: Message) -> None:
@@ -108,6 +110,10 @@ class SecurityMiddleware:
                     headers.setdefault(name, value)
                 if not static:
                     headers.setdefault("cache-control", "no-store")
+                elif versioned:  # /static/x?v=HASH: the name changes with the content
+                    headers["cache-control"] = "public, max-age=31536000, immutable"
+                else:
+                    headers["cache-control"] = "no-cache"
                 if https:
                     headers.setdefault("strict-transport-security", "max-age=31536000")
             await send(message)
