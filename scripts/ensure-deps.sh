@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Installs the system packages the tests and the demo need, if they are missing (Debian/Raspberry Pi OS).
+# Installs the system packages the tests and the demo need, if they are missing (Debian/Raspberry Pi OS):
+# Mosquitto for the brokers, Debian's Chromium for the console's browser tests (Playwright drives it
+# with executable_path; it never downloads a browser).
 set -euo pipefail
 missing=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+[ -x /usr/bin/chromium ] || missing+=(chromium fonts-dejavu-core)
 [ ${#missing[@]} -eq 0 ] && exit 0
 echo "installing: ${missing[*]}" >&2
 sudo=""

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent import codec
+from cloud_sync.console import format as fmt
 from cloud_sync.store import Store
 from cloud_sync.store.summary import api_object
 
@@ -87,7 +87,7 @@ def _event(stream: str, record: dict[str, Any]) -> dict[str, Any]:
     return {
         "stream": stream, "seq": record["seq"], "ts": record["ts"],
         **{k: data.get(k) for k in _EVENT_KEYS},
-        "details": ", ".join(f"{k}={_short(v)}" for k, v in details.items()),
+        "details": ", ".join(f"{k}={_short(k, v)}" for k, v in details.items()),
     }
 
 
@@ -101,8 +101,6 @@ def _columns(rows: list[dict[str, Any]], limit: int = 10) -> list[str]:
     return keys[:limit]
 
 
-def _short(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    text = value if isinstance(value, str) else codec.dumps(value)
+def _short(name: str, value: Any) -> str:
+    text = fmt.field(name, value)
     return text if len(text) <= 60 else text[:57] + "..."

@@ -33,10 +33,12 @@
     return Math.max(260, Math.floor(el.getBoundingClientRect().width));
   }
 
-  // One point (or none) would stretch the time axis over years: show the last minutes instead.
+  // One point (or none) would stretch the time axis over years: show the minutes before it.
   function timeRange(u, min, max) {
-    if (min == null || max == null) return [Date.now() / 1000 - 600, Date.now() / 1000];
-    return max - min < 60 ? [max - 600, max + 30] : [min, max];
+    if (min == null || max == null) return [Date.now() / 1000 - 300, Date.now() / 1000];
+    if (max - min < 1) return [max - 300, max + 30];
+    const pad = (max - min) * 0.03;
+    return [min - pad, max + pad];
   }
 
   function note(el, text) {
