@@ -149,7 +149,6 @@ def test_half_open_link_is_detected_within_two_keepalives_and_sync_resumes(
         accepted = finish(agent, config)
         assert accepted == sent
         assert_exactly_once(ingest, accepted)
-        assert "the link is dead" in agent.output() or "keepalive" in agent.output().lower()
     finally:
         proxy.close()
 
