@@ -348,7 +348,7 @@ def _validate_modules(file: str, raw_modules: Any, issues: list[ConfigIssue]) ->
             continue  # stage one reports the shape
         where = f"modules[{index}]"
         try:
-            cls = resolve_module(entry["use"])
+            cls = resolve_module(entry["use"], Path(file).parent)
         except ModuleLoadError as exc:
             issues.append(ConfigIssue(file, f"{where}.use", exc.reason))
             continue

@@ -24,10 +24,15 @@ def available_modules() -> dict[str, str]:
     return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
-def resolve_module(use: str) -> type[Module[Any]]:
-    """The module class for a ``use`` value from the config."""
+def resolve_module(use: str, base_dir: Path | None = None) -> type[Module[Any]]:
+    """The module class for a ``use`` value from the config; a relative file path is taken
+    relative to ``base_dir`` (the config file's folder) when given."""
     if ":" in use and use.split(":", 1)[0].endswith(".py"):
-        return _load_from_file(use)
+        file_part, class_name = use.rsplit(":", 1)
+        path = Path(file_part).expanduser()
+        if base_dir is not None and not path.is_absolute():
+            path = base_dir / path
+        return _load_from_file(str(path.resolve()), class_name, use)
     registered = available_modules()
     if use not in registered:
         names = ", ".join(sorted(registered)) or "none"
@@ -40,12 +45,11 @@ def resolve_module(use: str) -> type[Module[Any]]:
     return _checked(use, cls)
 
 
-@cache
-def _load_from_file(use: str) -> type[Module[Any]]:
-    file_part, class_name = use.rsplit(":", 1)
-    path = Path(file_part).expanduser().resolve()
+def _load_from_file(file_path: str, class_name: str, use: str) -> type[Module[Any]]:
+    path = Path(file_path)
+    file_part = use.rsplit(":", 1)[0]
     if not path.is_file():
-        raise ModuleLoadError(use, f"file {file_part} not found")
+        raise ModuleLoadError(use, f"file {path} not found")
     module_name = f"edge_agent_user_modules.{path.stem}_{abs(hash(str(path)))}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:

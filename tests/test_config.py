@@ -199,3 +199,23 @@ def test_check_exits_2_and_prints_file_key_reason(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.startswith(f"{path}: modules[0].with.every: 'often' is not a duration")
+
+
+def test_a_module_file_path_is_relative_to_the_config_file(tmp_path, monkeypatch):
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "double.py").write_text(
+        "from agent import Module\n"
+        "class Double(Module):\n"
+        "    description = 'doubles'\n"
+        "    def process(self, record):\n"
+        "        self.context.emit({'v': 2 * record.data['value']})\n"
+    )
+    text = VALID.replace('use = "window"', 'use = "plugins/double.py:Double"').replace(
+        '[modules.with]\nevery = "60s"\nstats = ["count", "mean", "min", "max"]\n', ""
+    )
+    monkeypatch.chdir("/")
+    (plan,) = load_config(write(tmp_path, text)).modules
+    assert plan.cls.__name__ == "Double"
+    missing = text.replace("plugins/double.py", "plugins/absent.py")
+    with pytest.raises(ConfigError, match=r"modules\[0\]\.use: file .*absent\.py not found"):
+        load_config(write(tmp_path, missing))
