@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -549,28 +549,6 @@ def pipeline_harness(
         loaded.modules, clock=ManualClock(start_at), strict=strict, on_emit=on_emit, keep=keep
     )
     return harness.start()
-
-
-try:
-    import pytest
-except ImportError:  # the harness works without pytest; only the fixture needs it
-    pytest = None  # type: ignore[assignment]
-
-if pytest is not None:
-
-    @pytest.fixture
-    def harness() -> Iterator[Callable[..., Harness]]:
-        """``harness(Module_or_name, **config)``: a started ``module_harness``, closed after
-        the test."""
-        made: list[Harness] = []
-
-        def make(module: str | type[Module[Any]], *args: Any, **kwargs: Any) -> Harness:
-            made.append(module_harness(module, *args, **kwargs))
-            return made[-1]
-
-        yield make
-        for item in made:
-            item.close()
 
 
 __all__ = [
