@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from bench.common import Result
-from bench.prefill import BenchBroker, prefill
+from bench.loadgen import BenchBroker, prefill
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

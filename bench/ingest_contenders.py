@@ -72,7 +72,8 @@ def run_paho(port: int, count: int, qos: int, naive: bool, workdir: Path) -> dic
             if acc is None or acc[0] != start:
                 if acc is not None:
                     summary = {"count": acc[1], "mean": acc[2] / acc[1], "min": acc[3], "max": acc[4]}
-                    db.execute("INSERT INTO summaries VALUES (?, ?, ?)", (sensor, acc[0], json.dumps(summary)))
+                    row = (sensor, acc[0], json.dumps(summary))
+                    db.execute("INSERT INTO summaries VALUES (?, ?, ?)", row)
                     db.commit()
                 windows[sensor] = [start, 1, value, value, value]
             else:

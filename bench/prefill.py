@@ -1,15 +1,13 @@
-"""A benchmark's own Mosquitto, and a fast way to fill it with readings for a receiver to drain."""
+"""A benchmark's own Mosquitto, and the readings a receiver drains from it (bench/loadgen.py
+publishes them)."""
 
 from __future__ import annotations
 
 import json
 import shutil
 import subprocess
-import time
 from pathlib import Path
 from types import TracebackType
-
-import paho.mqtt.client as mqtt
 
 from tests.conftest import free_port, wait_for_port
 
@@ -51,25 +49,3 @@ def readings(count: int, sensors: int = 100, start: float = 1_700_000_000.0) -> 
         payload = json.dumps({"value": round(20 + (i % 37) * 0.1, 2), "ts": round(ts, 3), "unit": "C"})
         out.append((f"sensors/s{sensor}", payload.encode()))
     return out
-
-
-def prefill(port: int, count: int, qos: int = 1, window: int = 1000) -> float:
-    """Publish ``count`` readings at ``qos`` with a sliding window of unacknowledged publishes;
-    return when the broker has acknowledged them all. Returns the seconds it took."""
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-prefill-{port}")
-    client.max_inflight_messages_set(window)
-    client.max_queued_messages_set(0)
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    started = time.perf_counter()
-    pending = []
-    for topic, payload in readings(count):
-        pending.append(client.publish(topic, payload, qos=qos))
-        if len(pending) >= window:
-            pending.pop(0).wait_for_publish(60)
-    for info in pending:
-        info.wait_for_publish(60)
-    elapsed = time.perf_counter() - started
-    client.loop_stop()
-    client.disconnect()
-    return elapsed
