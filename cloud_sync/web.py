@@ -25,13 +25,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from agent import codec
 from cloud_sync.ingest import Ingest
 from cloud_sync.ledger import DeviceState
 from cloud_sync.protocol import DEVICE_ID
 from cloud_sync.store import Store
 from cloud_sync.store.fleet_query import FleetQuery, QueryError
-from cloud_sync.store.summary import api_object, summarize
+from cloud_sync.store.summary import api_list_json, api_object, summarize
 
 if TYPE_CHECKING:
     from cloud_sync.console import Console
@@ -90,8 +89,9 @@ def create_app(
             query = FleetQuery.parse(request.query_params, default_sort="device", default_limit=None)
         except QueryError as exc:
             return _error(400, str(exc))
-        rows, total = await run_in_threadpool(store.fleet_page, query)
-        return _json([api_object(row, query.now) for row in rows], {"X-Total-Count": str(total)})
+        rows, total = await run_in_threadpool(store.fleet_docs, query)
+        body = await run_in_threadpool(api_list_json, rows, query.now)
+        return Response(body, media_type="application/json", headers={"X-Total-Count": str(total)})
 
     async def device(request: Request) -> Response:
         device_id = request.path_params["device_id"]
@@ -155,11 +155,6 @@ def _int(value: str | None, name: str, default: int, low: int, high: int | None 
     if number < low or (high is not None and number > high):
         raise ValueError(f"{name}: must be between {low} and {high}" if high else f"{name}: must be >= {low}")
     return number
-
-
-def _json(data: Any, headers: dict[str, str] | None = None) -> Response:
-    """JSON through ``agent.codec`` (orjson when installed: 10,000 devices in a few ms)."""
-    return Response(codec.dumps_bytes(data), media_type="application/json", headers=headers)
 
 
 def _error(status: int, message: str) -> JSONResponse:

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from agent import codec
 from cloud_sync.ledger import Quarantined, Status
 from cloud_sync.protocol import DataBatch, DroppedRange, Record
 from cloud_sync.store import Store, open_store
 from cloud_sync.store.fleet_query import FleetQuery, QueryError
-from cloud_sync.store.summary import api_object, connection_state
+from cloud_sync.store.summary import api_list_json, api_object, connection_state
 
 NOW = 10_000.0
 
@@ -113,6 +114,15 @@ def test_the_total_counts_every_match_not_just_the_page(store: Store) -> None:
     assert len(rows) == 5 and total == 10
 
 
+def test_the_device_list_json_is_the_api_objects(store: Store) -> None:
+    seed_fleet(store)
+    store.write([batch("ok", range(1, 4)), status("ok", errors={"n": 1}, last_error='"quoted"\n')], now=NOW)
+    query = FleetQuery.parse({}, default_sort="device", default_limit=None, now=NOW + 7)
+    rows, _ = store.fleet_page(query)
+    docs, total = store.fleet_docs(query)
+    assert total == 5 and codec.loads(api_list_json(docs, NOW + 7)) == [api_object(r, NOW + 7) for r in rows]
+
+
 def test_fleet_totals(store: Store) -> None:
     seed_fleet(store)
     totals = store.fleet_totals(FleetQuery(now=NOW))
@@ -180,6 +190,20 @@ def test_a_store_from_before_the_console_gets_its_summaries(tmp_path: Path) -> N
     try:
         row = again.device_summary("gw-1")
         assert row is not None and (row["records"], row["backlog"], row["quarantined"]) == (3, 2, 1)
+    finally:
+        again.close()
+
+
+def test_summaries_written_by_an_older_console_are_written_again(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/old.db"
+    first = open_store(url)
+    first.write([status("gw-1", version="0.9")], now=NOW)
+    first._conn.execute("""UPDATE device_summary SET doc = '{"device_id": "gw-1"}'""")
+    first.close()
+    again = open_store(url)
+    try:
+        docs, _ = again.fleet_docs(FleetQuery(now=NOW))
+        assert codec.loads(api_list_json(docs, NOW))[0]["version"] == "0.9"
     finally:
         again.close()
 

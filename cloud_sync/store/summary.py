@@ -4,7 +4,8 @@
 one flat row; the store keeps that row in ``device_summary`` in the same transaction as the
 state, so the fleet page and ``GET /api/devices`` sort, filter and page 10,000 devices with
 indexed SQL instead of decoding every state. ``api_object`` turns a row into what the JSON API
-shows, aging the figures that grow with time (the oldest unsent record's age).
+shows: its ``static_api`` part is also kept in the row as JSON (``doc``), and only the
+``live_api`` part (ages, the connection state, the quarantine count) is worked out per request.
 
 This is the one place that knows where a status keeps each figure.
 """
@@ -31,7 +32,7 @@ SUMMARY_COLUMNS = (
     "backlog", "backlog_bytes", "oldest_unsent_age_s", "oldest_unsent_at", "send_rate",
     "records", "duplicates", "gaps", "lost", "bad_records", "acked_seq", "max_seq",
     "dropped_total", "dropped", "dropped_announced", "errors_total", "errors", "last_error",
-    "version", "config_version", "clock_synced", "clock_time", "updated_at",
+    "version", "config_version", "clock_synced", "clock_time", "updated_at", "doc",
 )
 """Columns of ``device_summary`` that ``summarize`` fills; ``quarantined`` is counted by the
 store as messages are kept aside."""
@@ -48,7 +49,7 @@ def summarize(state: DeviceState, now: float) -> dict[str, Any]:
     rows = _int(backlog.get("rows"))
     age = _number(backlog.get("oldest_unsent_age_s"))
     aging = rows and age is not None and state.status_at is not None
-    return {
+    row: dict[str, Any] = {
         "device_id": state.device_id,
         "online": None if state.online is None else int(state.online),
         "first_seen": state.first_seen,
@@ -79,6 +80,8 @@ def summarize(state: DeviceState, now: float) -> dict[str, Any]:
         "clock_time": _number(clock.get("time")),
         "updated_at": now,
     }
+    row["doc"] = codec.dumps(static_api(row))
+    return row
 
 
 def connection_state(row: Mapping[str, Any], now: float, silent_after: float = SILENT_AFTER) -> str:
@@ -101,18 +104,22 @@ def lag(row: Mapping[str, Any], now: float) -> float | None:
 
 def api_object(row: Mapping[str, Any], now: float, silent_after: float = SILENT_AFTER) -> dict[str, Any]:
     """One device as ``GET /api/devices`` shows it."""
+    return static_api(row) | live_api(row, now, silent_after)
+
+
+def static_api(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The figures that stay as they are until the device's next write (kept, as JSON, in the
+    row's ``doc``)."""
     clock_time, status_at = row["clock_time"], row["status_at"]
     return {
         "device_id": row["device_id"],
         "online": bool(row["online"]),
-        "state": connection_state(row, now, silent_after),
         "last_seen": row["last_seen"],
         "last_sync": row["last_sync"],
         "acked_seq": row["acked_seq"],
         "max_seq": row["max_seq"],
         "backlog": row["backlog"],
         "backlog_bytes": row["backlog_bytes"],
-        "oldest_unsent_age_s": lag(row, now),
         "records": row["records"],
         "duplicates": row["duplicates"],
         "dropped": codec.loads(row["dropped"] or "{}"),
@@ -121,7 +128,6 @@ def api_object(row: Mapping[str, Any], now: float, silent_after: float = SILENT_
         "gaps": row["gaps"],
         "lost": row["lost"],
         "bad_records": row["bad_records"],
-        "quarantined": row.get("quarantined") or 0,
         "version": row["version"],
         "config_version": row["config_version"],
         "send_rate": row["send_rate"],
@@ -133,6 +139,28 @@ def api_object(row: Mapping[str, Any], now: float, silent_after: float = SILENT_
         "status_at": status_at,
         "first_seen": row["first_seen"],
     }
+
+
+LIVE_COLUMNS = ("online", "last_seen", "backlog", "oldest_unsent_age_s", "status_at", "quarantined")
+"""What ``live_api`` reads (beside ``doc``, all that the device list needs from a row)."""
+
+
+def live_api(row: Mapping[str, Any], now: float, silent_after: float = SILENT_AFTER) -> dict[str, Any]:
+    """The figures that move with time (or that the store counts itself)."""
+    return {
+        "state": connection_state(row, now, silent_after),
+        "oldest_unsent_age_s": lag(row, now),
+        "quarantined": row.get("quarantined") or 0,
+    }
+
+
+def api_list_json(rows: list[dict[str, Any]], now: float, silent_after: float = SILENT_AFTER) -> bytes:
+    """``[api_object(row), ...]`` as JSON, from each row's stored ``doc`` and its live figures,
+    without decoding any ``doc``: 10,000 devices in tens of milliseconds."""
+    parts = [
+        row["doc"][:-1] + "," + codec.dumps(live_api(row, now, silent_after))[1:] for row in rows
+    ]
+    return ("[" + ",".join(parts) + "]").encode()
 
 
 def _config_version(status: Mapping[str, Any]) -> Any:

@@ -22,7 +22,10 @@ from typing import Any
 from agent import codec
 from cloud_sync.ledger import DeviceState, Flush, Incoming, Status
 from cloud_sync.store.fleet_query import FleetQuery
-from cloud_sync.store.summary import SUMMARY_COLUMNS, summarize
+from cloud_sync.store.summary import LIVE_COLUMNS, SUMMARY_COLUMNS, static_api, summarize
+
+STATIC_KEYS = frozenset(static_api({c: None for c in SUMMARY_COLUMNS} | {"dropped": None}))
+"""The keys of a current ``doc``; a store whose docs differ has them written again at open."""
 
 HISTORY_COLUMNS = (
     "device_id", "bucket", "at", "online", "backlog", "backlog_bytes", "oldest_unsent_age_s",
@@ -39,7 +42,7 @@ _DDL = (
         max_seq BIGINT, dropped_total BIGINT, dropped TEXT, dropped_announced TEXT,
         errors_total BIGINT, errors TEXT, last_error TEXT, version TEXT, config_version TEXT,
         clock_synced INTEGER, clock_time DOUBLE PRECISION, updated_at DOUBLE PRECISION NOT NULL,
-        quarantined BIGINT NOT NULL DEFAULT 0)""",
+        doc TEXT NOT NULL, quarantined BIGINT NOT NULL DEFAULT 0)""",
     "CREATE INDEX IF NOT EXISTS device_summary_problems ON device_summary (online, oldest_unsent_at)",
     "CREATE INDEX IF NOT EXISTS device_summary_lag ON device_summary (oldest_unsent_at)",
     "CREATE INDEX IF NOT EXISTS device_summary_seen ON device_summary (last_seen)",
@@ -120,10 +123,24 @@ class ConsoleViews:
         had devices before it existed."""
         for statement in _DDL:
             self._conn.execute(statement)
+        if "doc" not in {row["name"] for row in self._summary_columns()}:  # from before ``doc``
+            self._conn.execute("DROP TABLE device_summary")
+            for statement in _DDL:
+                self._conn.execute(statement)
         have = self._query("SELECT count(*) AS n FROM device_summary")[0]["n"]
         devices = self._query("SELECT count(*) AS n FROM devices")[0]["n"]
-        if devices > have:
+        sample = self._query("SELECT doc FROM device_summary LIMIT 1")
+        stale = bool(sample) and set(codec.loads(sample[0]["doc"])) != STATIC_KEYS
+        if devices > have or stale:
             self._backfill()
+
+    def _summary_columns(self) -> list[dict[str, Any]]:
+        if self._MARK == "?":
+            return self._query("SELECT name FROM pragma_table_info('device_summary')")
+        return self._query(
+            "SELECT column_name AS name FROM information_schema.columns "
+            "WHERE table_name = 'device_summary' AND table_schema = current_schema()"
+        )
 
     def _backfill(self) -> None:
         now = time.time()
@@ -171,11 +188,11 @@ class ConsoleViews:
 
     # -- reading --------------------------------------------------------------------------------
 
-    def fleet_page(self, query: FleetQuery) -> tuple[list[dict[str, Any]], int]:
+    def fleet_page(self, query: FleetQuery, columns: str = "*") -> tuple[list[dict[str, Any]], int]:
         """The summary rows of one page of the fleet, and how many devices match in all."""
         where, params = query.where()
         order, order_params = query.order()
-        sql = f"SELECT * FROM device_summary{where}{order}"
+        sql = f"SELECT {columns} FROM device_summary{where}{order}"
         page_params: list[Any] = []
         if query.limit is not None:
             sql += " LIMIT ? OFFSET ?"
@@ -185,6 +202,10 @@ class ConsoleViews:
             return rows, len(rows) + query.offset
         total = self._query(self._sql(f"SELECT count(*) AS n FROM device_summary{where}"), params)[0]["n"]
         return rows, int(total)
+
+    def fleet_docs(self, query: FleetQuery) -> tuple[list[dict[str, Any]], int]:
+        """Like ``fleet_page``, only each row's ``doc`` and live columns (``summary.api_list_json``)."""
+        return self.fleet_page(query, ", ".join(("doc", *LIVE_COLUMNS)))
 
     def fleet_totals(self, query: FleetQuery) -> dict[str, Any]:
         """Counts and sums over the whole fleet, and the device whose oldest unsent record is
