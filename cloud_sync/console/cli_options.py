@@ -23,9 +23,9 @@ def console_options(command: F) -> F:
         click.option("--allowed-host", "allowed_hosts", multiple=True,
                      help="A host name the console answers to (repeat; '*' for any). Default: the "
                           "loopback names when listening on loopback, any otherwise."),
-        click.option("--history-step", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+        click.option("--history-step", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
                      help="Seconds per point of each device's status history."),
-        click.option("--history-days", type=click.FloatRange(min=0.01), default=3.0, show_default=True,
+        click.option("--history-days", type=click.FloatRange(min=0.01), default=2.0, show_default=True,
                      help="Days of status history kept."),
     ]
     for option in reversed(options):

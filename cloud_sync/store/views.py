@@ -102,9 +102,9 @@ class ConsoleViews:
 
     _MARK = "?"
     _conn: Any
-    history_step: float = 30.0
+    history_step: float = 60.0
     """Seconds per point of a device's status history (at most one row per step)."""
-    history_keep: float = 3 * 86400.0
+    history_keep: float = 2 * 86400.0
     """Seconds of status history kept."""
     history_prune_every: float = 600.0
     """Seconds between two deletions of the history older than ``history_keep``."""
