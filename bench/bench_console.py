@@ -27,6 +27,7 @@ import tempfile
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 from bench.common import Result
@@ -40,14 +41,14 @@ TARGET_MS = 300.0
 
 def fill(url: str, devices: int) -> None:
     """``devices`` devices written as the ingest writes them, 500 a transaction."""
-    from cloud_sync.ledger import Status
+    from cloud_sync.ledger import Incoming, Status
     from cloud_sync.store import open_store
 
     store = open_store(url)
     now = time.time()
     try:
         for start in range(0, devices, 500):
-            items = []
+            items: list[tuple[str, Incoming]] = []
             for i in range(start, min(devices, start + 500)):
                 rows = (i * 7919) % 5000 if i % 3 else 0
                 age = (i % 3600) if rows else None
@@ -184,15 +185,15 @@ def measure(big: str, small: str, users: Path, runs: int) -> dict[str, tuple[flo
     figures: dict[str, tuple[float, list[float]]] = {}
     for name, url in (("big", big), ("small", small)):
         with Server(url, users) as server:
-            client = Client(server.port)
-            figures[f"{name} fleet"] = median_ms(runs, lambda c=client: c.timed("/fleet"))
-            figures[f"{name} api"] = median_ms(runs, lambda c=client: c.timed("/api/devices", bearer))
+            timed = Client(server.port).timed
+            figures[f"{name} fleet"] = median_ms(runs, partial(timed, "/fleet"))
+            figures[f"{name} api"] = median_ms(runs, partial(timed, "/api/devices", bearer))
             if name == "big":
                 figures["big problems"] = median_ms(
-                    runs, lambda c=client: c.timed("/fleet?show=problems&sort=lag&q=gw-0"))
+                    runs, partial(timed, "/fleet?show=problems&sort=lag&q=gw-0"))
                 figures["big api page"] = median_ms(
-                    runs, lambda c=client: c.timed("/api/devices?sort=lag&limit=100&offset=5000", bearer))
-    figures["naive"] = median_ms(max(3, runs // 3), lambda: naive_api_ms(big))
+                    runs, partial(timed, "/api/devices?sort=lag&limit=100&offset=5000", bearer))
+    figures["naive"] = median_ms(max(3, runs // 3), partial(naive_api_ms, big))
     return figures
 
 
@@ -227,13 +228,13 @@ def postgres_databases() -> Iterator[tuple[str, str] | None]:
         return
     with admin:
         for name in names:
-            admin.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]  # our own name
+            admin.execute(f'CREATE DATABASE "{name}"')
         try:
             base = admin_url.rsplit("/", 1)[0]
             yield f"{base}/{names[0]}", f"{base}/{names[1]}"
         finally:
             for name in names:
-                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[arg-type]
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def run(quick: bool) -> list[Result]:

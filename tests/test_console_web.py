@@ -279,3 +279,20 @@ def test_the_console_json_routes(client: TestClient) -> None:
     assert client.get("/api/devices/gw-1/latest").status_code == 400
     listing = client.get("/api/devices?sort=backlog&limit=1")
     assert [d["device_id"] for d in listing.json()] == ["gw-1"] and listing.headers["x-total-count"] == "2"
+
+
+def test_an_empty_fleet_and_a_device_without_status_or_records(tmp_path: Path, users: Path) -> None:
+    empty = open_store(f"sqlite:///{tmp_path}/empty.db")
+    try:
+        client = make_client(empty, users)
+        sign_in(client)
+        assert "No device has reached the cloud yet." in client.get("/fleet").text
+        assert client.get("/api/devices").json() == []
+        assert client.get("/api/fleet").json()["worst_lag"] is None
+        empty.write([("edge/gw-9/data", DataBatch("gw-9", "e", 0, []))])
+        page = client.get("/devices/gw-9")
+        assert page.status_code == 200 and "unknown" in page.text
+        assert "No records from this device yet." in page.text
+        assert client.get("/fleet?offset=400").status_code == 200  # past the end: the last page
+    finally:
+        empty.close()
