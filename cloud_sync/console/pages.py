@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -22,7 +23,7 @@ from cloud_sync.console.device_view import load_device
 from cloud_sync.console.signin import signin_url
 from cloud_sync.protocol import DEVICE_ID
 from cloud_sync.store.fleet_query import FILTERS, MAX_PAGE, SORTS, FleetQuery, QueryError
-from cloud_sync.store.summary import api_object
+from cloud_sync.store.summary import api_object, lag
 
 if TYPE_CHECKING:
     from cloud_sync.console.app import Console
@@ -77,7 +78,7 @@ class Pages:
             query = FleetQuery.parse(request.query_params, default_limit=settings.page_size)
         except QueryError as exc:
             return self.console.render(request, "error.html", 400, title="Bad request", message=str(exc))
-        query = _with_thresholds(query, settings.silent_after, settings.behind_after)
+        query = replace(query, silent_after=settings.silent_after, behind_after=settings.behind_after)
         store = self.console.store
         rows, total = await run_in_threadpool(store.fleet_page, query)
         if rows == [] and query.offset and total:  # past the end (devices went away): last page
@@ -111,15 +112,10 @@ class Pages:
         )
 
 
-def _with_thresholds(query: FleetQuery, silent_after: float, behind_after: float) -> FleetQuery:
-    from dataclasses import replace
-
-    return replace(query, silent_after=silent_after, behind_after=behind_after)
-
-
-def _worst_lag(totals: dict[str, object], now: float) -> tuple[str, float] | None:
+def _worst_lag(totals: dict[str, Any], now: float) -> tuple[str, float] | None:
+    """The device whose oldest unsent record is oldest, and that record's age now."""
     worst = totals.get("worst")
-    if not isinstance(worst, dict):
+    if worst is None:
         return None
-    age = worst["oldest_unsent_age_s"] + max(0.0, now - worst["status_at"])
-    return worst["device_id"], age
+    age = lag(worst, now)
+    return (worst["device_id"], age) if age is not None else None

@@ -33,12 +33,16 @@
     return Math.max(260, Math.floor(el.getBoundingClientRect().width));
   }
 
-  // One point (or none) would stretch the time axis over years: show the minutes before it.
-  function timeRange(u, min, max) {
-    if (min == null || max == null) return [Date.now() / 1000 - 300, Date.now() / 1000];
-    if (max - min < 1) return [max - 300, max + 30];
-    const pad = (max - min) * 0.03;
-    return [min - pad, max + pad];
+  // The time axis spans the data itself; one point (or none) shows the five minutes before it,
+  // where uPlot would otherwise stretch the axis over a day or more.
+  function timeRange(u) {
+    const xs = (u.data && u.data[0]) || [];
+    if (!xs.length) return [Date.now() / 1000 - 300, Date.now() / 1000];
+    const first = xs[0];
+    const last = xs[xs.length - 1];
+    if (last - first < 1) return [last - 300, last + 30];
+    const pad = (last - first) * 0.03;
+    return [first - pad, last + pad];
   }
 
   function note(el, text) {
