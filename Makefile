@@ -25,7 +25,7 @@ bench: $(VENV)/.installed
 
 demo: $(VENV)/.installed
 	scripts/ensure-deps.sh
-	$(VENV)/bin/edge-agent run -c configs/simulated.toml
+	$(VENV)/bin/edge-sim demo $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) .demo build *.egg-info

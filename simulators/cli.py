@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import sys
+from pathlib import Path
 
 import click
 
@@ -156,3 +157,19 @@ def fleet(broker: str, devices: int, duration: float | None, interval: float, se
         click.echo(json.dumps(dataclasses.asdict(report), indent=2))
     else:
         click.echo(" ".join(f"{k}={v}" for k, v in dataclasses.asdict(report).items()))
+
+
+@main.command()
+@click.option("--keep", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Keep all state (logs, outboxes, the cloud store) in this folder.")
+@click.option("--cut-after", type=click.FloatRange(min=0), default=60.0, show_default=True,
+              help="Seconds before one gateway's link to the cloud is cut.")
+@click.option("--cut-for", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="Seconds the link stays cut.")
+@click.option("--http-port", type=click.IntRange(1, 65535), default=None,
+              help="The console's port (a free one by default).")
+def demo(keep: Path | None, cut_after: float, cut_for: float, http_port: int | None) -> None:
+    """Brokers, cloud ingest and console, three agents and their sensors; Ctrl-C stops it all."""
+    from simulators.demo import main as run_demo
+
+    run_demo(keep, cut_after, cut_for, http_port)
