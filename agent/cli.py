@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import json
-import logging
 import sys
 import time
 from pathlib import Path
@@ -14,8 +12,8 @@ from typing import Any
 import click
 
 from agent import __version__
-from agent.config import LoadedConfig, load_config
-from agent.errors import ConfigError, ModuleLoadError, OutboxError
+from agent.daemon import load_or_exit, run_daemon
+from agent.errors import ModuleLoadError, OutboxError
 from agent.outbox import Outbox, as_jsonl
 from agent.registry import available_modules, resolve_module
 from agent.status import read_status
@@ -55,40 +53,18 @@ def main() -> None:
     """Edge Agent: processing modules on local sensor streams, a durable outbox, cloud sync."""
 
 
-def _load(path: Path) -> LoadedConfig:
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        for issue in exc.issues:
-            click.echo(str(issue), err=True)
-        sys.exit(2)
-
-
-def _setup_logging(level: str) -> None:
-    # Plain lines on stderr: journald adds the time and the unit.
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
-
-
 @main.command()
 @CONFIG_OPTION
 def run(config_path: Path) -> None:
     """Run until SIGTERM or SIGINT; SIGHUP reloads the config."""
-    from agent.runtime import Agent  # the daemon's imports stay out of the quick commands
-
-    loaded = _load(config_path)
-    _setup_logging(loaded.agent.log_level)
-    try:
-        asyncio.run(Agent(loaded).run())
-    except OutboxError as exc:
-        logging.getLogger("agent").error("%s", exc)
-        sys.exit(1)
+    sys.exit(run_daemon(config_path))
 
 
 @main.command()
 @CONFIG_OPTION
 def check(config_path: Path) -> None:
     """Validate a config; exit 2 naming every problem as FILE: key.path: reason."""
-    loaded = _load(config_path)
+    loaded = load_or_exit(config_path)
     click.echo(
         f"{config_path}: ok ({len(loaded.agent.sources)} sources, {len(loaded.modules)} modules)"
     )
@@ -99,7 +75,7 @@ def check(config_path: Path) -> None:
 @JSON_OPTION
 def status(config_path: Path, as_json: bool) -> None:
     """Backlog, last sync, drops, quarantine and module health, from the data directory."""
-    loaded = _load(config_path)
+    loaded = load_or_exit(config_path)
     try:
         state = read_status(loaded.agent.data_dir)
     except OutboxError as exc:
@@ -117,7 +93,7 @@ def status(config_path: Path, as_json: bool) -> None:
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many records.")
 def outbox(config_path: Path, as_json: bool, limit: int | None) -> None:
     """Unsent records, oldest first, one JSON object a line."""
-    loaded = _load(config_path)
+    loaded = load_or_exit(config_path)
     try:
         box = Outbox.open_readonly(loaded.agent.data_dir)
     except OutboxError as exc:

@@ -18,7 +18,8 @@ from typing import Any
 import click
 
 from agent import __version__
-from agent.cli import CONFIG_OPTION, _load, _setup_logging
+from agent.cli import CONFIG_OPTION
+from agent.daemon import load_or_exit, setup_logging
 from agent.config import AgentConfig, CloudConfig
 from agent.counters import CounterSet
 from agent.errors import OutboxError
@@ -40,12 +41,12 @@ log = logging.getLogger("agent.sync")
 )
 def sync(config_path: Path, once: bool, timeout: float) -> None:
     """Sync the outbox to the cloud without the daemon (it must not be running)."""
-    loaded = _load(config_path)
+    loaded = load_or_exit(config_path)
     config = loaded.agent
     if config.cloud is None:
         click.echo(f"{config_path}: cloud: required for sync (add a [cloud] section)", err=True)
         sys.exit(2)
-    _setup_logging(config.log_level)
+    setup_logging(config.log_level)
     _refuse_if_daemon_runs(config)
     try:
         code = asyncio.run(_sync(config, config.cloud, once, timeout))

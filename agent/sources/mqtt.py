@@ -113,6 +113,7 @@ class MqttSource:
         if records:
             self._counters.incr(self._scope, "accepted", len(records))
             if self._bus.publish(records) and self._protocol:
+                self._counters.incr(self._scope, "paused")
                 self._protocol.pause_reading()
                 if self._resuming is None or self._resuming.done():
                     self._resuming = asyncio.create_task(self._resume_when_room(self._protocol))
