@@ -118,3 +118,33 @@ def test_a_slow_module_pauses_the_source_and_loses_nothing(tmp_path, broker: Bro
     assert status["sources"]["local"]["paused"] > 0  # the source waited for the module
     assert status["sources"]["local"]["accepted"] == sent
     assert status["backlog"]["rows"] == sent  # nothing dropped on the way, nothing twice
+
+
+def test_module_state_survives_a_restart_of_the_agent(tmp_path, broker: Broker, agents):
+    plugin = tmp_path / "numbered.py"
+    plugin.write_text(
+        "from agent import Module\n"
+        "class Numbered(Module):\n"
+        "    def process(self, record):\n"
+        "        n = self.context.state.get('n', 0) + 1\n"
+        "        self.context.state['n'] = n\n"
+        "        self.context.emit({'n': n}, ts=record.ts)\n"
+    )
+    config = agent_config(tmp_path, broker.url, modules=f"""
+        [[modules]]
+        name = "numbered"
+        use = "{plugin}:Numbered"
+        inputs = ["sensors/#"]
+        sync = true
+        """)
+    for run in range(2):
+        agent = AgentProcess(config).start()
+        agents.append(agent)
+        publisher = Publisher(broker.port)
+        publisher.readings([("t1", 1_700_000_000 + run * 100 + i, 1.0) for i in range(10)])
+        publisher.close()
+        time.sleep(0.5)
+        agent.signal(signal.SIGTERM)
+        assert agent.wait(10) == 0
+    numbers = [json.loads(line)["data"]["n"] for line in cli("outbox", "-c", str(config)).stdout.splitlines()]
+    assert numbers == list(range(1, 21))
