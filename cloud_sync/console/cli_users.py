@@ -1,4 +1,8 @@
-"""``edge-cloud user add|remove|list``: the console's users file."""
+"""``edge-cloud user add|remove|list``: the console's users file.
+
+``cloud_sync.console.users`` (argon2-cffi, the ``cloud`` extra) loads only when a command runs,
+so that ``edge-cloud --help`` works on any install.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,6 @@ import sys
 from pathlib import Path
 
 import click
-
-from cloud_sync.console.users import MIN_PASSWORD, UsersError, hash_password, read_users, write_users
 
 USERS_OPTION = click.option(
     "--users", "users_file", required=True, envvar="EDGE_CLOUD_USERS",
@@ -28,6 +30,8 @@ def user() -> None:
               help="Read the password from the first line of standard input instead of prompting.")
 def add(name: str, users_file: Path, password_stdin: bool) -> None:
     """Add NAME, or set a new password for NAME (their open sessions end)."""
+    from cloud_sync.console.users import MIN_PASSWORD, UsersError, hash_password, read_users, write_users
+
     try:
         users = read_users(users_file) if users_file.exists() else {}
         if password_stdin:
@@ -49,6 +53,8 @@ def add(name: str, users_file: Path, password_stdin: bool) -> None:
 @USERS_OPTION
 def remove(name: str, users_file: Path) -> None:
     """Remove NAME (their open sessions end within seconds)."""
+    from cloud_sync.console.users import UsersError, read_users, write_users
+
     try:
         users = read_users(users_file)
         if users.pop(name, None) is None:
@@ -65,6 +71,8 @@ def remove(name: str, users_file: Path) -> None:
 @USERS_OPTION
 def list_users(users_file: Path) -> None:
     """Print the user names, one a line."""
+    from cloud_sync.console.users import UsersError, read_users
+
     try:
         names = sorted(read_users(users_file))
     except UsersError as exc:
