@@ -180,7 +180,8 @@ def _sync_lines(sync: dict[str, Any] | None) -> list[str]:
     errors = {k: v for k, v in counters.items() if k not in ("sent", "messages") and v}
     return [
         f"sync        {'connected to ' + str(sync['broker']) if sync['connected'] else 'not connected'}"
-        f", {sync['send_rate']:.0f} records/s, sent {counters.get('sent', 0)} in {counters.get('messages', 0)} messages"
+        f", {sync['send_rate']:.0f} records/s, sent {counters.get('sent', 0)}"
+        f" in {counters.get('messages', 0)} messages"
         + (", " + ", ".join(f"{k} {v}" for k, v in sorted(errors.items())) if errors else "")
         + (f", last error: {sync['last_error']}" if sync.get("last_error") else "")
     ]

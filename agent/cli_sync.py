@@ -19,9 +19,9 @@ import click
 
 from agent import __version__
 from agent.cli import CONFIG_OPTION
-from agent.daemon import load_or_exit, setup_logging
 from agent.config import AgentConfig, CloudConfig
 from agent.counters import CounterSet
+from agent.daemon import load_or_exit, setup_logging
 from agent.errors import OutboxError
 from agent.outbox import Changes, Outbox
 from agent.status import read_status

@@ -18,66 +18,19 @@ from collections.abc import Callable
 from typing import Any
 
 from agent import __version__, sdnotify
-from agent.bus import Bus
 from agent.committer import Committer
-from agent.config import LoadedConfig, ModulePlan, load_config
+from agent.config import LoadedConfig, load_config
 from agent.counters import CounterSet
 from agent.errors import ConfigError
 from agent.loopwatch import LoopWatch
 from agent.metrics import MetricsServer
-from agent.module_runner import ModuleRunner
 from agent.outbox import Changes, Outbox
-from agent.sources import Source, build_source
-from agent.topics import matches
+from agent.pipeline import Change, Pipeline
 
 log = logging.getLogger(__name__)
 
 HEALTH_INTERVAL = 2.0
-READY_WAIT = 2.0  # ready once every source has connected or failed once, or after this
 STATE_INTERVAL = 5.0
-
-
-class Pipeline:
-    """The sources and module runners of one config, wired through one bus."""
-
-    def __init__(self, loaded: LoadedConfig, agent: Agent) -> None:
-        self.loaded = loaded
-        self.bus = Bus()
-        config = loaded.agent
-        self.runners = [
-            ModuleRunner(
-                plan, self.bus, agent.committer, agent.counters, agent.watch, config.supervisor,
-                state=agent.saved_state.get(plan.spec.name, {}),
-            )
-            for plan in upstream_first(loaded.modules)
-        ]
-        for runner in self.runners:
-            self.bus.subscribe(runner.plan.spec.inputs, runner.queue)
-        self.sources: list[Source] = [
-            build_source(source, config.device_id, self.bus, agent.counters) for source in config.sources
-        ]
-        self._tasks: list[asyncio.Task[None]] = []
-
-    async def start(self, group: asyncio.TaskGroup) -> None:
-        for runner in reversed(self.runners):  # downstream first
-            await runner.start()
-        for runner in self.runners:
-            self._tasks.append(group.create_task(runner.run(), name=f"module:{runner.name}"))
-        for source in self.sources:
-            self._tasks.append(group.create_task(source.run(), name=f"source:{source.name}"))
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(READY_WAIT):
-                for source in self.sources:
-                    await source.attempted.wait()
-
-    async def stop(self) -> None:
-        for source in self.sources:
-            source.stop()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        for runner in self.runners:  # upstream first, so flushed output reaches what is downstream
-            await runner.finish()
 
 
 class Agent:
@@ -124,8 +77,8 @@ class Agent:
                 self._group = group
                 self._committer_task = group.create_task(committer.run(), name="committer")
                 await self._start_sync(group)
-                self.pipeline = Pipeline(self.loaded, self)
-                await self.pipeline.start(group)
+                self.pipeline = Pipeline(committer, self.counters, self.watch, self.saved_state)
+                await self.pipeline.apply(self.loaded, group)
                 self._ready(on_ready)
                 await self._serve()
                 await self._shutdown()
@@ -213,15 +166,22 @@ class Agent:
         if (new.agent.device_id, new.agent.data_dir) != (old.device_id, old.data_dir):
             log.error("device_id and data_dir cannot change on reload; restart the agent instead")
             return
-        assert self.pipeline is not None
-        await self.pipeline.stop()
-        for runner in self.pipeline.runners:
-            self.saved_state[runner.name] = dict(runner.context.state)
-        self.loaded = new
-        self.pipeline = Pipeline(new, self)
-        assert self._group is not None
-        await self.pipeline.start(self._group)
-        log.info("reloaded: %d sources, %d modules", len(self.pipeline.sources), len(self.pipeline.runners))
+        await self.apply(new)
+
+    async def apply(self, new: LoadedConfig) -> Change:
+        """Run ``new`` in place of the running config, changing only what differs; if a module
+        of it cannot start, go back to the running config."""
+        assert self.pipeline is not None and self._group is not None
+        sdnotify.notify("RELOADING=1")
+        change = await self.pipeline.apply(new, self._group)
+        if change.failed:
+            log.error("modules %s failed to start; back to the running config", ", ".join(change.failed))
+            await self.pipeline.apply(self.loaded, self._group)
+        else:
+            self.loaded = new
+            log.info("reloaded: %s", change)
+        sdnotify.notify("READY=1")
+        return change
 
     def _snapshot(self, changes: Changes) -> None:
         """Add module state and health to a commit, each at its own pace."""
@@ -267,22 +227,3 @@ class Agent:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
-
-
-def upstream_first(plans: list[ModulePlan]) -> list[ModulePlan]:
-    """Order modules so that one feeding another comes before it (config order otherwise)."""
-    ordered: list[ModulePlan] = []
-    remaining = list(plans)
-    while remaining:
-        for plan in remaining:
-            feeders = [
-                other for other in remaining
-                if other is not plan and any(matches(f, other.spec.name) for f in plan.spec.inputs)
-            ]
-            if not feeders:
-                break
-        else:
-            plan = remaining[0]  # a cycle: keep config order for the rest
-        ordered.append(plan)
-        remaining.remove(plan)
-    return ordered

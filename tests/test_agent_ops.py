@@ -148,3 +148,66 @@ def test_module_state_survives_a_restart_of_the_agent(tmp_path, broker: Broker, 
         assert agent.wait(10) == 0
     numbers = [json.loads(line)["data"]["n"] for line in cli("outbox", "-c", str(config)).stdout.splitlines()]
     assert numbers == list(range(1, 21))
+
+
+HOURLY = """
+[[modules]]
+name = "hourly"
+use = "window"
+inputs = ["sensors/#"]
+sync = true
+[modules.with]
+every = "1h"
+"""
+
+
+def test_reload_keeps_what_did_not_change_and_rolls_back_a_module_that_cannot_start(
+    tmp_path, broker: Broker, agents
+):
+    plugin = tmp_path / "broken.py"
+    plugin.write_text(
+        "from agent import Module\n"
+        "class Broken(Module):\n"
+        "    async def start(self):\n"
+        "        raise RuntimeError('no such device /dev/ttyUSB9')\n"
+        "    def process(self, record):\n"
+        "        pass\n"
+    )
+    second = """
+        [[modules]]
+        name = "second"
+        use = "window"
+        inputs = ["sensors/#"]
+        sync = true
+        [modules.with]
+        every = "{every}"
+        """
+    config = agent_config(tmp_path, broker.url, modules=HOURLY + second.format(every="1h"))
+    agent = AgentProcess(config).start()
+    agents.append(agent)
+    publisher = Publisher(broker.port)
+    publisher.readings([("t1", 1_700_000_000 + i, 1.0) for i in range(50)])
+    time.sleep(0.5)
+
+    agent_config(tmp_path, broker.url, modules=HOURLY + second.format(every="30m"))  # rewrites the file
+    agent.signal(signal.SIGHUP)
+    agent.wait_for_log("reloaded:")
+    assert "restarted second" in agent.output() and "kept" in agent.output() and "hourly" in agent.output()
+
+    broken = f'\n[[modules]]\nname = "broken"\nuse = "{plugin}:Broken"\ninputs = ["sensors/#"]\n'
+    config.write_text(config.read_text() + broken)
+    agent.signal(signal.SIGHUP)
+    agent.wait_for_log("back to the running config")
+    publisher.readings([("t1", 1_700_000_100 + i, 1.0) for i in range(50)])
+    publisher.close()
+    time.sleep(0.5)
+    agent.signal(signal.SIGTERM)
+    assert agent.wait(10) == 0
+
+    rows = [json.loads(line) for line in cli("outbox", "-c", str(config)).stdout.splitlines()]
+    hourly = [row["data"]["count"] for row in rows if row["stream"] == "hourly"]
+    assert hourly == [100]  # one window, never flushed early: it kept running across both reloads
+    second_counts = [row["data"]["count"] for row in rows if row["stream"] == "second"]
+    assert sum(second_counts) == 100 and len(second_counts) == 2  # flushed at its restart, then again
+    status = read_status(tmp_path / "data")
+    assert "broken" not in status["modules"] or status["modules"]["broken"]["status"] != "running"
