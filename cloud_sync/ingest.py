@@ -112,15 +112,17 @@ class Ingest:
                         async with asyncio.timeout(backoff.next_delay()):
                             await self._stopping.wait()
         finally:
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
-            if self._pending:
-                await self._flush_once()  # what the broker already handed us
+            self._has_pending.set()  # the flusher writes what the broker already handed us, then ends
+            try:
+                async with asyncio.timeout(30):
+                    await flusher
+            except TimeoutError:
+                flusher.cancel()
             self._executor.shutdown(wait=True)
 
     def stop(self) -> None:
         self._stopping.set()
+        self._has_pending.set()
 
     async def _session(self) -> None:
         client = make_client(
@@ -163,25 +165,32 @@ class Ingest:
     # -- flushing -------------------------------------------------------------------------------
 
     async def _flush_loop(self) -> None:
+        """Gather, then decode and write on the store's thread, then acknowledge. Decoding and
+        writing stay on one thread on purpose: SQLite lets go of the GIL for every row, and a
+        second busy thread would make each row wait for it (the convoy effect; it tripled the
+        time per row in our measurements)."""
         backoff = Backoff(first=0.5, cap=30.0)
-        while True:
+        while not (self._stopping.is_set() and not self._pending):
             await self._has_pending.wait()
             deadline = time.monotonic() + self.flush_interval
             while (
-                self._pending_bytes < self.flush_bytes and len(self._pending) < self.flush_messages
+                self._pending_bytes < self.flush_bytes
+                and len(self._pending) < self.flush_messages
                 and time.monotonic() < deadline
+                and not self._stopping.is_set()
             ):
                 await asyncio.sleep(min(0.01, self.flush_interval))
-            if await self._flush_once():
+            items, self._pending, self._pending_bytes = self._pending, [], 0
+            self._has_pending.clear()
+            if not items:
+                continue
+            if await self._write(items):
                 backoff.reset()
             else:
                 await asyncio.sleep(backoff.next_delay())
 
-    async def _flush_once(self) -> bool:
-        items, self._pending, self._pending_bytes = self._pending, [], 0
-        self._has_pending.clear()
-        if not items:
-            return True
+    async def _write(self, items: list[tuple[str, bytes]]) -> bool:
+        """Write one flush; on failure keep its messages for the next try."""
         try:
             loop = asyncio.get_running_loop()
             flush, states = await loop.run_in_executor(self._executor, self._process, items)
@@ -209,7 +218,7 @@ class Ingest:
         self.stats.pending_bytes = self._pending_bytes
 
     def _process(self, items: list[tuple[str, bytes]]) -> tuple[Flush, dict[str, DeviceState]]:
-        """Decode everything, then write it in one transaction (on the store's thread)."""
+        """Decode and validate a flush's messages, then store them in one transaction."""
         now = time.time()
         decoded: list[tuple[str, Incoming]] = []
         for topic, payload in items:

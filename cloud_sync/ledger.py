@@ -152,6 +152,8 @@ class Flush:
 
     rows: list[tuple[str, int, str, float, str, float]] = field(default_factory=list)
     """``(device_id, seq, stream, ts, data JSON, received_at)`` to insert unless already there."""
+    spans: list[tuple[str, int, int]] = field(default_factory=list)
+    """``(device_id, start, end)``: ``rows[start:end]`` are that device's, batch by batch."""
     attempted: dict[str, int] = field(default_factory=dict)
     dropped: list[tuple[str, int, int, str, float]] = field(default_factory=list)
     quarantined: list[Quarantined] = field(default_factory=list)
@@ -220,10 +222,9 @@ def _batch(state: DeviceState, topic: str, batch: DataBatch, flush: Flush, now: 
     before = state.acked
     if batch.released > state.acked:
         state.jump(batch.released)  # the device let these go: they are not coming any more
-    for record in batch.records:
-        flush.rows.append(
-            (state.device_id, record.seq, record.stream, record.ts, codec.dumps(record.data), now)
-        )
+    device, dumps, start = state.device_id, codec.dumps, len(flush.rows)
+    flush.rows.extend([(device, r.seq, r.stream, r.ts, dumps(r.data), now) for r in batch.records])
+    flush.spans.append((device, start, len(flush.rows)))
     flush.attempted[state.device_id] = flush.attempted.get(state.device_id, 0) + len(batch.records)
     for bad in batch.bad:
         flush.quarantined.append(
@@ -246,7 +247,7 @@ def _batch(state: DeviceState, topic: str, batch: DataBatch, flush: Flush, now: 
             )
             flush.dropped.append((state.device_id, dropped.first, dropped.last, dropped.reason, now))
         state.add(dropped.first, dropped.last)
-    for first, last in _runs(sorted([r.seq for r in batch.records] + [b.seq for b in batch.bad])):
+    for first, last in _runs([r.seq for r in batch.records] + [b.seq for b in batch.bad]):
         state.add(first, last)
     if state.acked > before:
         state.last_sync = now
@@ -283,8 +284,14 @@ def _covered(state: DeviceState, first: int, last: int) -> bool:
 
 
 def _runs(seqs: list[int]) -> list[Range]:
+    """``seqs`` as sorted, merged ranges (a batch is usually one contiguous run: checked in C)."""
+    if not seqs:
+        return []
+    low, high = min(seqs), max(seqs)
+    if high - low + 1 == len(seqs) == len(set(seqs)):
+        return [(low, high)]
     runs: list[Range] = []
-    for seq in seqs:
+    for seq in sorted(seqs):
         if runs and seq <= runs[-1][1] + 1:
             runs[-1] = (runs[-1][0], max(runs[-1][1], seq))
         else:

@@ -207,7 +207,9 @@ class Uploader:
             await self._session()
         except* (aiomqtt.MqttError, LinkDead, OSError, TimeoutError) as group:
             self._lost(group.exceptions[0])
-            await self._judge_disconnect()
+            if not isinstance(group.exceptions[0], LinkDead):  # not our own verdict on the link
+                await self._judge_disconnect()
+            self._inflight.clear()
 
     async def _judge_disconnect(self) -> None:
         """The connection ended: if it did so right after a message the broker never

@@ -61,7 +61,7 @@ class Store(ConsoleViews, ABC):
         with self._transaction() as tx:
             states = self._load_states(tx, ids, now)
             flush = plan_flush(states, items, now)
-            inserted = self._insert_records(tx, flush.rows) if flush.rows else {}
+            inserted = self._insert_records(tx, flush) if flush.rows else {}
             settle(states, flush, inserted)
             if flush.dropped:
                 self._insert_dropped(tx, flush.dropped)
@@ -81,7 +81,7 @@ class Store(ConsoleViews, ABC):
         """Lock and load (creating) the state of each device in ``ids``."""
 
     @abstractmethod
-    def _insert_records(self, tx: Any, rows: list[Row]) -> dict[str, int]:
+    def _insert_records(self, tx: Any, flush: Flush) -> dict[str, int]:
         """Insert what is not there yet; return how many rows each device really got."""
 
     @abstractmethod
@@ -126,8 +126,14 @@ def _device_of(item: Incoming) -> str | None:
     return None
 
 
-def rows_by_device(rows: list[Row]) -> Iterator[tuple[str, list[Row]]]:
-    groups: dict[str, list[Row]] = {}
-    for row in rows:
-        groups.setdefault(row[0], []).append(row)
-    yield from groups.items()
+def rows_by_device(flush: Flush) -> Iterator[tuple[str, list[Row]]]:
+    """The flush's rows in runs of one device (consecutive batches of a device merged)."""
+    spans = flush.spans
+    index = 0
+    while index < len(spans):
+        device, start, end = spans[index]
+        while index + 1 < len(spans) and spans[index + 1][0] == device:
+            index += 1
+            end = spans[index][2]
+        yield device, flush.rows[start:end]
+        index += 1

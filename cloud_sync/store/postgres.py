@@ -23,8 +23,8 @@ from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
 from agent import codec
-from cloud_sync.ledger import DeviceState, Quarantined
-from cloud_sync.store.base import Row, Store, StoreError
+from cloud_sync.ledger import DeviceState, Flush, Quarantined
+from cloud_sync.store.base import Store, StoreError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -118,13 +118,13 @@ class PostgresStore(Store):
         )
         return {row["device_id"]: DeviceState.from_row(row) for row in cursor}
 
-    def _insert_records(self, tx: psycopg.Connection[Any], rows: list[Row]) -> dict[str, int]:
+    def _insert_records(self, tx: psycopg.Connection[Any], flush: Flush) -> dict[str, int]:
         tx.execute("CREATE TEMP TABLE IF NOT EXISTS incoming (LIKE records) ON COMMIT DELETE ROWS")
         with tx.cursor() as cursor:
             with cursor.copy(
                 "COPY incoming (device_id, seq, stream, ts, data, received_at) FROM STDIN"
             ) as copy:
-                for row in rows:
+                for row in flush.rows:
                     copy.write_row(row)
             cursor.execute(
                 "WITH new AS (INSERT INTO records SELECT * FROM incoming "

@@ -17,8 +17,8 @@ from typing import Any
 import sqlite_utils
 
 from agent import codec
-from cloud_sync.ledger import DeviceState, Quarantined
-from cloud_sync.store.base import Row, Store, StoreError, rows_by_device
+from cloud_sync.ledger import DeviceState, Flush, Quarantined
+from cloud_sync.store.base import Store, StoreError, rows_by_device
 
 _RECORDS = """
 CREATE TABLE IF NOT EXISTS records (
@@ -103,11 +103,11 @@ class SqliteStore(Store):
                 states[device_id] = DeviceState(device_id, first_seen=now)
         return states
 
-    def _insert_records(self, tx: sqlite3.Connection, rows: list[Row]) -> dict[str, int]:
-        inserted = {}
-        for device_id, group in rows_by_device(rows):
+    def _insert_records(self, tx: sqlite3.Connection, flush: Flush) -> dict[str, int]:
+        inserted: dict[str, int] = {}
+        for device_id, group in rows_by_device(flush):
             cursor = tx.executemany("INSERT OR IGNORE INTO records VALUES (?, ?, ?, ?, ?, ?)", group)
-            inserted[device_id] = cursor.rowcount
+            inserted[device_id] = inserted.get(device_id, 0) + cursor.rowcount
         return inserted
 
     def _insert_dropped(self, tx: sqlite3.Connection, rows: list[tuple[str, int, int, str, float]]) -> None:
