@@ -16,6 +16,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 from agent.api import Record
@@ -30,12 +31,18 @@ Snapshot = Callable[[Changes], None]
 
 
 class Committer:
-    def __init__(self, outbox: Outbox, config: BufferConfig, counters: CounterSet) -> None:
+    def __init__(
+        self,
+        outbox: Outbox,
+        config: BufferConfig,
+        counters: CounterSet,
+        executor: ThreadPoolExecutor | None = None,
+    ) -> None:
         self.outbox = outbox
         self.config = config
         self._counters = counters
         self._changes = Changes()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-agent-outbox")
+        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-agent-outbox")
         self._wake = asyncio.Event()
         self._stopping = False
         self._room = asyncio.Event()
@@ -45,6 +52,19 @@ class Committer:
         self._errors = ThrottledLog(log, interval=30)
         self.last_commit_at: float | None = None
         self.last_error: str | None = None
+
+    @classmethod
+    async def open(cls, data_dir: Path, config: BufferConfig, counters: CounterSet) -> Committer:
+        """Open the outbox in ``data_dir`` on the thread that will do all its writing."""
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-agent-outbox")
+        try:
+            outbox = await asyncio.get_running_loop().run_in_executor(
+                executor, Outbox.open, data_dir, config.max_bytes
+            )
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        return cls(outbox, config, counters, executor)
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the outbox thread (every use of the connection goes there)."""

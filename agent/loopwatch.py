@@ -10,7 +10,6 @@ and is reported as hung meanwhile.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import threading
 import time
@@ -37,8 +36,6 @@ class LoopWatch:
         self._loop_thread = threading.get_ident()
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
-        self.hangs: dict[str, int] = {}
-        self.current: Step | None = None
 
     def start(self) -> None:
         self._loop_thread = threading.get_ident()
@@ -64,15 +61,18 @@ class LoopWatch:
 
     def _watch(self) -> None:
         while not self._stopped.wait(0.5):
+            if self.busy() is None:
+                continue
+            import ctypes  # loaded only once there is a step to interrupt, outside the lock
+
             with self._lock:
-                step = self._step
+                step = self._step  # checked again: the step may have ended meanwhile
                 if step is None or step.interrupted:
                     continue
                 held = time.monotonic() - step.since
                 if held <= self.hang_timeout:
                     continue
                 step.interrupted = True
-                self.hangs[step.module] = self.hangs.get(step.module, 0) + 1
                 log.error(
                     "module %r has held the event loop for %.1f s in %s; interrupting it",
                     step.module, held, step.hook,

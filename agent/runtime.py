@@ -23,8 +23,7 @@ from agent.config import LoadedConfig, load_config
 from agent.counters import CounterSet
 from agent.errors import ConfigError
 from agent.loopwatch import LoopWatch
-from agent.metrics import MetricsServer
-from agent.outbox import Changes, Outbox
+from agent.outbox import Changes
 from agent.pipeline import Change, Pipeline
 
 log = logging.getLogger(__name__)
@@ -63,12 +62,13 @@ class Agent:
         config = self.loaded.agent
         loop = asyncio.get_running_loop()
         self._install_signals(loop)
-        outbox = await asyncio.to_thread(Outbox.open, config.data_dir, config.buffer.max_bytes)
-        self.committer = committer = Committer(outbox, config.buffer, self.counters)
-        self.saved_state = await committer.call(outbox.module_states)
+        self.committer = committer = await Committer.open(config.data_dir, config.buffer, self.counters)
+        self.saved_state = await committer.call(committer.outbox.module_states)
         committer.on_commit(self._snapshot)
         metrics = None
         if config.metrics is not None:
+            from agent.metrics import MetricsServer  # only an agent that serves metrics loads it
+
             metrics = MetricsServer(config.data_dir, config.metrics.host, config.metrics.port)
             await metrics.start()
         self.watch.start()
