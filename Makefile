@@ -21,7 +21,7 @@ check: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	scripts/ensure-deps.sh
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH_ARGS)
 
 demo: $(VENV)/.installed
 	scripts/ensure-deps.sh

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import bench
 from bench.common import Result, machine
+from bench.compare import against_nodered
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
@@ -44,6 +45,9 @@ def main() -> int:
             results.append(result)
             print(f"   {_row(result)}", file=sys.stderr, flush=True)
         print(f"   ({time.monotonic() - started:.0f} s)", file=sys.stderr, flush=True)
+    for result in against_nodered(results):
+        results.append(result)
+        print(f"   {_row(result)}", file=sys.stderr, flush=True)
     if args.json:
         args.json.write_text(json.dumps([r.__dict__ for r in results], indent=2))
     if not args.quick and not args.only:
