@@ -43,7 +43,9 @@ class ModuleContext:
         self.out: list[Record] = []
 
     def emit(self, data: dict[str, Any], ts: float | None = None) -> None:
-        self.out.append(Record(self.name, self.clock() if ts is None else ts, data))
+        if type(data) is not dict:
+            raise TypeError(f"emit takes a dict of data, not {type(data).__name__}")
+        self.out.append(Record(self.name, self.clock() if ts is None else float(ts), data))
 
 
 class ModuleRunner:

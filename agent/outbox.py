@@ -12,6 +12,7 @@ WAL mode lets them read while the daemon writes.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import sqlite3
 import time
@@ -22,6 +23,8 @@ from typing import Any
 
 from agent import codec
 from agent.errors import OutboxError
+
+log = logging.getLogger(__name__)
 
 DB_NAME = "outbox.db"
 _MAX_SEQ = (1 << 63) - 1
@@ -155,16 +158,34 @@ class Outbox:
     # -- writing -------------------------------------------------------------------------------
 
     def commit(self, changes: Changes) -> None:
-        """Write ``changes`` in one transaction; on error nothing of it is written."""
+        """Write ``changes`` in one transaction; on error nothing of it is written.
+
+        A record whose data JSON cannot represent (a module emitted a datetime, a set, a
+        numpy scalar) is not lost and does not fail the others: it goes to the quarantine with
+        the reason, and counts as ``dropped.not_serialisable``."""
         conn = self._conn
         now = time.time()
         rows = []
         added_bytes = 0
+        quarantined = list(changes.quarantined)
         for stream, ts, data in changes.records:
-            text = codec.dumps(data)
+            try:
+                text = codec.dumps(data)
+            except (TypeError, ValueError) as exc:
+                quarantined.append(Quarantined(stream, stream, ts, data, f"not serialisable: {exc}"))
+                changes.counters[("dropped", "not_serialisable")] = (
+                    changes.counters.get(("dropped", "not_serialisable"), 0) + 1
+                )
+                continue
             size = len(stream) + len(text) + 16
             rows.append((stream, ts, text, size))
             added_bytes += size
+        states = []
+        for name, state in changes.module_state.items():
+            try:
+                states.append((name, codec.dumps(state)))
+            except (TypeError, ValueError) as exc:
+                log.error("module %r: its state cannot be saved, JSON cannot hold it: %s", name, exc)
         try:
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany(
@@ -178,12 +199,9 @@ class Outbox:
             )
             conn.executemany(
                 "INSERT INTO quarantine (module, topic, ts, data, error, at) VALUES (?, ?, ?, ?, ?, ?)",
-                [(q.module, q.topic, q.ts, codec.dumps(q.data), q.error, now) for q in changes.quarantined],
+                [(q.module, q.topic, q.ts, _json_or_repr(q.data), q.error, now) for q in quarantined],
             )
-            conn.executemany(
-                "INSERT OR REPLACE INTO module_state VALUES (?, ?)",
-                [(name, codec.dumps(state)) for name, state in changes.module_state.items()],
-            )
+            conn.executemany("INSERT OR REPLACE INTO module_state VALUES (?, ?)", states)
             conn.executemany(
                 "INSERT OR REPLACE INTO health VALUES (?, ?, ?)",
                 [(name, codec.dumps(data), now) for name, data in changes.health.items()],
@@ -441,6 +459,14 @@ class Outbox:
 
     def _scalar(self, sql: str, params: Sequence[Any] = ()) -> int:
         return int(self._conn.execute(sql, params).fetchone()[0])
+
+
+def _json_or_repr(data: Any) -> str:
+    """JSON for the quarantine, which must take whatever broke a module: ``repr`` if need be."""
+    try:
+        return codec.dumps(data)
+    except (TypeError, ValueError):
+        return codec.dumps({"repr": repr(data)[:4096]})
 
 
 def _migrate(conn: sqlite3.Connection) -> None:

@@ -36,9 +36,15 @@ def test_seq_only_grows_across_acks_and_reopen(tmp_path):
 def test_a_commit_is_all_or_nothing(tmp_path):
     box = Outbox.open(tmp_path)
     add(box, 3)
-    bad = Changes(records=[("s", 1.0, {"ok": 1}), ("s", 2.0, {"bad": object()})])
-    with pytest.raises(TypeError):
+    box._conn.execute(
+        "CREATE TEMP TRIGGER fail BEFORE INSERT ON outbox WHEN NEW.stream = 'boom' "
+        "BEGIN SELECT RAISE(ABORT, 'disk says no'); END"
+    )
+    bad = Changes(records=[("s", 1.0, {"ok": 1}), ("boom", 2.0, {"ok": 2})])
+    bad.counters[("dropped", "x")] = 1
+    with pytest.raises(sqlite3.IntegrityError):
         box.commit(bad)
+    assert box.counters() == {}
     assert seqs(box) == [1, 2, 3]
     assert box.backlog()["rows"] == 3
     box.close()
@@ -112,3 +118,18 @@ def test_wal_mode_and_a_file_that_is_not_a_database(tmp_path):
     (broken / "outbox.db").write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(OutboxError, match="cannot open the outbox"):
         Outbox.open(broken)
+
+
+def test_a_record_json_cannot_hold_is_quarantined_and_the_rest_committed(tmp_path):
+    box = Outbox.open(tmp_path)
+    records = [("s", 1.0, {"ok": 1}), ("s", 2.0, {"tags": {"a", "b"}}), ("s", 3.0, {"ok": 3})]
+    changes = Changes(records=records)
+    changes.module_state["m"] = {"bad": {1, 2}}
+    box.commit(changes)
+    assert [r.data for r in box.unsent()] == [{"ok": 1}, {"ok": 3}]
+    assert box.counters()["dropped"] == {"not_serialisable": 1}
+    (kept,) = box.quarantined()
+    assert kept["module"] == "s" and "not serialisable" in kept["error"]
+    assert "tags" in kept["data"]["repr"]
+    assert box.module_states() == {}
+    box.close()
