@@ -3,8 +3,9 @@
 One ``Outbox`` owns the file's only writing connection and is used from one thread (the
 committer's). A record is accepted once ``commit`` returns: from then on it survives crashes and
 keeps its ``seq``, which only grows (AUTOINCREMENT never hands out a number twice, even after the
-rows before it were sent and deleted). The uploader reads with ``begin_batch`` and lets records
-go with ``end_batch``; anything not acknowledged stays for the next try.
+rows before it were sent and deleted). The uploader reads the oldest unsent rows with
+``read_rows`` and lets records go with ``acknowledge`` once the cloud's ack covers them; anything
+not acknowledged stays for the next try.
 
 Other processes (``edge-agent status``) read the same file through ``Outbox.open_readonly``;
 WAL mode lets them read while the daemon writes.
@@ -91,25 +92,10 @@ class Changes:
     module_state: dict[str, dict[str, Any]] = field(default_factory=dict)
     health: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def count(self, scope: str, name: str, by: int = 1) -> None:
-        key = (scope, name)
-        self.counters[key] = self.counters.get(key, 0) + by
-
     def __bool__(self) -> bool:
         return bool(
             self.records or self.counters or self.quarantined or self.module_state or self.health
         )
-
-
-@dataclass(frozen=True)
-class Batch:
-    """Unsent records handed to the uploader, oldest first."""
-
-    records: list[OutboxRecord]
-
-    @property
-    def last_seq(self) -> int:
-        return self.records[-1].seq if self.records else 0
 
 
 class Outbox:
@@ -240,25 +226,6 @@ class Outbox:
             (count,),
         )
         return freed
-
-    def begin_batch(self, after_seq: int = 0, max_records: int = 1000, max_bytes: int = 1 << 20) -> Batch:
-        """The oldest unsent records after ``after_seq``, bounded by count and bytes (at least one)."""
-        records: list[OutboxRecord] = []
-        total = 0
-        for row in self._conn.execute(
-            "SELECT seq, stream, ts, data, size FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
-            (after_seq, max_records),
-        ):
-            total += row[4]
-            if records and total > max_bytes:
-                break
-            records.append(OutboxRecord(row[0], row[1], row[2], codec.loads(row[3])))
-        return Batch(records)
-
-    def end_batch(self, batch: Batch, accepted_up_to: int) -> int:
-        """Let go of every record of ``batch`` up to ``accepted_up_to`` (the cloud's ack); the rest
-        stays for retry. Returns how many rows were removed."""
-        return self.acknowledge(min(accepted_up_to, batch.last_seq))
 
     def acknowledge(self, up_to_seq: int) -> int:
         """Remove every record with ``seq <= up_to_seq`` and remember the ack."""

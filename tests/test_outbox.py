@@ -81,16 +81,15 @@ def test_the_byte_budget_drops_the_oldest_and_counts_them(tmp_path):
     box.close()
 
 
-def test_batches_are_bounded_and_end_batch_lets_go_only_what_was_accepted(tmp_path):
+def test_reads_are_bounded_and_an_ack_lets_go_only_what_it_covers(tmp_path):
     box = Outbox.open(tmp_path)
     add(box, 50, payload="z" * 100)
-    batch = box.begin_batch(after_seq=0, max_records=20, max_bytes=1 << 20)
-    assert [r.seq for r in batch.records] == list(range(1, 21))
-    small = box.begin_batch(after_seq=20, max_records=100, max_bytes=500)
-    assert 1 <= len(small.records) < 10 and small.records[0].seq == 21
-    assert box.end_batch(batch, accepted_up_to=10) == 10
-    assert seqs(box)[0] == 11
-    box.close()
+    rows = box.read_rows(after_seq=0, max_records=20, max_bytes=1 << 20)
+    assert [row[0] for row in rows] == list(range(1, 21))
+    small = box.read_rows(after_seq=20, max_records=100, max_bytes=500)
+    assert 1 <= len(small) < 10 and small[0][0] == 21
+    assert box.acknowledge(10) == 10
+    assert seqs(box)[0] == 11 and box.meta("last_ack_seq") == 10
 
 
 def test_readonly_sees_what_the_writer_committed_and_refuses_a_missing_outbox(tmp_path):
