@@ -129,16 +129,17 @@ class SubscriberProtocol(asyncio.Protocol):
         buf += data
         messages: list[Message] = []
         acks: list[bytes] = []
+        failure = None
         try:
-            consumed = self._parse(buf, messages, acks)
+            del buf[: self._parse(buf, messages, acks)]
         except MqttProtocolError as exc:
-            self._fail(exc)
-            return
-        del buf[:consumed]
-        if messages:
+            failure = exc
+        if messages:  # whole, valid packets before a broken one still count
             self._on_messages(messages)
         if acks:
             self._write(b"".join(acks))
+        if failure:
+            self._fail(failure)
 
     def pause_reading(self) -> None:
         if self._transport and not self._transport.is_closing() and not self._paused:
