@@ -175,3 +175,42 @@ def test_a_module_that_raises_is_quarantined_counted_and_the_daemon_continues(tm
     assert status["quarantined"] == 5
     assert len(outbox_rows(tmp_path)) == 45
     assert "module 'fragile' raised in process" in agent.output()
+
+
+def test_repeated_sigkills_at_random_points_never_corrupt_or_reuse(tmp_path, broker: Broker, agents):
+    import random
+    import threading
+
+    config = agent_config(tmp_path, broker.url)
+    rng = random.Random(7)
+    stop = threading.Event()
+
+    def feed() -> None:
+        publisher = Publisher(broker.port, client_id="feeder")
+        i = 0
+        while not stop.is_set():
+            publisher.readings([(f"t{j % 3}", 1_700_000_000 + (i + j) * 0.02, 1.0) for j in range(200)])
+            i += 200
+        publisher.close()
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    seen: list[tuple[int, str, dict]] = []
+    try:
+        for _ in range(6):
+            agent = AgentProcess(config).start()
+            agents.append(agent)
+            time.sleep(rng.uniform(0.3, 1.5))
+            agent.signal(signal.SIGKILL)
+            agent.wait(10)
+            with sqlite3.connect(tmp_path / "data" / "outbox.db") as conn:
+                assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            rows = outbox_rows(tmp_path)
+            assert rows[: len(seen)] == seen  # nothing committed before is gone or changed
+            seqs = [seq for seq, _, _ in rows]
+            assert seqs == sorted(set(seqs))
+            seen = rows
+    finally:
+        stop.set()
+        feeder.join(30)
+    assert len(seen) > 0
