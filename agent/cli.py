@@ -65,6 +65,10 @@ def run(config_path: Path) -> None:
 def check(config_path: Path) -> None:
     """Validate a config; exit 2 naming every problem as FILE: key.path: reason."""
     loaded = load_or_exit(config_path)
+    from agent.secret_files import check_secret_files
+
+    for warning in check_secret_files(loaded.agent):
+        click.echo(f"warning: {warning}", err=True)
     click.echo(
         f"{config_path}: ok ({len(loaded.agent.sources)} sources, {len(loaded.modules)} modules)"
     )
@@ -156,6 +160,7 @@ def _format_status(state: dict[str, Any]) -> str:
         "last sync   "
         + ("none yet" if sync is None else f"{_ago(sync['at'])}, up to seq {sync['acked_seq']}"),
         *_sync_lines(state.get("sync")),
+        *_remote_lines(state.get("remote")),
         f"quarantined {state['quarantined']}",
         "dropped     " + (", ".join(f"{k} {v}" for k, v in sorted(state["dropped"].items())) or "none"),
     ]
@@ -164,6 +169,7 @@ def _format_status(state: dict[str, Any]) -> str:
             f"source      {name}: accepted {source.get('accepted', 0)} of {source.get('received', 0)}"
             + (f", last error: {source['last_error']}" if source.get("last_error") else "")
         )
+    lines += [f"warning     {warning}" for warning in state.get("warnings") or []]
     for name, module in state["modules"].items():
         lines.append(
             f"module      {name} [{module['status']}]: processed {module['processed']}, "
@@ -185,6 +191,22 @@ def _sync_lines(sync: dict[str, Any] | None) -> list[str]:
         + (", " + ", ".join(f"{k} {v}" for k, v in sorted(errors.items())) if errors else "")
         + (f", last error: {sync['last_error']}" if sync.get("last_error") else "")
     ]
+
+
+def _remote_lines(remote: dict[str, Any] | None) -> list[str]:
+    if not remote:
+        return []
+    config = remote["config"]
+    running = f"remote v{config['version']}" if config.get("source") == "remote" else "the file"
+    line = f"config      running {running}" + (" (on trial)" if config.get("trial") else "")
+    last = config.get("last")
+    if last:
+        line += f"; last remote v{last['version']}: {last['result']}"
+        if last.get("errors"):
+            line += " (" + "; ".join(
+                f"{e['path']}: {e['reason']}" if e["path"] else e["reason"] for e in last["errors"][:5]
+            ) + ")"
+    return [line]
 
 
 def _ago(at: float | None) -> str:

@@ -23,6 +23,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     model_validator,
 )
 
@@ -48,6 +49,8 @@ TopicFilter = Annotated[str, AfterValidator(validate_filter)]
 
 def _check_mqtt_url(url: str) -> str:
     parts = urlsplit(url)
+    if parts.password:  # first, so that no message below repeats it
+        raise ValueError("put no password in the URL: use password_env or password_file")
     if parts.scheme not in ("mqtt", "mqtts"):
         raise ValueError(f"{url!r}: use mqtt://host:port or mqtts://host:port")
     if not parts.hostname:
@@ -56,8 +59,6 @@ def _check_mqtt_url(url: str) -> str:
         parts.port  # noqa: B018  # raises on a port that is not a number or out of range
     except ValueError as exc:
         raise ValueError(f"{url!r}: {exc}") from None
-    if parts.password:
-        raise ValueError("put no password in the URL: use password_env or password_file")
     return url
 
 
@@ -83,10 +84,11 @@ class BrokerLogin(_Section):
     keepalive: PositiveDuration = 30.0
 
     @model_validator(mode="after")
-    def _secrets_resolve(self) -> BrokerLogin:
+    def _secrets_resolve(self, info: ValidationInfo) -> BrokerLogin:
         if self.password_env and self.password_file:
             raise ValueError("set password_env or password_file, not both")
-        self.password()  # fail now, not at the first connect
+        if (info.context or {}).get("resolve_secrets", True):  # the console checks elsewhere
+            self.password()  # fail now, not at the first connect
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("tls_cert and tls_key go together")
         return self
@@ -244,6 +246,28 @@ class MetricsConfig(_Section):
         return int(self.listen.rpartition(":")[2])
 
 
+def _check_public_key(path: Path) -> Path:
+    from cloud_sync.signing import load_public_key  # needs the `signing` extra
+
+    load_public_key(path)
+    return path
+
+
+class RemoteSettings(_Section):
+    """Control from the cloud over the ``[cloud]`` connection (off unless this section is
+    present). Only the operator's file sets it: a remote config cannot change it."""
+
+    allow_config: bool = False
+    """Run the desired config the cloud publishes (validated, persisted, rolled back if it fails)."""
+    allow_commands: bool = True
+    """Answer commands (ping, status, sync-now, restart-module, set-log-level)."""
+    public_key_file: Annotated[Path, AfterValidator(_check_public_key)] | None = None
+    """An Ed25519 public key (PEM): with it, only configs signed by its private key are run."""
+    grace_period: PositiveDuration = 30.0
+    """A new remote config whose modules crash, or whose [cloud] cannot connect, within this
+    long is rolled back to the last good config."""
+
+
 class AgentConfig(_Section):
     """The whole agent config file."""
 
@@ -256,6 +280,7 @@ class AgentConfig(_Section):
     cloud: CloudConfig | None = None
     supervisor: SupervisorConfig = SupervisorConfig()
     metrics: MetricsConfig | None = None
+    remote: RemoteSettings | None = None
 
     @model_validator(mode="after")
     def _names_unique(self) -> AgentConfig:
@@ -287,15 +312,36 @@ class LoadedConfig:
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> LoadedConfig:
     """Read, override from the environment, and validate; raise ``ConfigError`` with every issue."""
     path = Path(path)
-    raw = _read_toml(path)
+    return validate_config(_read_toml(path), path, environ=environ)
+
+
+def parse_config_text(text: str, label: str) -> dict[str, Any]:
+    """TOML text as a dict; ``ConfigError`` (with ``label`` as the file) if it does not parse."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([ConfigIssue(label, "", f"not valid TOML: {exc}")]) from None
+
+
+def validate_config(
+    raw: dict[str, Any],
+    path: Path,
+    label: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    resolve_secrets: bool = True,
+) -> LoadedConfig:
+    """Both stages of validation on a parsed config, every issue collected (``edge-agent check``
+    and a remote config go through here alike). ``path`` is the operator's file (relative paths
+    are relative to its folder); issues name ``label`` (default: the path) as their file."""
+    file = label or str(path)
     _apply_env_overrides(raw, os.environ if environ is None else environ)
     issues: list[ConfigIssue] = []
     agent = None
     try:
-        agent = AgentConfig.model_validate(raw)
+        agent = AgentConfig.model_validate(raw, context={"resolve_secrets": resolve_secrets})
     except ValidationError as exc:
-        issues += _issues(str(path), "", exc)
-    plans = _validate_modules(str(path), raw.get("modules"), issues)
+        issues += _issues(file, "", exc)
+    plans = _validate_modules(file, raw.get("modules"), issues, path.parent)
     if issues or agent is None:
         raise ConfigError(issues)
     if not agent.data_dir.is_absolute():
@@ -339,7 +385,9 @@ def _env_value(value: str) -> Any:
         return value
 
 
-def _validate_modules(file: str, raw_modules: Any, issues: list[ConfigIssue]) -> list[ModulePlan]:
+def _validate_modules(
+    file: str, raw_modules: Any, issues: list[ConfigIssue], base: Path
+) -> list[ModulePlan]:
     plans: list[ModulePlan] = []
     if not isinstance(raw_modules, list):
         return plans
@@ -348,7 +396,7 @@ def _validate_modules(file: str, raw_modules: Any, issues: list[ConfigIssue]) ->
             continue  # stage one reports the shape
         where = f"modules[{index}]"
         try:
-            cls = resolve_module(entry["use"], Path(file).parent)
+            cls = resolve_module(entry["use"], base)
         except ModuleLoadError as exc:
             issues.append(ConfigIssue(file, f"{where}.use", exc.reason))
             continue

@@ -40,9 +40,12 @@ class Change:
     kept: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     """Modules of the new config whose start failed."""
+    errors: dict[str, str | None] = field(default_factory=dict)
+    """Why each failed module failed."""
 
     def __str__(self) -> str:
-        parts = [f"{what} {', '.join(names)}" for what, names in vars(self).items() if names]
+        parts = [f"{what} {', '.join(names)}" for what, names in vars(self).items()
+                 if names and what != "errors"]
         return "; ".join(parts) or "nothing changed"
 
 
@@ -116,6 +119,7 @@ class Pipeline:
             if runner.name in fresh:
                 if not await runner.start():
                     change.failed.append(runner.name)
+                    change.errors[runner.name] = runner.last_error
                 self._tasks[runner.name] = group.create_task(runner.run(), name=f"module:{runner.name}")
         for name in old_runners:
             if name not in new_plans:
@@ -141,6 +145,25 @@ class Pipeline:
                 for running in self._sources.values():
                     await running.source.attempted.wait()
         return change
+
+    async def restart(self, name: str, group: asyncio.TaskGroup) -> str | None:
+        """Restart one module in place: the old instance drains its queue and flushes, a new one
+        (keeping the state) takes its inputs over in one loop step. Its status, or None if no
+        module is called ``name``."""
+        old = next((runner for runner in self.runners if runner.name == name), None)
+        if old is None or self._supervisor is None:
+            return None
+        fresh = ModuleRunner(
+            old.plan, self.bus, self._committer, self._counters, self._watch, self._supervisor,
+            state=old.context.state,
+        )
+        self.bus.unsubscribe(old.queue)
+        self.bus.subscribe(old.plan.spec.inputs, fresh.queue)
+        await self._finish([old])
+        self.runners = [fresh if runner is old else runner for runner in self.runners]
+        await fresh.start()
+        self._tasks[name] = group.create_task(fresh.run(), name=f"module:{name}")
+        return fresh.status
 
     async def stop(self) -> None:
         """Stop every source, then let every module drain its queue and flush, upstream first."""

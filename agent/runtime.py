@@ -51,6 +51,13 @@ class Agent:
         self._committer_task: asyncio.Task[None] | None = None
         self.uploader: Any = None  # cloud_sync.uploader.Uploader when [cloud] is configured
         self._uploader_task: asyncio.Task[None] | None = None
+        self.file_loaded = loaded
+        """The operator's file, as last read (``loaded`` may be a remote config instead)."""
+        self.remote: Any = None  # agent.remote.Remote when [remote] is configured
+        self.apply_lock = asyncio.Lock()
+        """Held while a config is applied (and, for a remote one, on trial)."""
+        self._pipeline_lock = asyncio.Lock()  # one change of the pipeline at a time
+        self.warnings: list[str] = []
 
     def request_stop(self) -> None:
         self._stopping.set()
@@ -65,6 +72,8 @@ class Agent:
         self.committer = committer = await Committer.open(config.data_dir, config.buffer, self.counters)
         self.saved_state = await committer.call(committer.outbox.module_states)
         committer.on_commit(self._snapshot)
+        committer.on_commit(self._sync_snapshot)
+        await self._start_remote()
         metrics = None
         if config.metrics is not None:
             from agent.metrics import MetricsServer  # only an agent that serves metrics loads it
@@ -115,6 +124,8 @@ class Agent:
         log.info("stopping: sources first, then modules flush, then the outbox commits")
         sdnotify.notify("STOPPING=1")
         assert self.pipeline is not None and self.committer is not None
+        if self.remote is not None:
+            await self.remote.stop()
         try:
             async with asyncio.timeout(budget * 0.75):
                 await self.pipeline.stop()
@@ -139,7 +150,7 @@ class Agent:
             cloud, self.loaded.agent.device_id, self.loaded.agent.data_dir, self.committer.call,
             self.committer.outbox, self.counters, __version__,
         )
-        self.committer.on_commit(self.uploader.on_commit)
+        self.uploader.remote = self.remote
         self._uploader_task = group.create_task(self.uploader.run(), name="uploader")
 
     async def _stop_sync(self, budget: float) -> None:
@@ -166,11 +177,23 @@ class Agent:
         if (new.agent.device_id, new.agent.data_dir) != (old.device_id, old.data_dir):
             log.error("device_id and data_dir cannot change on reload; restart the agent instead")
             return
-        await self.apply(new)
+        async with self.apply_lock:
+            self.file_loaded = new
+            if self.remote is not None and self.remote.config is not None:
+                new = await asyncio.to_thread(self.remote.config.reloaded, new)
+            await self.apply(new)
 
     async def apply(self, new: LoadedConfig) -> Change:
         """Run ``new`` in place of the running config, changing only what differs; if a module
-        of it cannot start, go back to the running config."""
+        of it cannot start, go back to the running config. A changed ``[cloud]`` restarts the
+        uploader (unsent records stay in the outbox)."""
+        assert self.pipeline is not None and self._group is not None
+        async with self._pipeline_lock:
+            change = await self._apply(new)
+        sdnotify.notify("READY=1")
+        return change
+
+    async def _apply(self, new: LoadedConfig) -> Change:
         assert self.pipeline is not None and self._group is not None
         sdnotify.notify("RELOADING=1")
         change = await self.pipeline.apply(new, self._group)
@@ -178,10 +201,45 @@ class Agent:
             log.error("modules %s failed to start; back to the running config", ", ".join(change.failed))
             await self.pipeline.apply(self.loaded, self._group)
         else:
+            if new.agent.log_level != self.loaded.agent.log_level:
+                logging.getLogger().setLevel(new.agent.log_level)
+            if new.agent.cloud != self.loaded.agent.cloud:
+                await self._stop_sync(self.loaded.agent.supervisor.stop_timeout * 0.15)
+                self.uploader = self._uploader_task = None
+                self.loaded = new
+                await self._start_sync(self._group)
+                change.restarted.append("cloud")
             self.loaded = new
             log.info("reloaded: %s", change)
-        sdnotify.notify("READY=1")
         return change
+
+    async def restart_module(self, name: str) -> str | None:
+        """Stop module ``name`` (it flushes) and start it afresh with its state; its new status,
+        or None if no module has that name."""
+        assert self.pipeline is not None and self._group is not None
+        async with self._pipeline_lock:
+            return await self.pipeline.restart(name, self._group)
+
+    async def _start_remote(self) -> None:
+        """``[remote]``: warn about loose secret files, and start from the persisted remote
+        config where there is one (agent/remote_config.py says when)."""
+        from agent.secret_files import check_secret_files
+
+        self.warnings = check_secret_files(self.loaded.agent)
+        for warning in self.warnings:
+            log.warning("%s", warning)
+        settings = self.loaded.agent.remote
+        if settings is None:
+            return
+        from agent.remote import Remote  # only a device under remote control loads it
+
+        self.remote = Remote(self, settings)
+        if self.remote.config is not None:
+            self.loaded = await self.remote.config.startup(self.loaded)
+
+    def _sync_snapshot(self, changes: Changes) -> None:
+        if self.uploader is not None:
+            self.uploader.on_commit(changes)
 
     def _snapshot(self, changes: Changes) -> None:
         """Add module state and health to a commit, each at its own pace."""
@@ -211,6 +269,8 @@ class Agent:
             "running": not self._stopping.is_set(),
             "pending_commit": self.committer.pending,
             "outbox_error": self.committer.last_error,
+            "warnings": self.warnings,
+            "remote": self.remote.summary() if self.remote is not None else None,
             "sources": {
                 source.name: {"connected": source.connected, "last_error": source.last_error}
                 for source in self.pipeline.sources

@@ -67,6 +67,8 @@ def read_status(data_dir: Path, now: float | None = None) -> dict[str, Any]:
         "outbox": {"commit_errors": counters.get("outbox", {}).get("commit_errors", 0),
                    "last_error": agent.get("outbox_error")},
         "modules": modules,
+        "remote": agent.get("remote"),
+        "warnings": agent.get("warnings", []),
     }
 
 

@@ -45,11 +45,22 @@ class Client(aiomqtt.Client):
         self.connack_properties: Properties | None = None
 
     def send(
-        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False
+        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, *,
+        correlation: bytes | None = None, response_topic: str | None = None, expiry: float | None = None,
     ) -> asyncio.Future[ReasonCode]:
         """Publish now; the future resolves with the PUBACK's reason code (or fails when the
-        connection is lost first)."""
-        info = self._client.publish(topic, payload, qos, retain)
+        connection is lost first). ``correlation``, ``response_topic`` and ``expiry`` (seconds)
+        are MQTT 5 properties, left out on 3.1.1 (request/response puts them in the payload)."""
+        properties = None
+        if self._client.protocol == paho.MQTTv5 and (correlation or response_topic or expiry):
+            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho
+            if correlation:
+                properties.CorrelationData = correlation
+            if response_topic:
+                properties.ResponseTopic = response_topic
+            if expiry:
+                properties.MessageExpiryInterval = max(1, round(expiry))
+        info = self._client.publish(topic, payload, qos, retain, properties)
         if info.rc != paho.MQTT_ERR_SUCCESS:
             raise aiomqtt.MqttCodeError(info.rc, "could not publish")
         future: asyncio.Future[ReasonCode] = self._loop.create_future()

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import aiomqtt
 from paho.mqtt.reasoncodes import ReasonCode
@@ -49,6 +49,15 @@ HEALTH_INTERVAL = 2.0
 # aside for them; report and retry later.
 _NOT_THE_MESSAGE = {0x87: "not authorised", 0x90: "topic name invalid"}
 _TOPIC_OVERHEAD = 128
+
+
+class RemoteLink(Protocol):
+    """Cloud-to-device control riding on the uploader's connection (``agent.remote.Remote``)."""
+
+    def filters(self, prefix: str, device_id: str) -> list[str]: ...
+    def received(self, prefix: str, topic: str, payload: bytes, retain: bool, properties: Any) -> None: ...
+    def connected(self) -> None: ...
+    def status_fields(self) -> dict[str, Any]: ...
 
 
 class LinkDead(Exception):
@@ -126,6 +135,10 @@ class Uploader:
         self.last_error: str | None = None
         self.sent_records = 0
         self.acked_records = 0
+        self.remote: RemoteLink | None = None
+        """Set by the agent with ``[remote]``: config and commands over this same connection."""
+        self._client: Client | None = None
+        self._status_now = asyncio.Event()
 
     # -- life cycle -----------------------------------------------------------------------------
 
@@ -268,6 +281,7 @@ class Uploader:
                 figures = await self._read(self._backlog_figures)
                 self.tracker.start(self._acked_target, figures["last_seq"])
                 self._publish_status(client, figures)
+                await self._subscribe_remote(client)
                 tasks = [
                     acks,
                     group.create_task(self._send_loop(client), name="sync:sender"),
@@ -277,6 +291,7 @@ class Uploader:
                 await self._stopping.wait()
                 for task in tasks:
                     task.cancel()
+            self._client = None
             await self._say_goodbye(client)
         self.connected = False
 
@@ -454,9 +469,10 @@ class Uploader:
     async def _read_acks(self, client: Client, first: asyncio.Event) -> None:
         async for message in client.messages:
             first.set()
-            if str(message.topic) != self._topics["ack"] or not isinstance(
-                message.payload, bytes | bytearray
-            ):
+            if str(message.topic) != self._topics["ack"]:
+                self._to_remote(message)
+                continue
+            if not isinstance(message.payload, bytes | bytearray):
                 continue
             try:
                 ack = protocol.decode_ack(bytes(message.payload))
@@ -543,7 +559,10 @@ class Uploader:
 
     async def _heartbeat(self, client: Client) -> None:
         while True:
-            await asyncio.sleep(self.config.heartbeat)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.heartbeat):
+                    await self._status_now.wait()
+            self._status_now.clear()
             self._publish_status(client, await self._read(self._backlog_figures))
 
     def _publish_status(self, client: Client, figures: dict[str, Any] | None = None) -> None:
@@ -564,6 +583,8 @@ class Uploader:
             "last_error": self.last_error,
             "clock": {"time": time.time(), "synced": _clock_synced()},
         }
+        if self.remote is not None:
+            body |= self.remote.status_fields()
         return protocol.encode_status(body | (figures or {}))
 
     def send_rate(self) -> float:
@@ -589,6 +610,47 @@ class Uploader:
             "last_error": self.last_error,
             "epoch": self.epoch,
         }
+
+    # -- cloud to device: config and commands over this connection (agent/remote.py) -------------
+
+    async def _subscribe_remote(self, client: Client) -> None:
+        self._client = client
+        if self.remote is None:
+            return
+        filters = self.remote.filters(self.config.prefix, self.device_id)
+        if filters:
+            granted = await client.subscribe([(f, 1) for f in filters])
+            refused = [f for f, code in zip(filters, granted, strict=False) if _refused(code)]
+            if refused:  # sync goes on; the operator sees why remote control does not
+                self._counters.incr(SCOPE, "remote_refused")
+                self.last_error = f"the broker refused our subscription to {', '.join(refused)} (ACL?)"
+                log.error("%s", self.last_error)
+        self.remote.connected()
+
+    def _to_remote(self, message: aiomqtt.Message) -> None:
+        if self.remote is None or not isinstance(message.payload, bytes | bytearray):
+            return
+        self.remote.received(
+            self.config.prefix, str(message.topic), bytes(message.payload), message.retain, message.properties
+        )
+
+    def publish(
+        self, topic: str, payload: bytes, retain: bool = False, correlation: bytes | None = None
+    ) -> bool:
+        """Publish at QoS 1 now (a reply, a config report); False if not connected."""
+        client = self._client
+        if client is None or not self.connected:
+            return False
+        try:
+            client.send(topic, payload, 1, retain, correlation=correlation)
+        except aiomqtt.MqttError:
+            return False
+        return True
+
+    def sync_now(self) -> None:
+        """Look for records to send now, and publish a fresh status (the ``sync-now`` command)."""
+        self._wake.set()
+        self._status_now.set()
 
     # -- reading the outbox (on the uploader's own thread) -----------------------------------------
 
@@ -672,6 +734,10 @@ _ERROR_NAMES = {
     "bad_acks",
     "epoch_conflicts",
 }
+
+
+def _refused(code: Any) -> bool:
+    return int(getattr(code, "value", code)) >= 0x80
 
 
 def _nothing() -> None:

@@ -1,0 +1,119 @@
+"""How a desired config from the cloud is checked: exactly as ``edge-agent check`` checks a file
+(both stages, every issue), plus the rules that keep the operator's file in charge of the device.
+
+* ``device_id``, ``data_dir``, ``[remote]``, ``[metrics]`` and ``[buffer]`` come from the
+  operator's file. A document may leave them out (they are taken from the file) or repeat them
+  unchanged; a different value is an issue.
+* A credential (``password_env``, ``password_file``, ``tls_key``) may be named only together
+  with the broker URL, user name and client certificate the operator's file names it with, so a
+  document cannot send the device's password or key to another broker.
+* A module is named by its registered name; a module *file* (``path/x.py:Class``) only if the
+  operator's file already loads that same file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from agent.config import (
+    AgentConfig,
+    BrokerLogin,
+    LoadedConfig,
+    MqttSourceConfig,
+    parse_config_text,
+    validate_config,
+)
+from agent.errors import ConfigError, ConfigIssue
+from cloud_sync.protocol import DesiredConfig
+
+LOCAL_ONLY = ("device_id", "data_dir", "remote", "metrics", "buffer")
+_Binding = tuple[str, str | None, str | None, str | None, str | None, str | None]
+
+
+def label(doc: DesiredConfig) -> str:
+    """What a remote config's issues name as their file."""
+    return f"config v{doc.version}"
+
+
+def validate_remote(
+    doc: DesiredConfig, file_loaded: LoadedConfig, environ: Mapping[str, str] | None = None
+) -> LoadedConfig:
+    """The config ``doc`` carries, ready to run beside ``file_loaded`` (the operator's file);
+    ``ConfigError`` with every issue otherwise."""
+    where = label(doc)
+    raw = parse_config_text(doc.config, where)
+    local = file_loaded.agent
+    given = {key for key in LOCAL_ONLY if key in raw}
+    raw.setdefault("device_id", local.device_id)
+    raw.setdefault("data_dir", str(local.data_dir))
+    issues = _module_files(raw, file_loaded, where)
+    loaded = None
+    try:
+        loaded = validate_config(raw, file_loaded.path, where, environ)
+    except ConfigError as exc:
+        issues = exc.issues + issues
+    if loaded is not None:
+        issues += _local_only(loaded.agent, local, given, where)
+        issues += _credentials(loaded.agent, local, where)
+    if issues or loaded is None:
+        raise ConfigError(issues)
+    agent = loaded.agent.model_copy(update={key: getattr(local, key) for key in LOCAL_ONLY})
+    return LoadedConfig(path=file_loaded.path, agent=agent, modules=loaded.modules)
+
+
+def _local_only(remote: AgentConfig, local: AgentConfig, given: set[str], where: str) -> list[ConfigIssue]:
+    return [
+        ConfigIssue(where, key, "set by the operator's file only: it cannot change remotely")
+        for key in LOCAL_ONLY
+        if key in given and getattr(remote, key) != getattr(local, key)
+    ]
+
+
+def _module_files(raw: dict[str, Any], file_loaded: LoadedConfig, where: str) -> list[ConfigIssue]:
+    allowed = {plan.spec.use for plan in file_loaded.modules}
+    issues = []
+    modules = raw.get("modules")
+    for index, entry in enumerate(modules if isinstance(modules, list) else []):
+        use = entry.get("use") if isinstance(entry, dict) else None
+        if isinstance(use, str) and ":" in use and use not in allowed:
+            issues.append(ConfigIssue(
+                where, f"modules[{index}].use",
+                "a remote config names modules by their registered name; a module file only "
+                "where the operator's file loads the same one",
+            ))
+    return issues
+
+
+def _binding(login: BrokerLogin) -> _Binding:
+    return (
+        login.url, login.username, login.password_env,
+        str(login.password_file) if login.password_file else None,
+        str(login.tls_cert) if login.tls_cert else None,
+        str(login.tls_key) if login.tls_key else None,
+    )
+
+
+def _logins(config: AgentConfig) -> list[tuple[str, BrokerLogin]]:
+    logins: list[tuple[str, BrokerLogin]] = [("cloud", config.cloud)] if config.cloud else []
+    logins += [
+        (f"sources[{index}]", source)
+        for index, source in enumerate(config.sources) if isinstance(source, MqttSourceConfig)
+    ]
+    return logins
+
+
+def _credentials(remote: AgentConfig, local: AgentConfig, where: str) -> list[ConfigIssue]:
+    bound = {_binding(login) for _, login in _logins(local)}
+    issues = []
+    for path, login in _logins(remote):
+        secret = next(
+            (key for key in ("password_env", "password_file", "tls_key") if getattr(login, key)), None
+        )
+        if secret is not None and _binding(login) not in bound:
+            issues.append(ConfigIssue(
+                where, f"{path}.{secret}",
+                "a remote config may use a credential only with the broker URL, username and "
+                "certificate that the operator's file uses it with",
+            ))
+    return issues
