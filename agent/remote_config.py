@@ -166,18 +166,22 @@ class RemoteConfig:
                 verify(doc, self._key)
             except SignatureError as exc:
                 return exc.reason
-        good, report = self.state["good"], self.state["report"]
-        same = (good and good["digest"] == digest) or (
-            report and report["version"] == doc.version and report["digest"] == digest
-        )
+        good = self.state["good"]
+        same = (good and good["digest"] == digest) or self._last_outcome(doc, digest)
         if doc.version <= self.state["floor"] and not same:
             return f"version {doc.version} is not newer than version {self.state['floor']}, acted on before"
         return None
 
+    def _last_outcome(self, doc: DesiredConfig, digest: str) -> bool:
+        """Whether the last report is of this very document, run (a refusal is not sticky: the
+        same content may come again, signed this time)."""
+        report = self.state["report"]
+        return bool(report and report["version"] == doc.version and report["digest"] == digest
+                    and report["result"] != "rejected")
+
     def _already(self, doc: DesiredConfig, digest: str) -> bool:
         """The very document acted on last (a retained message seen again): report it again."""
-        report = self.state["report"]
-        if report and report["version"] == doc.version and report["digest"] == digest:
+        if self._last_outcome(doc, digest):
             self._publish()
             return True
         return False
@@ -286,7 +290,8 @@ class RemoteConfig:
             return
         device = self.agent.file_loaded.agent.device_id
         topic = protocol.config_topic(uploader.config.prefix, device, "reported")
-        uploader.publish(topic, ConfigReport(**report).encode(), retain=True)
+        if not uploader.publish(topic, ConfigReport(**report).encode(), retain=True):
+            log.info("the config report goes out once the cloud link is back")
 
     def connected(self) -> None:
         """The cloud link is (again) up: the retained report says where things stand."""

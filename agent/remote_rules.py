@@ -14,13 +14,19 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel, ValidationError
 
 from agent.config import (
     AgentConfig,
     BrokerLogin,
+    BufferConfig,
     LoadedConfig,
+    MetricsConfig,
     MqttSourceConfig,
+    RemoteSettings,
     parse_config_text,
     validate_config,
 )
@@ -44,17 +50,15 @@ def validate_remote(
     where = label(doc)
     raw = parse_config_text(doc.config, where)
     local = file_loaded.agent
-    given = {key for key in LOCAL_ONLY if key in raw}
+    issues = _local_only(raw, local, file_loaded.path.parent, where) + _module_files(raw, file_loaded, where)
     raw.setdefault("device_id", local.device_id)
     raw.setdefault("data_dir", str(local.data_dir))
-    issues = _module_files(raw, file_loaded, where)
     loaded = None
     try:
         loaded = validate_config(raw, file_loaded.path, where, environ)
     except ConfigError as exc:
         issues = exc.issues + issues
     if loaded is not None:
-        issues += _local_only(loaded.agent, local, given, where)
         issues += _credentials(loaded.agent, local, where)
     if issues or loaded is None:
         raise ConfigError(issues)
@@ -62,12 +66,30 @@ def validate_remote(
     return LoadedConfig(path=file_loaded.path, agent=agent, modules=loaded.modules)
 
 
-def _local_only(remote: AgentConfig, local: AgentConfig, given: set[str], where: str) -> list[ConfigIssue]:
-    return [
-        ConfigIssue(where, key, "set by the operator's file only: it cannot change remotely")
-        for key in LOCAL_ONLY
-        if key in given and getattr(remote, key) != getattr(local, key)
-    ]
+_SECTIONS: dict[str, type[BaseModel]] = {
+    "remote": RemoteSettings, "metrics": MetricsConfig, "buffer": BufferConfig,
+}
+LOCAL_ONLY_REASON = "set by the operator's file only: it cannot change remotely"
+
+
+def _local_only(raw: dict[str, Any], local: AgentConfig, base: Path, where: str) -> list[ConfigIssue]:
+    """The operator's keys a document repeats with another value (a value that is not valid at
+    all is left to validation to report)."""
+    changed = []
+    for key in (k for k in LOCAL_ONLY if k in raw):
+        value = raw[key]
+        if key == "device_id":
+            different = value != local.device_id
+        elif key == "data_dir":
+            different = not isinstance(value, str) or base / value != local.data_dir
+        else:
+            try:
+                different = _SECTIONS[key].model_validate(value) != getattr(local, key)
+            except ValidationError:
+                continue
+        if different:
+            changed.append(ConfigIssue(where, key, LOCAL_ONLY_REASON))
+    return changed
 
 
 def _module_files(raw: dict[str, Any], file_loaded: LoadedConfig, where: str) -> list[ConfigIssue]:
