@@ -222,8 +222,8 @@ def _batch(state: DeviceState, topic: str, batch: DataBatch, flush: Flush, now: 
     before = state.acked
     if batch.released > state.acked:
         state.jump(batch.released)  # the device let these go: they are not coming any more
-    device, dumps, start = state.device_id, codec.dumps, len(flush.rows)
-    flush.rows.extend([(device, r.seq, r.stream, r.ts, dumps(r.data), now) for r in batch.records])
+    device, start = state.device_id, len(flush.rows)
+    flush.rows.extend([(device, seq, stream, ts, data, now) for seq, stream, ts, data in batch.records])
     flush.spans.append((device, start, len(flush.rows)))
     flush.attempted[state.device_id] = flush.attempted.get(state.device_id, 0) + len(batch.records)
     for bad in batch.bad:
@@ -247,7 +247,7 @@ def _batch(state: DeviceState, topic: str, batch: DataBatch, flush: Flush, now: 
             )
             flush.dropped.append((state.device_id, dropped.first, dropped.last, dropped.reason, now))
         state.add(dropped.first, dropped.last)
-    for first, last in _runs([r.seq for r in batch.records] + [b.seq for b in batch.bad]):
+    for first, last in _runs([r[0] for r in batch.records] + [b.seq for b in batch.bad]):
         state.add(first, last)
     if state.acked > before:
         state.last_sync = now
@@ -259,7 +259,7 @@ def _admit(state: DeviceState, topic: str, batch: DataBatch, flush: Flush) -> bo
     if not state.epoch or batch.epoch == state.epoch:
         state.epoch = state.epoch or batch.epoch
         return True
-    seqs = [r.seq for r in batch.records] + [b.seq for b in batch.bad] + [d.first for d in batch.dropped]
+    seqs = [r[0] for r in batch.records] + [b.seq for b in batch.bad] + [d.first for d in batch.dropped]
     if seqs and min(seqs) > state.max_seq:
         state.jump(state.max_seq)  # the old outbox is gone: what it never sent is lost
         state.epoch = batch.epoch

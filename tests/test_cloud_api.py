@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
+from agent.codec import dumps
 from cloud_sync.ledger import Status
 from cloud_sync.protocol import DataBatch, Record
 from cloud_sync.store import open_store
@@ -19,7 +20,7 @@ TOKEN = {"Authorization": "Bearer t0ken"}
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[TestClient]:
     store = open_store(f"sqlite:///{tmp_path}/cloud.db")
-    records = [Record(s, "win" if s % 2 else "alerts", 100.0 + s, {"count": s}) for s in range(1, 21)]
+    records = [Record(s, "win" if s % 2 else "alerts", 100.0 + s, dumps({"count": s})) for s in range(1, 21)]
     store.write(
         [
             ("edge/gw-1/data", DataBatch("gw-1", "e", 0, records)),

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.codec import dumps
 from cloud_sync.ledger import Quarantined, Status
 from cloud_sync.protocol import BadRecord, DataBatch, DroppedRange, Record
 from cloud_sync.store import Store, StoreError, open_store
@@ -30,7 +31,7 @@ def store(store_url: str) -> Iterator[Store]:
 
 
 def data(device: str, seqs, *, epoch="e1", stream="win", dropped=(), bad=(), released=0):
-    records = [Record(s, stream, 1000.0 + s, {"count": s % 7, "sensor": "t1"}) for s in seqs]
+    records = [Record(s, stream, 1000.0 + s, dumps({"count": s % 7, "sensor": "t1"})) for s in seqs]
     bad_records = [BadRecord(s, "records[0].ts: not a finite number", {"seq": s}) for s in bad]
     return (f"edge/{device}/data", DataBatch(device, epoch, released, records, bad_records, list(dropped)))
 
@@ -44,6 +45,16 @@ def test_records_are_stored_once_and_repeats_are_counted(store: Store) -> None:
     rows = store.records("gw-1", limit=10_000)
     assert [r["seq"] for r in rows] == list(range(1, 152))
     assert rows[0] == {"seq": 1, "stream": "win", "ts": 1001.0, "data": {"count": 1, "sensor": "t1"}}
+
+
+def test_large_flushes_count_repeats_exactly_across_statements(store: Store) -> None:
+    # SQLite inserts 250 rows a statement and the rest one by one: repeats at every boundary.
+    store.write([data("gw-1", range(1, 301)), data("gw-2", range(1, 11))])
+    flush, states = store.write([data("gw-1", range(200, 701)), data("gw-2", range(5, 1006))])
+    assert flush.counters["records"] == 400 + 995 and flush.counters["duplicates"] == 101 + 6
+    assert (states["gw-1"].acked, states["gw-1"].records, states["gw-1"].duplicates) == (700, 700, 101)
+    assert (states["gw-2"].acked, states["gw-2"].records, states["gw-2"].duplicates) == (1005, 1005, 6)
+    assert [r["seq"] for r in store.records("gw-1", limit=10_000)] == list(range(1, 701))
 
 
 def test_device_states_survive_reopening(store_url: str) -> None:

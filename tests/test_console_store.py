@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent import codec
+from agent.codec import dumps
 from cloud_sync.ledger import Quarantined, Status
 from cloud_sync.protocol import DataBatch, DroppedRange, Record
 from cloud_sync.store import Store, open_store
@@ -35,7 +36,7 @@ def status(device: str, at: float = NOW, **doc: object) -> tuple[str, Status]:
 
 
 def batch(device: str, seqs: range, stream: str = "win", **extra: object) -> tuple[str, DataBatch]:
-    records = [Record(s, stream, 1000.0 + s, {"sensor": "t1", "mean": s / 2, **extra}) for s in seqs]
+    records = [Record(s, stream, 1000.0 + s, dumps({"sensor": "t1", "mean": s / 2, **extra})) for s in seqs]
     return (f"edge/{device}/data", DataBatch(device, "e1", 0, records))
 
 

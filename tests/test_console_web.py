@@ -12,6 +12,7 @@ import pytest
 from argon2 import PasswordHasher
 from starlette.testclient import TestClient
 
+from agent.codec import dumps
 from cloud_sync.console import Console, ConsoleSettings
 from cloud_sync.console.signin import safe_next
 from cloud_sync.console.users import write_users
@@ -43,10 +44,11 @@ def users(tmp_path: Path) -> Path:
 def store(tmp_path: Path) -> Iterator[Store]:
     opened = open_store(f"sqlite:///{tmp_path}/cloud.db")
     now = time.time()
-    summaries = [Record(s, "win", now - 60 + s, {"sensor": "t1", "start": now - 61 + s, "end": now - 60 + s,
-                                                  "count": 10, "mean": 20.0 + s}) for s in range(1, 11)]
-    events = [Record(11, HOSTILE[0], now, {"event": "raised", "sensor": HOSTILE[1], "severity": "high",
-                                             "rule": "hot", "value": 99.5, HOSTILE[1]: HOSTILE[0]})]
+    summaries = [Record(s, "win", now - 60 + s, dumps({"sensor": "t1", "start": now - 61 + s,
+                                                        "end": now - 60 + s, "count": 10, "mean": 20.0 + s}))
+                 for s in range(1, 11)]
+    events = [Record(11, HOSTILE[0], now, dumps({"event": "raised", "sensor": HOSTILE[1], "severity": "high",
+                                                   "rule": "hot", "value": 99.5, HOSTILE[1]: HOSTILE[0]}))]
     opened.write([
         ("edge/gw-1/data", DataBatch("gw-1", "e", 0, summaries + events)),
         ("edge/gw-1/status", Status("gw-1", {

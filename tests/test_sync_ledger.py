@@ -47,7 +47,7 @@ def batch(seqs, *, epoch="e1", released=0, dropped=(), bad=()) -> DataBatch:
         "gw",
         epoch,
         released,
-        records=[Record(s, "win", 1.0, {"count": 1}) for s in seqs],
+        records=[Record(s, "win", 1.0, '{"count":1}') for s in seqs],
         bad=[BadRecord(s, "ts", {}) for s in bad],
         dropped=list(dropped),
     )

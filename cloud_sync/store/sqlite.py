@@ -9,8 +9,9 @@ by the primary key itself.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import sqlite_utils
 
 from agent import codec
 from cloud_sync.ledger import DeviceState, Flush, Quarantined
-from cloud_sync.store.base import Store, StoreError, rows_by_device
+from cloud_sync.store.base import Row, Store, StoreError, rows_by_device
 
 _RECORDS = """
 CREATE TABLE IF NOT EXISTS records (
@@ -26,6 +27,14 @@ CREATE TABLE IF NOT EXISTS records (
     data TEXT NOT NULL, received_at REAL NOT NULL,
     PRIMARY KEY (device_id, seq)) WITHOUT ROWID
 """
+
+_INSERT = "INSERT OR IGNORE INTO records VALUES "
+_ONE_ROW = "(?, ?, ?, ?, ?, ?)"
+ROWS_PER_INSERT = 250
+"""Records inserted by one statement. One multi-row statement per 250 records costs about half
+as much per record as one statement execution per record (``executemany``): the statement is
+stepped once, and SQLite appends row after row through cursors that stay where the last row
+went, on the table and on its index, instead of seeking from the root for each."""
 
 _DEVICE_COLUMNS: dict[str, Any] = {
     "device_id": str,
@@ -55,6 +64,10 @@ class SqliteStore(Store):
         self.path = path
         self._db = db
         self._conn: sqlite3.Connection = db.conn
+        # At most 32,766 host parameters since SQLite 3.32, 999 before: keep under either.
+        variables = self._conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        self._rows_per_insert = max(1, min(ROWS_PER_INSERT, variables // 6))
+        self._insert_many = _INSERT + ", ".join([_ONE_ROW] * self._rows_per_insert)
 
     @classmethod
     def open(cls, url: str) -> SqliteStore:
@@ -106,9 +119,21 @@ class SqliteStore(Store):
     def _insert_records(self, tx: sqlite3.Connection, flush: Flush) -> dict[str, int]:
         inserted: dict[str, int] = {}
         for device_id, group in rows_by_device(flush):
-            cursor = tx.executemany("INSERT OR IGNORE INTO records VALUES (?, ?, ?, ?, ?, ?)", group)
-            inserted[device_id] = inserted.get(device_id, 0) + cursor.rowcount
+            inserted[device_id] = inserted.get(device_id, 0) + self._insert_rows(tx, group)
         return inserted
+
+    def _insert_rows(self, tx: sqlite3.Connection, rows: Sequence[Row]) -> int:
+        """Insert what is not there yet, ``_rows_per_insert`` rows a statement (the rest one
+        by one); return how many rows were new (a repeat is ignored, not counted as a change)."""
+        per = self._rows_per_insert
+        whole = len(rows) - len(rows) % per
+        new = 0
+        for start in range(0, whole, per):
+            params = tuple(chain.from_iterable(rows[start : start + per]))
+            new += tx.execute(self._insert_many, params).rowcount
+        if whole < len(rows):
+            new += tx.executemany(_INSERT + _ONE_ROW, rows[whole:]).rowcount
+        return new
 
     def _insert_dropped(self, tx: sqlite3.Connection, rows: list[tuple[str, int, int, str, float]]) -> None:
         tx.executemany("INSERT OR IGNORE INTO dropped VALUES (?, ?, ?, ?, ?)", rows)
