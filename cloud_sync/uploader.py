@@ -625,6 +625,8 @@ class Uploader:
                 self._counters.incr(SCOPE, "remote_refused")
                 self.last_error = f"the broker refused our subscription to {', '.join(refused)} (ACL?)"
                 log.error("%s", self.last_error)
+            else:
+                log.info("remote control: subscribed to %s", ", ".join(filters))
         self.remote.connected()
 
     def _to_remote(self, message: aiomqtt.Message) -> None:

@@ -34,7 +34,7 @@ def start(config: Path, agents: list[AgentProcess], name: str) -> AgentProcess:
     agent = AgentProcess(config)
     agent.log = config.with_name(f"{name}.log")
     agents.append(agent.start())
-    agent.wait_for_log("connected to")
+    agent.wait_for_log("remote control: subscribed")
     return agent
 
 

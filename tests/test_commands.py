@@ -1,0 +1,128 @@
+"""Commands end to end: the agent as a process on a real Mosquitto, requests from a plain MQTT
+client, over MQTT 5 (response topic, correlation data, message expiry) and 3.1.1 (reply topic
+and expiry in the payload)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from tests.conftest import AgentProcess, Broker
+from tests.remote_helpers import CloudClient, remote_config
+
+pytestmark = pytest.mark.integration
+DEVICE = "test-gw"
+
+
+@pytest.fixture
+def agent(tmp_path: Path, cloud_broker: Broker, agents: list[AgentProcess]) -> AgentProcess:
+    config = remote_config(tmp_path, cloud_broker.url, remote="allow_commands = true")
+    process = AgentProcess(config).start()
+    agents.append(process)
+    process.wait_for_log("remote control: subscribed")
+    return process
+
+
+@pytest.fixture(params=[mqtt.MQTTv5, mqtt.MQTTv311], ids=["mqtt5", "mqtt311"])
+def cloud(request: pytest.FixtureRequest, cloud_broker: Broker, agent: AgentProcess) -> Iterator[CloudClient]:
+    client = CloudClient(cloud_broker.port, request.param)
+    client.subscribe(f"edge/{DEVICE}/reply/#")
+    yield client
+    client.close()
+
+
+def ok(reply: dict[str, Any]) -> Any:
+    assert reply["ok"] is True, reply
+    return reply["result"]
+
+
+def error(reply: dict[str, Any]) -> str:
+    assert reply["ok"] is False, reply
+    return f"{reply['error']['code']}: {reply['error']['message']}"
+
+
+def test_the_five_commands(cloud: CloudClient, agent: AgentProcess) -> None:
+    reply = cloud.command(DEVICE, "ping")
+    assert ok(reply)["pong"] is True and reply["_topic"] == f"edge/{DEVICE}/reply/test-console"
+    if cloud.v5:
+        assert reply["_correlation"] == reply["id"].encode()
+
+    status = ok(cloud.command(DEVICE, "status"))
+    assert status["device_id"] == DEVICE and set(status["modules"]) >= {"win", "crashy"}
+
+    assert ok(cloud.command(DEVICE, "sync-now"))["connected"] is True
+
+    assert ok(cloud.command(DEVICE, "restart-module", {"name": "win"})) == {"module": "win", "status": "running"}
+    agent.wait_for_log("command restart-module")
+
+    result = ok(cloud.command(DEVICE, "set-log-level", {"level": "DEBUG", "logger": "agent.modules",
+                                                         "duration": 60}))
+    assert result["level"] == "DEBUG" and result["logger"] == "agent.modules"
+    assert agent.process is not None and agent.process.poll() is None
+
+
+def test_bad_requests_get_an_error_reply_and_the_agent_carries_on(cloud: CloudClient, agent: AgentProcess) -> None:
+    assert error(cloud.command(DEVICE, "reboot")).startswith("unknown_command: reboot: not a command")
+    assert error(cloud.command(DEVICE, "set-log-level", {"level": "LOUD"})).startswith(
+        "bad_args: args.level: Input should be 'DEBUG'")
+    assert error(cloud.command(DEVICE, "ping", {"colour": 1})) == "bad_args: args.colour: unknown argument"
+    assert error(cloud.command(DEVICE, "restart-module", {"name": "nope"})) == (
+        "unknown_module: args.name: no module 'nope' (running: win, crashy)")
+    if cloud.v5:  # unreadable, so without an id: only the correlation data ties the reply to it
+        reply = cloud.command(DEVICE, "ping", command_id="broken", raw=b'{"id": "broken", "args": [')
+        assert reply["id"] is None and error(reply).startswith("bad_json: the command is not JSON")
+    # stale: expired by the device's clock
+    assert error(cloud.command(DEVICE, "ping", expiry=None, expires_at=time.time() - 5)).startswith(
+        "expired: expired 5.")
+    if not cloud.v5:  # with neither a broker expiry nor expires_at, nothing says when it goes stale
+        assert error(cloud.command(DEVICE, "ping", expiry=None)).startswith("no_expiry: ")
+    # a reply topic outside the device's own is not used: the reply goes to <prefix>/<id>/reply
+    cloud.subscribe("edge/other/#")
+    reply = cloud.command(DEVICE, "ping", reply_to="edge/other/cmd/restart-module")
+    assert ok(reply)["pong"] and reply["_topic"] == f"edge/{DEVICE}/reply"
+    assert not [t for t, _, _ in cloud.messages if t.startswith("edge/other/")]
+    # a repeated id is answered again, not run again
+    first = cloud.command(DEVICE, "ping", command_id="same-id")
+    again = cloud.command(DEVICE, "ping", command_id="same-id")
+    assert ok(first)["time"] == ok(again)["time"]
+
+    assert ok(cloud.command(DEVICE, "ping"))["pong"] is True
+    assert agent.process is not None and agent.process.poll() is None
+    assert "Traceback" not in agent.output()
+
+
+def test_without_allow_commands_nothing_is_subscribed(tmp_path: Path, cloud_broker: Broker,
+                                                        agents: list[AgentProcess]) -> None:
+    config = remote_config(tmp_path, cloud_broker.url, remote="allow_commands = false")
+    process = AgentProcess(config).start()
+    agents.append(process)
+    process.wait_for_log("connected to")
+    time.sleep(0.5)
+    client = CloudClient(cloud_broker.port)
+    client.subscribe(f"edge/{DEVICE}/reply/#")
+    with pytest.raises(AssertionError, match="a reply to"):
+        client.command(DEVICE, "ping", timeout=2)
+    client.close()
+
+
+def test_a_retained_command_is_not_run_again_at_the_next_subscribe(
+    cloud_broker: Broker, agent: AgentProcess
+) -> None:
+    client = CloudClient(cloud_broker.port)
+    client.subscribe(f"edge/{DEVICE}/reply/#")
+    # delivered live, it is a fresh command; the broker keeps it, though...
+    ok(client.command(DEVICE, "restart-module", {"name": "win"}, command_id="kept", retain=True))
+    agent.signal(15)
+    assert agent.wait(10) == 0
+    start = len(client.messages)
+    agent.start()  # ...and hands it over again, flagged retained, when the agent subscribes anew
+    reply = client.wait_reply("kept", start)
+    assert error(reply).startswith("retained: a retained command is never executed")
+    assert agent.output().count("command restart-module (kept) done") == 1
+    client.client.publish(f"edge/{DEVICE}/cmd/restart-module", b"", 1, True).wait_for_publish(5)
+    client.close()
