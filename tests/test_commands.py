@@ -57,7 +57,8 @@ def test_the_five_commands(cloud: CloudClient, agent: AgentProcess) -> None:
 
     assert ok(cloud.command(DEVICE, "sync-now"))["connected"] is True
 
-    assert ok(cloud.command(DEVICE, "restart-module", {"name": "win"})) == {"module": "win", "status": "running"}
+    restarted = ok(cloud.command(DEVICE, "restart-module", {"name": "win"}))
+    assert restarted == {"module": "win", "status": "running"}
     agent.wait_for_log("command restart-module")
 
     result = ok(cloud.command(DEVICE, "set-log-level", {"level": "DEBUG", "logger": "agent.modules",
@@ -66,7 +67,9 @@ def test_the_five_commands(cloud: CloudClient, agent: AgentProcess) -> None:
     assert agent.process is not None and agent.process.poll() is None
 
 
-def test_bad_requests_get_an_error_reply_and_the_agent_carries_on(cloud: CloudClient, agent: AgentProcess) -> None:
+def test_bad_requests_get_an_error_reply_and_the_agent_carries_on(
+    cloud: CloudClient, agent: AgentProcess
+) -> None:
     assert error(cloud.command(DEVICE, "reboot")).startswith("unknown_command: reboot: not a command")
     assert error(cloud.command(DEVICE, "set-log-level", {"level": "LOUD"})).startswith(
         "bad_args: args.level: Input should be 'DEBUG'")
