@@ -26,6 +26,9 @@ def check_secret_files(config: AgentConfig) -> list[str]:
                 warnings += _secret(f"{where}.{key}", path)
         if login.tls_ca is not None:
             warnings += _trusted(f"{where}.tls_ca", login.tls_ca)
+        problem = certificate_problem(f"{where}.tls_cert", login.tls_cert) if login.tls_cert else None
+        if problem is not None:
+            warnings.append(problem)
     if config.remote is not None and config.remote.public_key_file is not None:
         warnings += _trusted("remote.public_key_file", config.remote.public_key_file)
     return warnings
@@ -50,3 +53,43 @@ def _trusted(where: str, path: Path) -> list[str]:
     if mode & (stat.S_IWGRP | stat.S_IWOTH):
         return [f"{where}: other users can write {path} (mode {stat.S_IMODE(mode):04o}): chmod 644 it"]
     return []
+
+
+EXPIRY_WARNING_DAYS = 30
+
+
+def certificate_dates(path: Path) -> tuple[float, float] | None:
+    """``(not_before, not_after)`` of a PEM certificate as Unix seconds; None if unreadable.
+
+    Uses the decoder that CPython's own ``ssl`` tests use, so a device needs no extra package."""
+    import ssl
+
+    decode = getattr(getattr(ssl, "_ssl", None), "_test_decode_cert", None)
+    if decode is None:
+        return None
+    try:
+        info = decode(str(path))
+        return ssl.cert_time_to_seconds(info["notBefore"]), ssl.cert_time_to_seconds(info["notAfter"])
+    except (OSError, ssl.SSLError, KeyError, ValueError):
+        return None
+
+
+def certificate_problem(where: str, path: Path, now: float | None = None) -> str | None:
+    """Why the certificate at ``path`` is (or soon will be) refused, if it is."""
+    import time
+
+    dates = certificate_dates(path)
+    if dates is None:
+        return None
+    now = time.time() if now is None else now
+    not_before, not_after = dates
+    def day(at: float) -> str:
+        return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(at))
+
+    if now > not_after:
+        return f"{where}: {path} expired on {day(not_after)}: renew it"
+    if now < not_before:
+        return f"{where}: {path} is not valid before {day(not_before)} (is the clock right?)"
+    if not_after - now < EXPIRY_WARNING_DAYS * 86400:
+        return f"{where}: {path} expires in {(not_after - now) / 86400:.0f} days: renew it"
+    return None

@@ -219,10 +219,13 @@ class Uploader:
         try:
             await self._session()
         except* (aiomqtt.MqttError, LinkDead, OSError, TimeoutError) as group:
+            never_up = not self.connected
             self._lost(group.exceptions[0])
             if not isinstance(group.exceptions[0], LinkDead):  # not our own verdict on the link
                 await self._judge_disconnect()
             self._inflight.clear()
+            if never_up and self.config.tls:
+                await self._diagnose_tls()
 
     async def _judge_disconnect(self) -> None:
         """The connection ended: if it did so right after a message the broker never
@@ -238,6 +241,16 @@ class Uploader:
                 await self._apply(self.tracker.strike(sent, "disconnect"), "the broker hung up on it")
             break
         self._inflight.clear()
+
+    async def _diagnose_tls(self) -> None:
+        """A connect that failed with TLS on: say why, if TLS is the reason (cloud_sync/tls.py)."""
+        from cloud_sync.tls import diagnose
+
+        detail = await diagnose(self.config)
+        if detail is not None:
+            self.last_error = f"{self.config.url}: {detail}"
+            self._counters.incr(SCOPE, "tls_errors")
+            self._errors.warning("tls", "cloud link: %s", self.last_error)
 
     def _lost(self, exc: BaseException) -> None:
         self.connected = False
@@ -732,6 +745,7 @@ class Uploader:
 
 _ERROR_NAMES = {
     "connection_errors",
+    "tls_errors",
     "refused",
     "resends",
     "set_aside",
