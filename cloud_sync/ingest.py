@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import aiomqtt
 
@@ -38,6 +38,15 @@ QUARANTINE_BYTES = 4096
 """How much of a bad message is kept."""
 
 FlushListener = Callable[[Flush, dict[str, DeviceState]], None]
+_SYNC_SUFFIXES = ("/data", "/status")
+
+
+class SideChannel(Protocol):
+    """The console's cloud-to-device traffic on the ingest's connection (console/remote.py):
+    its own filters, never shared, and the messages on them, kept out of the store's flushes."""
+
+    def filters(self) -> list[str]: ...
+    def received(self, topic: str, payload: bytes, properties: Any) -> None: ...
 
 
 @dataclass
@@ -90,6 +99,7 @@ class Ingest:
         self._errors = ThrottledLog(log, interval=30)
         self._client: Client | None = None
         self._listeners: list[FlushListener] = []
+        self.side: SideChannel | None = None
 
     async def run(self) -> None:
         """Ingest until ``stop``, reconnecting to the broker with backoff."""
@@ -141,6 +151,7 @@ class Ingest:
             if any(getattr(code, "value", code) >= 0x80 for code in granted):
                 raise aiomqtt.MqttError(f"the broker refused the subscriptions {filters}: {granted}")
             log.info("ingesting %s from %s", ", ".join(filters), self.login.url)
+            await self._subscribe_side(client)
             reader = asyncio.create_task(self._read(client), name="ingest:read")
             stopping = asyncio.create_task(self._stopping.wait())
             try:
@@ -157,6 +168,9 @@ class Ingest:
         async for message in client.messages:
             payload = message.payload
             data = bytes(payload) if isinstance(payload, bytes | bytearray) else str(payload or "").encode()
+            if self.side is not None and not message.topic.value.endswith(_SYNC_SUFFIXES):
+                self.side.received(message.topic.value, data, message.properties)
+                continue
             self._pending.append((message.topic.value, data))
             self._pending_bytes += len(data)
             self.stats.messages += 1
@@ -267,6 +281,36 @@ class Ingest:
             except aiomqtt.MqttError as exc:
                 self._errors.warning("ack", "cannot publish the ack for %s: %s", device_id, exc)
                 return
+
+    # -- the console's side channel (desired configs, commands, replies) ------------------------
+
+    async def _subscribe_side(self, client: Client) -> None:
+        filters = self.side.filters() if self.side is not None else []
+        if not filters:
+            return
+        granted = await client.subscribe([(f, 1) for f in filters])
+        if any(getattr(code, "value", code) >= 0x80 for code in granted):
+            self._errors.warning("side", "the broker refused %s: no remote control from the console",
+                                 ", ".join(filters))
+
+    def publish(
+        self, topic: str, payload: bytes, retain: bool = False, *, correlation: bytes | None = None,
+        response_topic: str | None = None, expiry: float | None = None,
+    ) -> bool:
+        """Publish at QoS 1 on the ingest's connection; False when it is down."""
+        client = self._client
+        if client is None:
+            return False
+        try:
+            client.send(topic, payload, 1, retain, correlation=correlation, response_topic=response_topic,
+                        expiry=expiry)
+        except aiomqtt.MqttError:
+            return False
+        return True
+
+    @property
+    def mqtt5(self) -> bool:
+        return self._client is not None and self._client.protocol_name == "5"
 
     def subscribe(self, listener: FlushListener) -> None:
         """Call ``listener(flush, states)`` on the event loop after each committed flush, with the

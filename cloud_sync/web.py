@@ -63,8 +63,8 @@ def create_app(
 ) -> Starlette:
     secrets = [t.encode() for t in tokens]
 
-    def authorised(request: Request) -> bool:
-        if console is not None and console.signed_in(request):
+    def authorised(request: Request, session_ok: bool = True) -> bool:
+        if session_ok and console is not None and console.signed_in(request):
             return True
         header = request.headers.get("authorization", "")
         scheme, _, given = header.partition(" ")
@@ -80,6 +80,15 @@ def create_app(
                     {"error": "unauthorised: send Authorization: Bearer <token>"},
                     status_code=401, headers={"WWW-Authenticate": "Bearer"},
                 )
+            return await handler(request)
+        return guarded
+
+    def bearer(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+        """For routes that change something: a token, never a browser's session cookie alone."""
+        async def guarded(request: Request) -> Response:
+            if not authorised(request, session_ok=False):
+                return JSONResponse({"error": "unauthorised: send Authorization: Bearer <token>"},
+                                    status_code=401, headers={"WWW-Authenticate": "Bearer"})
             return await handler(request)
         return guarded
 
@@ -142,7 +151,7 @@ def create_app(
     ]
     if console is None:
         return Starlette(routes=routes)
-    return Starlette(routes=routes + console.routes(api), middleware=console.middleware())
+    return Starlette(routes=routes + console.routes(api, bearer), middleware=console.middleware())
 
 
 def _int(value: str | None, name: str, default: int, low: int, high: int | None = None) -> int:

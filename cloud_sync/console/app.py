@@ -64,22 +64,34 @@ class Console:
         self.hub = ChangeHub(store)
         self.templates = _environment()
         self._static = _static_versions()
+        self.remote = None
         if ingest is not None:
+            from cloud_sync.console.remote import RemoteDesk
+
             ingest.subscribe(self._on_flush)
+            self.remote = RemoteDesk(ingest)  # desired configs and commands (remote_pages.py)
 
     # -- wiring ---------------------------------------------------------------------------------
 
-    def routes(self, api_guard: Any) -> list[BaseRoute]:
+    def routes(self, api_guard: Any, bearer_only: Any = None) -> list[BaseRoute]:
         """The pages, sign-in, static files and the console's JSON routes (``api_guard`` wraps
-        each of these in the API's own check: a session or a bearer token)."""
+        each of these in the API's own check: a session or a bearer token; ``bearer_only``, the
+        check of the JSON routes that change something: a bearer token alone)."""
         from cloud_sync.console.api import ConsoleApi
         from cloud_sync.console.pages import Pages
         from cloud_sync.console.signin import SignIn
 
         static = StaticFiles(packages=[("cloud_sync.console", "static")])
+        pages = Pages(self)
+        remote: list[BaseRoute] = []
+        if self.remote is not None and bearer_only is not None:
+            from cloud_sync.console.remote_pages import RemotePanel
+
+            remote = list(RemotePanel(self, self.remote).routes(pages.signed_in, api_guard, bearer_only))
         return [
             *SignIn(self).routes(),
-            *Pages(self).routes(),
+            *pages.routes(),
+            *remote,
             *ConsoleApi(self).routes(api_guard),
             Mount("/static", app=static, name="static"),
         ]
