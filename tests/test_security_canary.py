@@ -128,6 +128,7 @@ def _run(tmp_path: Path, cloud: Broker, local: Broker, agents: list[AgentProcess
             assert page.status_code == 200, path
             outputs[f"page {path}"] = page.text
     feed.disconnect()
+    wait_until(lambda: "running remote v1" in _edge_agent("status", "-c", str(config)), 10, "status: v1 runs")
     outputs["status --json"] = _edge_agent("status", "-c", str(config), "--json")
     outputs["status"] = _edge_agent("status", "-c", str(config))
     outputs["check"] = _edge_agent("check", "-c", str(config))
