@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from agent import __version__
 from agent.config import BrokerLogin
+from cloud_sync.cli_config import config
 from cloud_sync.console.cli_options import console_options, console_settings
 from cloud_sync.console.cli_users import user
 
@@ -94,3 +95,4 @@ def serve(
 
 
 main.add_command(user)
+main.add_command(config)

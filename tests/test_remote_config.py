@@ -267,3 +267,21 @@ def test_reply_topics_stay_under_the_device() -> None:
     assert protocol.is_reply_topic("edge", "gw-1", "edge/gw-1/reply/console-1")
     for topic in ("edge/gw-2/reply", "edge/gw-1/replyx", "edge/gw-1/cmd/ping", "edge/gw-1/reply/#", "x"):
         assert not protocol.is_reply_topic("edge", "gw-1", topic), topic
+
+
+def test_edge_cloud_config_keygen_and_sign(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    cli = [sys.executable, "-m", "cloud_sync", "config"]
+    private, public = tmp_path / "signer.pem", tmp_path / "signer.pub"
+    subprocess.run([*cli, "keygen", str(private), str(public)], check=True, capture_output=True)
+    assert private.stat().st_mode & 0o777 == 0o600
+    again = subprocess.run([*cli, "keygen", str(private), str(public)], capture_output=True, text=True)
+    assert again.returncode != 0 and "exists: not overwriting a key" in again.stderr
+    (tmp_path / "c.toml").write_text('log_level = "DEBUG"\n')
+    out = subprocess.run([*cli, "sign", "--key", str(private), "--version", "4", "--device", "gw-01",
+                          str(tmp_path / "c.toml")], check=True, capture_output=True).stdout
+    doc = protocol.decode_desired(out.strip())
+    assert (doc.version, doc.device, doc.config) == (4, "gw-01", 'log_level = "DEBUG"\n')
+    signing.verify(doc, signing.load_public_key(public))
