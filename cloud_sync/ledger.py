@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent import codec
-from cloud_sync.protocol import DataBatch
+from cloud_sync.protocol import DataBatch, RawRow
 
 Range = tuple[int, int]
 MAX_RANGES = 10_000
@@ -150,10 +150,11 @@ class Quarantined:
 class Flush:
     """Everything one store transaction writes."""
 
-    rows: list[tuple[str, int, str, float, str, float]] = field(default_factory=list)
-    """``(device_id, seq, stream, ts, data JSON, received_at)`` to insert unless already there."""
-    spans: list[tuple[str, int, int]] = field(default_factory=list)
-    """``(device_id, start, end)``: ``rows[start:end]`` are that device's, batch by batch."""
+    received_at: float = 0.0
+    batches: list[tuple[str, list[RawRow]]] = field(default_factory=list)
+    """``(device_id, records)`` of each data message taken, in order: to insert (with
+    ``received_at``) unless already there. The decoded lists themselves, not copies: a flush
+    makes no object per record of its own."""
     attempted: dict[str, int] = field(default_factory=dict)
     dropped: list[tuple[str, int, int, str, float]] = field(default_factory=list)
     quarantined: list[Quarantined] = field(default_factory=list)
@@ -183,7 +184,7 @@ def plan_flush(
     """Apply decoded messages ``(topic, item)`` to the device ``states`` (changed in place) and
     return what to write. ``states`` holds a state for every device named by ``items``."""
     now = time.time() if now is None else now
-    flush = Flush()
+    flush = Flush(received_at=now)
     for topic, item in items:
         if isinstance(item, Quarantined):
             flush.quarantined.append(item)
@@ -222,9 +223,7 @@ def _batch(state: DeviceState, topic: str, batch: DataBatch, flush: Flush, now: 
     before = state.acked
     if batch.released > state.acked:
         state.jump(batch.released)  # the device let these go: they are not coming any more
-    device, start = state.device_id, len(flush.rows)
-    flush.rows.extend([(device, seq, stream, ts, data, now) for seq, stream, ts, data in batch.records])
-    flush.spans.append((device, start, len(flush.rows)))
+    flush.batches.append((state.device_id, batch.records))
     flush.attempted[state.device_id] = flush.attempted.get(state.device_id, 0) + len(batch.records)
     for bad in batch.bad:
         flush.quarantined.append(

@@ -56,7 +56,7 @@ def batch(seqs, *, epoch="e1", released=0, dropped=(), bad=()) -> DataBatch:
 def flush(state: DeviceState, *batches: DataBatch, inserted: int | None = None):
     states = {"gw": state}
     result = plan_flush(states, [("edge/gw/data", b) for b in batches], now=100.0)
-    settle(states, result, {"gw": len(result.rows) if inserted is None else inserted})
+    settle(states, result, {"gw": sum(result.attempted.values()) if inserted is None else inserted})
     return result
 
 
@@ -95,7 +95,7 @@ def test_a_new_outbox_must_not_reuse_seqs_and_takes_over_when_it_does_not() -> N
     state = DeviceState("gw")
     flush(state, batch([1, 2, 3]))
     refused = flush(state, batch([1, 2], epoch="e2"))
-    assert state.epoch == "e1" and state.records == 3 and refused.rows == []
+    assert state.epoch == "e1" and state.records == 3 and refused.batches == []
     assert [q.reason for q in refused.quarantined] == ["epoch_conflict"]
     assert refused.acks == {"gw"}  # the device hears how far the cloud got, and renumbers
     flush(state, batch([4, 5], epoch="e2"))

@@ -14,13 +14,13 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
+from itertools import chain, groupby
+from operator import itemgetter
 from typing import Any
 
 from cloud_sync.ledger import DeviceState, Flush, Incoming, Quarantined, Status, plan_flush, settle
-from cloud_sync.protocol import DataBatch
+from cloud_sync.protocol import DataBatch, RawRow
 from cloud_sync.store.views import ConsoleViews
-
-Row = tuple[str, int, str, float, str, float]
 
 
 class StoreError(Exception):
@@ -61,7 +61,7 @@ class Store(ConsoleViews, ABC):
         with self._transaction() as tx:
             states = self._load_states(tx, ids, now)
             flush = plan_flush(states, items, now)
-            inserted = self._insert_records(tx, flush) if flush.rows else {}
+            inserted = self._insert_records(tx, flush) if flush.batches else {}
             settle(states, flush, inserted)
             if flush.dropped:
                 self._insert_dropped(tx, flush.dropped)
@@ -126,14 +126,8 @@ def _device_of(item: Incoming) -> str | None:
     return None
 
 
-def rows_by_device(flush: Flush) -> Iterator[tuple[str, list[Row]]]:
-    """The flush's rows in runs of one device (consecutive batches of a device merged)."""
-    spans = flush.spans
-    index = 0
-    while index < len(spans):
-        device, start, end = spans[index]
-        while index + 1 < len(spans) and spans[index + 1][0] == device:
-            index += 1
-            end = spans[index][2]
-        yield device, flush.rows[start:end]
-        index += 1
+def records_by_device(flush: Flush) -> Iterator[tuple[str, list[RawRow]]]:
+    """The flush's records in runs of one device (consecutive batches of a device merged)."""
+    for device, run in groupby(flush.batches, key=itemgetter(0)):
+        lists = [records for _, records in run]
+        yield device, lists[0] if len(lists) == 1 else list(chain.from_iterable(lists))

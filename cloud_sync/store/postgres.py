@@ -124,8 +124,10 @@ class PostgresStore(Store):
             with cursor.copy(
                 "COPY incoming (device_id, seq, stream, ts, data, received_at) FROM STDIN"
             ) as copy:
-                for row in flush.rows:
-                    copy.write_row(row)
+                received_at = flush.received_at
+                for device_id, records in flush.batches:
+                    for record in records:
+                        copy.write_row((device_id, *record, received_at))
             cursor.execute(
                 "WITH new AS (INSERT INTO records SELECT * FROM incoming "
                 "ON CONFLICT (device_id, seq) DO NOTHING RETURNING device_id) "
