@@ -49,7 +49,7 @@ class Ingest:
                 return
             batch = protocol.decode_batch(device, msg.payload)
             seqs = self.seqs[device]
-            seqs.update(record.seq for record in batch.records)
+            seqs.update(row[0] for row in batch.records)  # rows are (seq, stream, ts, data)
             top = max(seqs, default=0)
             contiguous = next((n - 1 for n in range(1, top + 2) if n not in seqs), top)
         if self._ack:
