@@ -13,7 +13,7 @@ import pytest
 
 from cloud_sync import protocol, signing
 from cloud_sync.protocol import DesiredConfig
-from tests.conftest import EDGE_AGENT, AgentProcess, Broker
+from tests.conftest import EDGE_AGENT, AgentProcess, Broker, free_port
 from tests.remote_helpers import CloudClient, body, remote_config, wait_until
 
 pytestmark = pytest.mark.integration
@@ -164,3 +164,20 @@ def _other_key(tmp_path: Path) -> Path:
     path = tmp_path / "other.pem"
     path.write_bytes(signing.generate()[0])
     return path
+
+
+def test_a_cloud_section_that_cannot_connect_is_rolled_back(
+    tmp_path: Path, cloud_broker: Broker, cloud: CloudClient, agents: list[AgentProcess]
+) -> None:
+    config = remote_config(tmp_path, cloud_broker.url)
+    agent = start(config, agents, "cloud-change")
+    nowhere = f"mqtt://127.0.0.1:{free_port()}"
+    cloud.desired(DEVICE, DesiredConfig(1, body(config).replace(cloud_broker.url, nowhere)))
+    # "applying" goes nowhere (the new link never comes up); the verdict goes out on the old one
+    report = cloud.wait_report(DEVICE, 1, "rolled_back", timeout=20)
+    assert report["errors"][0]["reason"].startswith("[cloud] did not connect within the grace period")
+    assert report["running"] == {"source": "file", "version": None}
+    agent.wait_for_log(f"connected to {cloud_broker.url}", count=2)
+    # the link works again: data flows
+    start_at = len(cloud.messages)
+    wait_until(lambda: any(t.endswith("/data") for t, _, _ in cloud.messages[start_at:]), 10, "data again")
