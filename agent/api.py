@@ -46,7 +46,9 @@ class Record(NamedTuple):
 class ModuleConfig(BaseModel):
     """Base for a module's ``Config``: unknown keys are refused, so a typo is an error."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # defer_build: a nested section is validated inside its parent and never needs a validator
+    # (and serializer) of its own, which would stay in the daemon's memory for nothing.
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class Counters(Protocol):

@@ -66,7 +66,9 @@ MqttUrl = Annotated[str, AfterValidator(_check_mqtt_url)]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # defer_build: a nested section is validated inside its parent and never needs a validator
+    # (and serializer) of its own, which would stay in the daemon's memory for nothing.
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class BrokerLogin(_Section):

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -105,6 +107,7 @@ class Agent:
             len(self.pipeline.runners), self.loaded.agent.data_dir,
         )
         sdnotify.notify(f"READY=1\nSTATUS=running {len(self.pipeline.runners)} modules")
+        _release_startup_memory()
         if on_ready:
             on_ready()
 
@@ -287,3 +290,14 @@ class Agent:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+
+
+def _release_startup_memory() -> None:
+    """Hand the garbage of start-up (imports, config validation) back to the system: the daemon
+    then idles at about half a megabyte less, for the months it runs."""
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").malloc_trim(0)  # glibc; musl has no such call and says so
