@@ -195,7 +195,9 @@ PG_ADMIN_URL = os.environ.get("EDGE_TEST_PG", "postgresql://postgres@127.0.0.1:5
 class IngestProcess:
     """``edge-cloud serve`` as a child process on ``broker``, with its log in a file."""
 
-    def __init__(self, workdir: Path, broker_url: str, db_url: str, *extra: str, token: str = "test-token") -> None:
+    def __init__(
+        self, workdir: Path, broker_url: str, db_url: str, *extra: str, token: str = "test-token"
+    ) -> None:
         self.http_port = free_port()
         self.token = token
         self.args = [*EDGE_CLOUD, "serve", "--broker", broker_url, "--db", db_url,

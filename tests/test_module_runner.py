@@ -115,7 +115,7 @@ async def test_a_hanging_module_is_interrupted_reported_and_the_next_record_proc
 
 
 async def test_a_module_that_cannot_start_is_failed_its_input_counted_and_it_is_retried(harness):
-    make, committer, counters, outbox = harness
+    make, _, counters, _ = harness
     Broken.starts = 0
     runner = make(Broken)
     await run_until_idle(runner, [readings(1, 2, 3)], seconds=1.5)

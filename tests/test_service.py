@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -55,10 +56,8 @@ def test_notify_messages_and_metrics_from_a_running_agent(tmp_path, broker: Brok
     messages = []
     deadline = time.monotonic() + 6
     while time.monotonic() < deadline and not any(m.startswith("WATCHDOG=1") for m in messages):
-        try:
+        with contextlib.suppress(TimeoutError):
             messages.append(listener.recv(4096).decode())
-        except TimeoutError:
-            pass
     assert messages[0].startswith("READY=1")
     assert any(m == "WATCHDOG=1" for m in messages)
 
