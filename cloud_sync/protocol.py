@@ -311,16 +311,26 @@ def _records(batch: DataBatch, records: list[Any]) -> None:
             raise ProtocolError(
                 "bad_record", f"records[{index}].seq: {str(seq)[:40]!r} is not a sequence number"
             )
-        if (
-            type(stream) is str
-            and 0 < len(stream) <= STREAM_MAX
-            and (type(ts) is float or type(ts) is int)
-            and isfinite(ts)
-            and type(data) is dict
-        ):
-            keep((seq, stream, ts if type(ts) is float else float(ts), dumps(data)))
-        else:
-            batch.bad.append(_bad_record(index, item, seq))
+        try:
+            if (
+                type(stream) is str
+                and 0 < len(stream) <= STREAM_MAX
+                and (type(ts) is float or type(ts) is int)
+                and isfinite(ts)
+                and type(data) is dict
+            ):
+                keep((seq, stream, ts if type(ts) is float else float(ts), dumps(data)))
+                continue
+        except OverflowError:  # an integer ts beyond any float (the stdlib parser allows one)
+            pass
+        batch.bad.append(_bad_record(index, item, seq))
+
+
+def _finite(number: float) -> bool:
+    try:
+        return math.isfinite(number)
+    except OverflowError:
+        return False
 
 
 def _is_seq(value: Any, allow_zero: bool = False) -> TypeGuard[int]:
@@ -331,7 +341,7 @@ def _bad_record(index: int, item: dict[str, Any], seq: int) -> BadRecord:
     stream, ts = item.get("stream"), item.get("ts")
     if not isinstance(stream, str) or not 0 < len(stream) <= STREAM_MAX:
         return BadRecord(seq, f"records[{index}].stream: not a name of 1 to {STREAM_MAX} characters", item)
-    if not isinstance(ts, int | float) or isinstance(ts, bool) or not math.isfinite(ts):
+    if not isinstance(ts, int | float) or isinstance(ts, bool) or not _finite(ts):
         return BadRecord(seq, f"records[{index}].ts: not a finite number", item)
     return BadRecord(seq, f"records[{index}].data: not an object", item)
 

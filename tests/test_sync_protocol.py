@@ -173,3 +173,21 @@ def test_zstd_is_refused_by_name_when_asked_for_but_missing(monkeypatch: pytest.
     with pytest.raises(ProtocolError) as caught:
         protocol.unframe(_framed(b"x", protocol.ZSTD))
     assert caught.value.reason == "unsupported_encoding"
+
+
+def test_an_integer_ts_beyond_any_float_is_a_bad_record_not_an_error(monkeypatch):
+    """orjson refuses such a number as bad JSON; the standard library's parser (used where
+    orjson is not installed) reads it as an int that no float can hold."""
+    import json
+
+    from agent import codec
+    from cloud_sync import protocol
+
+    monkeypatch.setattr(codec, "loads", json.loads)
+    body = {"v": protocol.VERSION, "device": "gw-1", "epoch": "e1", "released": 0,
+            "records": [{"seq": 1, "stream": "s", "ts": 10**400, "data": {}},
+                        {"seq": 2, "stream": "s", "ts": 1.0, "data": {"ok": 1}}]}
+    batch = protocol.decode_batch("gw-1", json.dumps(body).encode())
+    assert [row[0] for row in batch.records] == [2]
+    assert [bad.seq for bad in batch.bad] == [1]
+    assert "ts" in batch.bad[0].reason
