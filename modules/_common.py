@@ -5,8 +5,8 @@ from __future__ import annotations
 import fnmatch
 import math
 import re
-from collections.abc import Sequence
-from typing import Annotated, Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Annotated, Any, Protocol, TypeVar
 
 from pydantic import AfterValidator, Field
 
@@ -40,6 +40,41 @@ class ClockWatch:
         if last is None or 0.0 <= now - last <= self._limit:
             return 0.0
         return now - last
+
+
+class Arrival(Protocol):
+    arrived: float
+    """The clock time when the sensor's newest reading arrived."""
+
+
+class Arrivals(Arrival, Protocol):
+    """Per-sensor marks a module that closes windows by reading time keeps."""
+
+    newest: float
+    """The newest reading time seen from the sensor."""
+    next_close: float
+    """The end of the earliest window still open."""
+
+
+S = TypeVar("S", bound=Arrivals)
+
+
+def due_to_close(sensors: Mapping[str, S], now: float, wait: float) -> list[tuple[str, S, float]]:
+    """The sensors with a window due by ``now``, each with the watermark to close up to: the
+    sensor's own time, moved on by the clock time since its newest reading arrived (right for
+    live readings and for a backlog of old ones alike), less ``wait``."""
+    due = []
+    for name, sensor in sensors.items():
+        watermark = sensor.newest + max(0.0, now - sensor.arrived) - wait
+        if watermark >= sensor.next_close:
+            due.append((name, sensor, watermark))
+    return due
+
+
+def shift_arrivals(sensors: Iterable[Arrival], jump: float) -> None:
+    """Move every arrival mark by a clock jump, so the jump reads as no time passing."""
+    for sensor in sensors:
+        sensor.arrived += jump
 
 
 def value_of(record: Record, counters: Counters) -> float | None:

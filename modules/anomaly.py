@@ -12,7 +12,14 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator
 
 from agent import Context, Module, ModuleConfig, PositiveDuration, Record
-from modules._common import NOT_A_NUMBER, NOT_FINITE, OUT_OF_ORDER, TOO_MANY_SENSORS, ClockWatch
+from modules._common import (
+    NOT_A_NUMBER,
+    NOT_FINITE,
+    OUT_OF_ORDER,
+    TOO_MANY_SENSORS,
+    ClockWatch,
+    shift_arrivals,
+)
 
 SCORE_CAP = 1e9
 """Scores are capped here, to stay finite over a tiny spread."""
@@ -195,8 +202,7 @@ class Anomaly(Module[AnomalyConfig]):
     def _clock_jumped(self, now: float) -> None:
         jump = self._clock.jump(now)
         if jump and self._gap is not None:
-            for sensor in self._sensors.values():
-                sensor.arrived += jump
+            shift_arrivals(self._sensors.values(), jump)
             self.context.log.info("the clock jumped by %.0f s; gap silences restart", jump)
 
     # -- detectors -------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, model_validator
 
 from agent import Context, Duration, Module, ModuleConfig, PositiveDuration, Record
-from modules._common import TOO_MANY_SENSORS, ClockWatch, sensor_of, value_of
+from modules._common import TOO_MANY_SENSORS, ClockWatch, due_to_close, sensor_of, shift_arrivals, value_of
 from modules._quantiles import QuantileSketch, SketchShape
 
 Aggregation = Literal["mean", "median", "first", "last", "min", "max", "sum", "count"]
@@ -117,10 +117,8 @@ class Resample(Module[ResampleConfig]):
     def tick(self, now: float) -> None:
         self._clock_jumped(now)
         wait = self.config.timeout + self.config.lateness
-        for name, sensor in list(self._sensors.items()):
-            estimate = sensor.newest + max(0.0, now - sensor.arrived)
-            if estimate - wait >= sensor.next_close:
-                self._close(name, sensor, estimate - wait)
+        for name, sensor, watermark in due_to_close(self._sensors, now, wait):
+            self._close(name, sensor, watermark)
 
     async def stop(self) -> None:
         for name, sensor in list(self._sensors.items()):
@@ -128,10 +126,8 @@ class Resample(Module[ResampleConfig]):
                 self._close(name, sensor, math.inf)
 
     def _clock_jumped(self, now: float) -> None:
-        jump = self._clock.jump(now)
-        if jump:
-            for sensor in self._sensors.values():
-                sensor.arrived += jump
+        if jump := self._clock.jump(now):
+            shift_arrivals(self._sensors.values(), jump)
 
     def _new_sensor(self, name: str) -> _Sensor | None:
         if len(self._sensors) >= self.config.max_sensors:

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from agent import Context, Duration, Module, ModuleConfig, PositiveDuration, Record
-from modules._common import ClockWatch
+from modules._common import ClockWatch, due_to_close, shift_arrivals
 from modules._quantiles import QuantileSketch, SketchShape
 
 Stat = Literal[
@@ -175,12 +175,8 @@ class Window(Module[WindowConfig]):
     def tick(self, now: float) -> None:
         self._clock_jumped(now)
         wait = self.config.timeout + self.config.lateness
-        for sensor, state in list(self._sensors.items()):
-            # The sensor's own time, moved on by the clock time since its newest reading came:
-            # right for live readings and for a backlog of old ones alike.
-            estimate = state.newest + max(0.0, now - state.arrived)
-            if estimate - wait >= state.next_close:
-                self._close(sensor, state, estimate - wait)
+        for sensor, state, watermark in due_to_close(self._sensors, now, wait):
+            self._close(sensor, state, watermark)
 
     async def stop(self) -> None:
         for sensor, state in list(self._sensors.items()):
@@ -188,10 +184,8 @@ class Window(Module[WindowConfig]):
                 self._close(sensor, state, math.inf)
 
     def _clock_jumped(self, now: float) -> None:
-        jump = self._clock.jump(now)
-        if jump:
-            for state in self._sensors.values():
-                state.arrived += jump
+        if jump := self._clock.jump(now):
+            shift_arrivals(self._sensors.values(), jump)
 
     # -- panes and windows -----------------------------------------------------------------
 
