@@ -29,7 +29,7 @@ from cloud_sync.ingest import Ingest
 from cloud_sync.ledger import DeviceState
 from cloud_sync.protocol import DEVICE_ID
 from cloud_sync.store import Store
-from cloud_sync.store.fleet_query import FleetQuery, QueryError
+from cloud_sync.store.fleet_query import FleetQuery, QueryError, int_param
 from cloud_sync.store.summary import api_list_json, api_object, summarize
 
 if TYPE_CHECKING:
@@ -117,8 +117,8 @@ def create_app(
             return _error(400, "device_id: 1 to 64 of A-Z a-z 0-9 _ -")
         query = request.query_params
         try:
-            after_seq = _int(query.get("after_seq"), "after_seq", 0, 0)
-            limit = _int(query.get("limit"), "limit", 1000, 1, MAX_LIMIT)
+            after_seq = int_param(query, "after_seq", 0, 0)
+            limit = int_param(query, "limit", 1000, 1, MAX_LIMIT)
         except ValueError as exc:
             return _error(400, str(exc))
         stream = query.get("stream") or None
@@ -127,7 +127,7 @@ def create_app(
 
     async def quarantine(request: Request) -> Response:
         try:
-            limit = _int(request.query_params.get("limit"), "limit", 100, 1, MAX_LIMIT)
+            limit = int_param(request.query_params, "limit", 100, 1, MAX_LIMIT)
         except ValueError as exc:
             return _error(400, str(exc))
         device_id = request.query_params.get("device_id") or None
@@ -152,18 +152,6 @@ def create_app(
     if console is None:
         return Starlette(routes=routes)
     return Starlette(routes=routes + console.routes(api, bearer), middleware=console.middleware())
-
-
-def _int(value: str | None, name: str, default: int, low: int, high: int | None = None) -> int:
-    if value is None or value == "":
-        return default
-    try:
-        number = int(value)
-    except ValueError:
-        raise ValueError(f"{name}: {value[:40]!r} is not an integer") from None
-    if number < low or (high is not None and number > high):
-        raise ValueError(f"{name}: must be between {low} and {high}" if high else f"{name}: must be >= {low}")
-    return number
 
 
 def _error(status: int, message: str) -> JSONResponse:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from cloud_sync.store.summary import BEHIND_AFTER, SILENT_AFTER
 
@@ -38,6 +38,9 @@ SORTS: dict[str, str] = {
 DEFAULT_DESC = {"last_seen", "backlog", "backlog_bytes", "lag", "last_sync", "send_rate", "dropped",
                 "quarantined", "errors"}
 """Sorts that read best biggest (or newest) first when a column head is clicked."""
+
+
+D = TypeVar("D")
 
 
 class QueryError(ValueError):
@@ -78,8 +81,8 @@ class FleetQuery:
             q=(params.get("q") or "").strip()[:64],
             sort=sort,
             desc=order == "desc" if order else sort in DEFAULT_DESC,
-            limit=_int(params, "limit", default_limit, 1, MAX_PAGE if default_limit else None),
-            offset=_int(params, "offset", 0, 0, None) or 0,
+            limit=int_param(params, "limit", default_limit, 1, MAX_PAGE if default_limit else None),
+            offset=int_param(params, "offset", 0, 0, None) or 0,
             now=time.time() if now is None else now,
         )
 
@@ -152,7 +155,9 @@ def _escape_like(text: str) -> str:
     return text.replace("!", "!!").replace("%", "!%").replace("_", "!_")
 
 
-def _int(params: Mapping[str, str], name: str, default: int | None, low: int, high: int | None) -> int | None:
+def int_param(params: Mapping[str, str], name: str, default: D, low: int, high: int | None = None) -> int | D:
+    """Query parameter ``name`` as an integer in ``[low, high]``, ``default`` when absent;
+    ``QueryError`` (a ``ValueError``) naming the parameter otherwise."""
     value = params.get(name)
     if value is None or value == "":
         return default
