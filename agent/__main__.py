@@ -1,3 +1,3 @@
-from agent.daemon import main
+from agent.cli.entry import main
 
 main()

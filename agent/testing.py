@@ -37,8 +37,8 @@ from typing import Any
 
 from agent.api import Module, ModuleConfig, Record
 from agent.config import LoadedConfig, ModulePlan, load_config
-from agent.pipeline import upstream_first
 from agent.registry import resolve_module
+from agent.runtime.pipeline import upstream_first
 from agent.topics import matches
 
 log = logging.getLogger("agent.modules")

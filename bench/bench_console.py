@@ -41,8 +41,8 @@ TARGET_MS = 300.0
 
 def fill(url: str, devices: int) -> None:
     """``devices`` devices written as the ingest writes them, 500 a transaction."""
-    from cloud_sync.ledger import Incoming, Status
-    from cloud_sync.store import open_store
+    from cloud_sync.server.ledger import Incoming, Status
+    from cloud_sync.server.store import open_store
 
     store = open_store(url)
     now = time.time()
@@ -69,9 +69,9 @@ def serve(db_url: str, port: int, users: Path) -> None:
     """The console and its API on ``port`` (no ingest), until killed."""
     import uvicorn
 
-    from cloud_sync.console import Console, ConsoleSettings
-    from cloud_sync.store import open_store
-    from cloud_sync.web import create_app
+    from cloud_sync.server.console import Console, ConsoleSettings
+    from cloud_sync.server.store import open_store
+    from cloud_sync.server.web import create_app
 
     store = open_store(db_url)
     console = Console(store, ConsoleSettings(users_file=users))
@@ -156,8 +156,8 @@ def median_ms(runs: int, measure: Callable[[], float]) -> tuple[float, list[floa
 
 def naive_api_ms(db_url: str) -> float:
     """The issue-4 ``/api/devices``: decode every state, ``device_json`` each, stdlib JSON."""
-    from cloud_sync.store import open_store
-    from cloud_sync.web import device_json
+    from cloud_sync.server.store import open_store
+    from cloud_sync.server.web import device_json
 
     store = open_store(db_url)
     try:
@@ -173,7 +173,7 @@ def naive_api_ms(db_url: str) -> float:
 def _users(workdir: Path) -> Path:
     from argon2 import PasswordHasher
 
-    from cloud_sync.console.users import write_users
+    from cloud_sync.server.console.users import write_users
 
     path = workdir / "users"
     write_users(path, {USER: PasswordHasher().hash(PASSWORD)})

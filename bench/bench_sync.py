@@ -32,14 +32,14 @@ import aiomqtt
 
 from agent.config import CloudConfig
 from agent.counters import CounterSet
-from agent.outbox import Changes, Outbox
+from agent.outbox.store import Changes, Outbox
 from bench.common import Result
 from bench.prefill import BenchBroker
 from cloud_sync import protocol
-from cloud_sync.ledger import Incoming
 from cloud_sync.mqtt import NODELAY
-from cloud_sync.store import open_store
-from cloud_sync.uploader import Uploader
+from cloud_sync.server.ledger import Incoming
+from cloud_sync.server.store import open_store
+from cloud_sync.uploader.uploader import Uploader
 from tests.conftest import free_port, wait_for_port
 
 DEVICE = "bench-gw"

@@ -123,7 +123,7 @@ def agent_config(workdir: Path, port: int, qos: int) -> Path:
 
 def run_agent(port: int, count: int, qos: int, workdir: Path, subscribe: bool) -> dict[str, float]:
     from agent.config import load_config
-    from agent.runtime import Agent
+    from agent.supervisor import Agent
 
     agent = Agent(load_config(agent_config(workdir, port, qos)))
     result: dict[str, float] = {}

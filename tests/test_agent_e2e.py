@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.outbox import Outbox
+from agent.outbox.store import Outbox
 from tests.conftest import AgentProcess, Broker, agent_config
 from tests.mqtt_helpers import Publisher
 
@@ -97,7 +97,7 @@ def test_sigterm_under_load_flushes_open_windows_and_exits_zero(tmp_path, broker
     assert time.monotonic() - started < 10
     publisher.close()
 
-    from agent.status import read_status
+    from agent.health.status import read_status
 
     status = read_status(tmp_path / "data")
     accepted = status["sources"]["local"][accepted_line]
@@ -128,7 +128,7 @@ def test_bad_payloads_are_counted_by_reason_and_the_source_keeps_going(tmp_path,
     agent.signal(signal.SIGTERM)
     assert agent.wait(10) == 0
 
-    from agent.status import read_status
+    from agent.health.status import read_status
 
     status = read_status(tmp_path / "data")
     expected: dict[str, int] = {}
@@ -166,7 +166,7 @@ def test_a_module_that_raises_is_quarantined_counted_and_the_daemon_continues(tm
     agent.signal(signal.SIGTERM)
     assert agent.wait(10) == 0
 
-    from agent.status import read_status
+    from agent.health.status import read_status
 
     status = read_status(tmp_path / "data")
     module = status["modules"]["fragile"]

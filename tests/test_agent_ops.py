@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from agent.status import read_status
+from agent.health.status import read_status
 from tests.conftest import AgentProcess, Broker, agent_config
 from tests.mqtt_helpers import Publisher
 

@@ -9,10 +9,10 @@ import pytest
 from starlette.testclient import TestClient
 
 from agent.codec import dumps
-from cloud_sync.ledger import Status
 from cloud_sync.protocol import DataBatch, Record
-from cloud_sync.store import open_store
-from cloud_sync.web import create_app, load_tokens
+from cloud_sync.server.ledger import Status
+from cloud_sync.server.store import open_store
+from cloud_sync.server.web import create_app, load_tokens
 
 TOKEN = {"Authorization": "Bearer t0ken"}
 

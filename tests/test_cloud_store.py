@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from agent.codec import dumps
-from cloud_sync.ledger import Quarantined, Status
 from cloud_sync.protocol import BadRecord, DataBatch, DroppedRange, Record
-from cloud_sync.store import Store, StoreError, open_store
-from cloud_sync.store.postgres import split_schema
-from cloud_sync.store.sqlite import sqlite_path
+from cloud_sync.server.ledger import Quarantined, Status
+from cloud_sync.server.store import Store, StoreError, open_store
+from cloud_sync.server.store.postgres import split_schema
+from cloud_sync.server.store.sqlite import sqlite_path
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

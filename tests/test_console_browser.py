@@ -23,7 +23,7 @@ from argon2 import PasswordHasher
 
 from agent import codec
 from cloud_sync import protocol
-from cloud_sync.console.users import write_users
+from cloud_sync.server.console.users import write_users
 from tests.conftest import MOSQUITTO, Broker, IngestProcess
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install '.[test]' brings Playwright")

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cloud_sync.cli import main as edge_cloud
-from cloud_sync.console import format as fmt
-from cloud_sync.console.live import MAX_IDS, ChangeHub
-from cloud_sync.console.security import is_loopback
-from cloud_sync.console.sessions import Sessions
-from cloud_sync.console.throttle import SignInThrottle
-from cloud_sync.console.users import Users, UsersError, hash_password, read_users, write_users
+from cloud_sync.server.cli import main as edge_cloud
+from cloud_sync.server.console import format as fmt
+from cloud_sync.server.console.live import MAX_IDS, ChangeHub
+from cloud_sync.server.console.security import is_loopback
+from cloud_sync.server.console.sessions import Sessions
+from cloud_sync.server.console.throttle import SignInThrottle
+from cloud_sync.server.console.users import Users, UsersError, hash_password, read_users, write_users
 
 
 class Clock:

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from argon2 import PasswordHasher
 
-from cloud_sync.console.users import write_users
+from cloud_sync.server.console.users import write_users
 from tests.conftest import AgentProcess, Broker, IngestProcess
 from tests.remote_helpers import body, remote_config, wait_until
 

@@ -11,11 +11,11 @@ import pytest
 
 from agent import codec
 from agent.codec import dumps
-from cloud_sync.ledger import Quarantined, Status
 from cloud_sync.protocol import DataBatch, DroppedRange, Record
-from cloud_sync.store import Store, open_store
-from cloud_sync.store.fleet_query import FleetQuery, QueryError
-from cloud_sync.store.summary import api_list_json, api_object, connection_state
+from cloud_sync.server.ledger import Quarantined, Status
+from cloud_sync.server.store import Store, open_store
+from cloud_sync.server.store.fleet_query import FleetQuery, QueryError
+from cloud_sync.server.store.summary import api_list_json, api_object, connection_state
 
 NOW = 10_000.0
 

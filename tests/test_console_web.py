@@ -13,13 +13,13 @@ from argon2 import PasswordHasher
 from starlette.testclient import TestClient
 
 from agent.codec import dumps
-from cloud_sync.console import Console, ConsoleSettings
-from cloud_sync.console.signin import safe_next
-from cloud_sync.console.users import write_users
-from cloud_sync.ledger import Status
 from cloud_sync.protocol import DataBatch, Record
-from cloud_sync.store import Store, open_store
-from cloud_sync.web import create_app
+from cloud_sync.server.console import Console, ConsoleSettings
+from cloud_sync.server.console.signin import safe_next
+from cloud_sync.server.console.users import write_users
+from cloud_sync.server.ledger import Status
+from cloud_sync.server.store import Store, open_store
+from cloud_sync.server.web import create_app
 
 PASSWORD = "correct horse battery"
 BASE = "http://127.0.0.1:8080"

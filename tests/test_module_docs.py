@@ -105,7 +105,7 @@ def test_the_writers_guide_code_runs_as_written(tmp_path: Path, monkeypatch) -> 
     config.write_text('device_id = "gw"\ndata_dir = "data"\n' + toml_blocks(guide)[0])
     from click.testing import CliRunner
 
-    from agent.cli import main
+    from agent.cli.main import main
 
     result = CliRunner().invoke(
         main, ["replay", "-c", str(config), "--input", "-"],

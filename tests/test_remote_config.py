@@ -11,7 +11,7 @@ import pytest
 
 from agent.config import LoadedConfig, load_config
 from agent.errors import ConfigError
-from agent.remote_rules import LOCAL_ONLY_REASON, validate_remote
+from agent.remote.rules import LOCAL_ONLY_REASON, validate_remote
 from cloud_sync import protocol, signing
 from cloud_sync.protocol import DesiredConfig, ProtocolError
 

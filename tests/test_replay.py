@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from agent.cli import main
+from agent.cli.main import main
 from agent.config import load_config
-from agent.replay import ReplayReport, read_recording, replay
+from agent.runtime.replay import ReplayReport, read_recording, replay
 from agent.testing import reading
 from tests.conftest import EDGE_AGENT, AgentProcess, Broker, agent_config
 from tests.mqtt_helpers import Publisher
@@ -209,7 +209,7 @@ def test_reading_a_recording_uses_the_configs_topic_prefix(tmp_path: Path) -> No
     config.write_text(text)
     (tmp_path / "r.jsonl").write_text('{"sensor": "t1", "ts": 1, "value": 2}\n')
     loaded = load_config(config)
-    from agent.replay import topic_prefix
+    from agent.runtime.replay import topic_prefix
 
     records = list(read_recording(tmp_path / "r.jsonl", topic_prefix(loaded), ReplayReport()))
     assert records[0].topic == "plant/line1/t1"
@@ -232,7 +232,7 @@ def test_replay_gives_the_same_summaries_as_the_live_path(tmp_path: Path, broker
     agent.signal(signal.SIGTERM)
     assert agent.wait(10) == 0
 
-    from agent.outbox import Outbox
+    from agent.outbox.store import Outbox
 
     box = Outbox.open_readonly(live_dir / "data")
     try:

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from agent.cli import main
-from agent.scaffold import scaffold
+from agent.cli.main import main
+from agent.cli.scaffold import scaffold
 from tests.conftest import EDGE_AGENT
 
 

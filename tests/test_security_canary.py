@@ -18,7 +18,7 @@ import httpx
 import pytest
 from argon2 import PasswordHasher
 
-from cloud_sync.console.users import write_users
+from cloud_sync.server.console.users import write_users
 from tests.conftest import EDGE_AGENT, AgentProcess, Broker, IngestProcess, free_port
 from tests.remote_helpers import wait_until
 from tests.sync_helpers import cloud_section

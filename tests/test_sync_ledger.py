@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from cloud_sync.ledger import DeviceState, Quarantined, Status, plan_flush, settle
 from cloud_sync.protocol import BadRecord, DataBatch, DroppedRange, Record
-from cloud_sync.ratelimit import RateLimit
-from cloud_sync.tracker import SendTracker, Sent
+from cloud_sync.server.ledger import DeviceState, Quarantined, Status, plan_flush, settle
+from cloud_sync.uploader.ratelimit import RateLimit
+from cloud_sync.uploader.tracker import SendTracker, Sent
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,215 @@
+"""``edge-agent``: run the daemon, check a config, and inspect a device's state."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from agent import __version__
+from agent.cli.entry import load_or_exit, run_daemon
+from agent.errors import ModuleLoadError, OutboxError
+from agent.health.status import read_status
+from agent.outbox.store import Outbox, as_jsonl
+from agent.registry import available_modules, resolve_module
+
+CONFIG_OPTION = click.option(
+    "-c", "--config", "config_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+    help="The agent config (TOML).",
+)
+JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+class LazyGroup(click.Group):
+    """A group whose commands in other files are imported only when one of them runs, so that
+    ``edge-agent run`` does not carry the imports of every other command in the daemon's memory."""
+
+    def __init__(self, *args: Any, lazy: dict[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy or {}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.lazy])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.lazy:
+            module, attribute = self.lazy[name].split(":")
+            command: click.Command = getattr(importlib.import_module(module), attribute)
+            return command
+        return super().get_command(ctx, name)
+
+
+@click.group(
+    cls=LazyGroup,
+    lazy={"sync": "agent.cli.sync:sync", "replay": "agent.cli.replay:replay_command"},
+)
+@click.version_option(__version__, prog_name="edge-agent")
+def main() -> None:
+    """Edge Agent: processing modules on local sensor streams, a durable outbox, cloud sync."""
+
+
+@main.command()
+@CONFIG_OPTION
+def run(config_path: Path) -> None:
+    """Run until SIGTERM or SIGINT; SIGHUP reloads the config."""
+    sys.exit(run_daemon(config_path))
+
+
+@main.command()
+@CONFIG_OPTION
+def check(config_path: Path) -> None:
+    """Validate a config; exit 2 naming every problem as FILE: key.path: reason."""
+    loaded = load_or_exit(config_path)
+    from agent.secret_files import check_secret_files
+
+    for warning in check_secret_files(loaded.agent):
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(
+        f"{config_path}: ok ({len(loaded.agent.sources)} sources, {len(loaded.modules)} modules)"
+    )
+
+
+@main.command()
+@CONFIG_OPTION
+@JSON_OPTION
+def status(config_path: Path, as_json: bool) -> None:
+    """Backlog, last sync, drops, quarantine and module health, from the data directory."""
+    loaded = load_or_exit(config_path)
+    try:
+        state = read_status(loaded.agent.data_dir)
+    except OutboxError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps(state, indent=2))
+    else:
+        click.echo(_format_status(state))
+
+
+@main.command()
+@CONFIG_OPTION
+@JSON_OPTION
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many records.")
+def outbox(config_path: Path, as_json: bool, limit: int | None) -> None:
+    """Unsent records, oldest first, one JSON object a line."""
+    loaded = load_or_exit(config_path)
+    try:
+        box = Outbox.open_readonly(loaded.agent.data_dir)
+    except OutboxError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    try:
+        for line in as_jsonl(box.unsent(limit)):
+            click.echo(line)
+    finally:
+        box.close()
+
+
+@main.group(cls=LazyGroup, lazy={"new": "agent.cli.scaffold:new_command"}, invoke_without_command=True)
+@JSON_OPTION
+@click.pass_context
+def modules(ctx: click.Context, as_json: bool) -> None:
+    """The modules available to ``use``, each with its config schema; ``modules new NAME``
+    writes a new one."""
+    if ctx.invoked_subcommand is None:
+        _list_modules(as_json)
+
+
+def _list_modules(as_json: bool) -> None:
+    listing: list[dict[str, Any]] = []
+    for name, target in sorted(available_modules().items()):
+        try:
+            cls = resolve_module(name)
+        except ModuleLoadError as exc:
+            listing.append({"name": name, "target": target, "error": exc.reason})
+            continue
+        listing.append({
+            "name": name,
+            "target": target,
+            "description": cls.description or (cls.__doc__ or "").strip().splitlines()[0],
+            "config_schema": cls.Config.model_json_schema(),
+        })
+    if as_json:
+        click.echo(json.dumps(listing, indent=2))
+        return
+    for item in listing:
+        if "error" in item:
+            click.echo(f"{item['name']:<16} BROKEN: {item['error']}")
+            continue
+        click.echo(f"{item['name']:<16} {item['description']}")
+        for key, prop in item["config_schema"].get("properties", {}).items():
+            default = f" (default {json.dumps(prop['default'])})" if "default" in prop else ""
+            click.echo(f"{'':<18}{key}{default}")
+
+
+def _format_status(state: dict[str, Any]) -> str:
+    daemon = state["daemon"]
+    backlog = state["backlog"]
+    age = backlog["oldest_unsent_age_s"]
+    sync = state["last_sync"]
+    lines = [
+        f"device      {state['device_id'] or '?'}",
+        f"daemon      {'running, pid ' + str(daemon['pid']) if daemon['running'] else 'not running'}",
+        f"backlog     {backlog['rows']} records, {backlog['bytes']} bytes"
+        + (f", oldest {age:.0f} s old" if age is not None else ""),
+        "last sync   "
+        + ("none yet" if sync is None else f"{_ago(sync['at'])}, up to seq {sync['acked_seq']}"),
+        *_sync_lines(state.get("sync")),
+        *_remote_lines(state.get("remote")),
+        f"quarantined {state['quarantined']}",
+        "dropped     " + (", ".join(f"{k} {v}" for k, v in sorted(state["dropped"].items())) or "none"),
+    ]
+    for name, source in state["sources"].items():
+        lines.append(
+            f"source      {name}: accepted {source.get('accepted', 0)} of {source.get('received', 0)}"
+            + (f", last error: {source['last_error']}" if source.get("last_error") else "")
+        )
+    lines += [f"warning     {warning}" for warning in state.get("warnings") or []]
+    for name, module in state["modules"].items():
+        lines.append(
+            f"module      {name} [{module['status']}]: processed {module['processed']}, "
+            f"emitted {module['emitted']}, errors {module['errors']}, quarantined {module['quarantined']}"
+            + (f", last error: {module['last_error']}" if module.get("last_error") else "")
+        )
+    return "\n".join(lines)
+
+
+def _sync_lines(sync: dict[str, Any] | None) -> list[str]:
+    if sync is None:
+        return []
+    counters = sync["counters"]
+    errors = {k: v for k, v in counters.items() if k not in ("sent", "messages") and v}
+    return [
+        f"sync        {'connected to ' + str(sync['broker']) if sync['connected'] else 'not connected'}"
+        f", {sync['send_rate']:.0f} records/s, sent {counters.get('sent', 0)}"
+        f" in {counters.get('messages', 0)} messages"
+        + (", " + ", ".join(f"{k} {v}" for k, v in sorted(errors.items())) if errors else "")
+        + (f", last error: {sync['last_error']}" if sync.get("last_error") else "")
+    ]
+
+
+def _remote_lines(remote: dict[str, Any] | None) -> list[str]:
+    if not remote:
+        return []
+    config = remote["config"]
+    running = f"remote v{config['version']}" if config.get("source") == "remote" else "the file"
+    line = f"config      running {running}" + (" (on trial)" if config.get("trial") else "")
+    last = config.get("last")
+    if last:
+        line += f"; last remote v{last['version']}: {last['result']}"
+        if last.get("errors"):
+            line += " (" + "; ".join(
+                f"{e['path']}: {e['reason']}" if e["path"] else e["reason"] for e in last["errors"][:5]
+            ) + ")"
+    return [line]
+
+
+def _ago(at: float | None) -> str:
+    return "?" if at is None else f"{time.time() - at:.0f} s ago"
+
+

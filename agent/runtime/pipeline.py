@@ -1,0 +1,207 @@
+"""The sources and module runners of a config, wired through one bus, and changed in place.
+
+``apply`` moves the pipeline from the config it runs to another one: a source or module whose
+settings did not change keeps running untouched (its open windows, its broker session); one
+that changed or went away is stopped, flushing what it holds; new ones are started. Module
+inputs are switched from the old queue to the new one in a single step of the event loop, so no
+record is lost or seen twice across the switch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.bus import Bus
+from agent.config import LoadedConfig, ModulePlan, SourceConfig, SupervisorConfig
+from agent.counters import CounterSet
+from agent.outbox.committer import Committer
+from agent.runtime.loopwatch import LoopWatch
+from agent.runtime.module_runner import ModuleRunner
+from agent.sources import Source, build_source
+from agent.topics import matches
+
+log = logging.getLogger(__name__)
+
+READY_WAIT = 2.0  # ready once every source has connected or failed once, or after this
+
+
+@dataclass
+class Change:
+    """What an ``apply`` did, by name."""
+
+    started: list[str] = field(default_factory=list)
+    stopped: list[str] = field(default_factory=list)
+    restarted: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    """Modules of the new config whose start failed."""
+    errors: dict[str, str | None] = field(default_factory=dict)
+    """Why each failed module failed."""
+
+    def __str__(self) -> str:
+        parts = [f"{what} {', '.join(names)}" for what, names in vars(self).items()
+                 if names and what != "errors"]
+        return "; ".join(parts) or "nothing changed"
+
+
+@dataclass
+class _Running:
+    source: Source
+    config: SourceConfig
+    task: asyncio.Task[None]
+
+
+class Pipeline:
+    def __init__(
+        self,
+        committer: Committer | None,
+        counters: CounterSet,
+        watch: LoopWatch,
+        saved_state: dict[str, dict[str, Any]],
+    ) -> None:
+        self.bus = Bus()
+        self.loaded: LoadedConfig | None = None
+        self.runners: list[ModuleRunner] = []  # upstream first
+        self._sources: dict[str, _Running] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._committer = committer
+        self._counters = counters
+        self._watch = watch
+        self._saved_state = saved_state
+        self._supervisor: SupervisorConfig | None = None
+
+    @property
+    def sources(self) -> list[Source]:
+        return [running.source for running in self._sources.values()]
+
+    async def apply(self, loaded: LoadedConfig, group: asyncio.TaskGroup) -> Change:
+        """Run ``loaded`` from now on, changing only what differs from the running config."""
+        config = loaded.agent
+        change = Change()
+        new_sources = {source.name: source for source in config.sources}
+        new_plans = {plan.spec.name: plan for plan in loaded.modules}
+        supervisor_changed = self._supervisor is not None and self._supervisor != config.supervisor
+        old_runners = {runner.name: runner for runner in self.runners}
+        replaced = {
+            name: runner for name, runner in old_runners.items()
+            if supervisor_changed or new_plans.get(name) != runner.plan
+        }
+
+        for name in [n for n, r in self._sources.items() if new_sources.get(n) != r.config]:
+            await self._stop_source(name)
+            (change.restarted if name in new_sources else change.stopped).append(name)
+
+        fresh = {
+            name: ModuleRunner(
+                plan, self.bus, self._committer, self._counters, self._watch, config.supervisor,
+                state=old_runners[name].context.state if name in old_runners
+                else self._saved_state.get(name, {}),
+            )
+            for name, plan in new_plans.items() if name not in old_runners or name in replaced
+        }
+        for runner in replaced.values():  # one step of the loop: no record lost or doubled
+            self.bus.unsubscribe(runner.queue)
+        for runner in fresh.values():
+            self.bus.subscribe(runner.plan.spec.inputs, runner.queue)
+        await self._finish([runner for runner in self.runners if runner.name in replaced])
+
+        self._supervisor = config.supervisor
+        kept = {name: runner for name, runner in old_runners.items() if name not in replaced}
+        self.runners = [
+            kept.get(plan.spec.name) or fresh[plan.spec.name] for plan in upstream_first(loaded.modules)
+        ]
+        for runner in reversed(self.runners):  # downstream first
+            if runner.name in fresh:
+                if not await runner.start():
+                    change.failed.append(runner.name)
+                    change.errors[runner.name] = runner.last_error
+                self._tasks[runner.name] = group.create_task(runner.run(), name=f"module:{runner.name}")
+        for name in old_runners:
+            if name not in new_plans:
+                change.stopped.append(name)
+            elif name in replaced:
+                change.restarted.append(name)
+            else:
+                change.kept.append(name)
+        change.started += [name for name in new_plans if name not in old_runners]
+
+        for name, source_config in new_sources.items():
+            if name in self._sources:
+                change.kept.append(name)
+                continue
+            source = build_source(source_config, config.device_id, self.bus, self._counters)
+            task = group.create_task(source.run(), name=f"source:{name}")
+            self._sources[name] = _Running(source, source_config, task)
+            if name not in change.restarted:
+                change.started.append(name)
+        self.loaded = loaded
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(READY_WAIT):
+                for running in self._sources.values():
+                    await running.source.attempted.wait()
+        return change
+
+    async def restart(self, name: str, group: asyncio.TaskGroup) -> str | None:
+        """Restart one module in place: the old instance drains its queue and flushes, a new one
+        (keeping the state) takes its inputs over in one loop step. Its status, or None if no
+        module is called ``name``."""
+        old = next((runner for runner in self.runners if runner.name == name), None)
+        if old is None or self._supervisor is None:
+            return None
+        fresh = ModuleRunner(
+            old.plan, self.bus, self._committer, self._counters, self._watch, self._supervisor,
+            state=old.context.state,
+        )
+        self.bus.unsubscribe(old.queue)
+        self.bus.subscribe(old.plan.spec.inputs, fresh.queue)
+        await self._finish([old])
+        self.runners = [fresh if runner is old else runner for runner in self.runners]
+        await fresh.start()
+        self._tasks[name] = group.create_task(fresh.run(), name=f"module:{name}")
+        return fresh.status
+
+    async def stop(self) -> None:
+        """Stop every source, then let every module drain its queue and flush, upstream first."""
+        for name in list(self._sources):
+            await self._stop_source(name)
+        await self._finish(self.runners)
+        self.runners = []
+
+    async def _stop_source(self, name: str) -> None:
+        running = self._sources.pop(name)
+        running.source.stop()
+        running.task.cancel()
+        await asyncio.gather(running.task, return_exceptions=True)
+
+    async def _finish(self, runners: Iterable[ModuleRunner]) -> None:
+        runners = list(runners)
+        tasks = [self._tasks.pop(runner.name) for runner in runners if runner.name in self._tasks]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for runner in runners:  # upstream first, so flushed output reaches what is downstream
+            await runner.finish()
+
+
+def upstream_first(plans: list[ModulePlan]) -> list[ModulePlan]:
+    """Order modules so that one feeding another comes before it (config order otherwise)."""
+    ordered: list[ModulePlan] = []
+    remaining = list(plans)
+    while remaining:
+        for plan in remaining:
+            feeders = [
+                other for other in remaining
+                if other is not plan and any(matches(f, other.spec.name) for f in plan.spec.inputs)
+            ]
+            if not feeders:
+                break
+        else:
+            plan = remaining[0]  # a cycle: keep config order for the rest
+        ordered.append(plan)
+        remaining.remove(plan)
+    return ordered
