@@ -1,3 +1,6 @@
+"""``python -m agent`` is ``edge-agent``."""
+
 from agent.cli.entry import main
 
-main()
+if __name__ == "__main__":  # importing this file (as a module file, say) must not run the agent
+    main()

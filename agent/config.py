@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -268,6 +268,15 @@ class RemoteSettings(_Section):
     grace_period: PositiveDuration = 30.0
     """A new remote config whose modules crash, or whose [cloud] cannot connect, within this
     long is rolled back to the last good config."""
+    allow_module_files: bool = False
+    """With ``public_key_file``: a signed config may name module files by absolute path
+    (``/opt/x.py:Class``), imported on the device. Unsigned configs never may."""
+
+    @model_validator(mode="after")
+    def _files_need_signing(self) -> RemoteSettings:
+        if self.allow_module_files and self.public_key_file is None:
+            raise ValueError("allow_module_files needs public_key_file: only signed configs may name files")
+        return self
 
 
 class AgentConfig(_Section):
@@ -331,10 +340,13 @@ def validate_config(
     label: str | None = None,
     environ: Mapping[str, str] | None = None,
     resolve_secrets: bool = True,
+    resolve: Resolver | None = None,
 ) -> LoadedConfig:
     """Both stages of validation on a parsed config, every issue collected (``edge-agent check``
     and a remote config go through here alike). ``path`` is the operator's file (relative paths
-    are relative to its folder); issues name ``label`` (default: the path) as their file."""
+    are relative to its folder); issues name ``label`` (default: the path) as their file.
+    ``resolve`` finds each module's class (default: ``resolve_module``, which imports module
+    files): a config from elsewhere passes one that imports nothing it names."""
     file = label or str(path)
     _apply_env_overrides(raw, os.environ if environ is None else environ)
     issues: list[ConfigIssue] = []
@@ -343,7 +355,10 @@ def validate_config(
         agent = AgentConfig.model_validate(raw, context={"resolve_secrets": resolve_secrets})
     except ValidationError as exc:
         issues += _issues(file, "", exc)
-    plans = _validate_modules(file, raw.get("modules"), issues, path.parent)
+    if resolve is None:
+        base = path.parent
+        resolve = lambda use: resolve_module(use, base)  # noqa: E731
+    plans = _validate_modules(file, raw.get("modules"), issues, resolve)
     if issues or agent is None:
         raise ConfigError(issues)
     if not agent.data_dir.is_absolute():
@@ -387,8 +402,12 @@ def _env_value(value: str) -> Any:
         return value
 
 
+Resolver = Callable[[str], type[Module[Any]]]
+"""A module's class from its ``use`` value, or ``ModuleLoadError`` saying why not."""
+
+
 def _validate_modules(
-    file: str, raw_modules: Any, issues: list[ConfigIssue], base: Path
+    file: str, raw_modules: Any, issues: list[ConfigIssue], resolve: Resolver
 ) -> list[ModulePlan]:
     plans: list[ModulePlan] = []
     if not isinstance(raw_modules, list):
@@ -398,7 +417,7 @@ def _validate_modules(
             continue  # stage one reports the shape
         where = f"modules[{index}]"
         try:
-            cls = resolve_module(entry["use"], base)
+            cls = resolve(entry["use"])
         except ModuleLoadError as exc:
             issues.append(ConfigIssue(file, f"{where}.use", exc.reason))
             continue

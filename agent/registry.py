@@ -1,6 +1,9 @@
 """Finding module classes: the ``edge_agent.modules`` entry points, or ``path/to/file.py:Class``.
 
 Built-in modules are registered through the same entry point group as third-party packages.
+A ``use`` value names a file exactly when ``parse_file_use`` says so: everywhere that asks (the
+loader, the remote-config rules, the console's check) asks it, so no two readings of one value
+can disagree.
 """
 
 from __future__ import annotations
@@ -10,12 +13,35 @@ import sys
 from functools import cache
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from agent.api import Module
 from agent.errors import ModuleLoadError
 
 ENTRY_POINT_GROUP = "edge_agent.modules"
+
+
+class FileUse(NamedTuple):
+    """A ``use`` value that names a Python file and a class in it."""
+
+    file: str
+    class_name: str
+
+
+def parse_file_use(use: str) -> FileUse | None:
+    """``path/x.py:Class`` as its file and class; None when ``use`` names no file (a
+    registered name). The class is what follows the *last* colon and the file must end in
+    ``.py``: ``x.py:/y.pyc:C`` names the file ``x.py:/y.pyc``, which is not Python, so no file."""
+    file_part, colon, class_name = use.rpartition(":")
+    if not colon or not file_part.endswith(".py") or not class_name.isidentifier():
+        return None
+    return FileUse(file_part, class_name)
+
+
+def names_a_file(use: str) -> bool:
+    """Whether ``use`` looks like anything but a registered name (a path, a colon, a suffix):
+    such a value is never looked up among entry points."""
+    return parse_file_use(use) is not None or any(c in use for c in ":/\\") or use.endswith(".py")
 
 
 @cache
@@ -27,12 +53,20 @@ def available_modules() -> dict[str, str]:
 def resolve_module(use: str, base_dir: Path | None = None) -> type[Module[Any]]:
     """The module class for a ``use`` value from the config; a relative file path is taken
     relative to ``base_dir`` (the config file's folder) when given."""
-    if ":" in use and use.split(":", 1)[0].endswith(".py"):
-        file_part, class_name = use.rsplit(":", 1)
-        path = Path(file_part).expanduser()
+    file_use = parse_file_use(use)
+    if file_use is not None:
+        path = Path(file_use.file).expanduser()
         if base_dir is not None and not path.is_absolute():
             path = base_dir / path
-        return _load_from_file(str(path.resolve()), class_name, use)
+        return _load_from_file(path.resolve(), file_use, use)
+    if names_a_file(use):
+        raise ModuleLoadError(use, "a module file is named path/to/file.py:ClassName")
+    return resolve_registered(use)
+
+
+@cache  # scanning the entry points takes ~30 ms: once per name, not once per [[modules]] entry
+def resolve_registered(use: str) -> type[Module[Any]]:
+    """A registered module's class (imports only the installed package it points at)."""
     registered = available_modules()
     if use not in registered:
         names = ", ".join(sorted(registered)) or "none"
@@ -45,25 +79,26 @@ def resolve_module(use: str, base_dir: Path | None = None) -> type[Module[Any]]:
     return _checked(use, cls)
 
 
-def _load_from_file(file_path: str, class_name: str, use: str) -> type[Module[Any]]:
-    path = Path(file_path)
-    file_part = use.rsplit(":", 1)[0]
+def _load_from_file(path: Path, file_use: FileUse, use: str) -> type[Module[Any]]:
     if not path.is_file():
         raise ModuleLoadError(use, f"file {path} not found")
     module_name = f"edge_agent_user_modules.{path.stem}_{abs(hash(str(path)))}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
-        raise ModuleLoadError(use, f"cannot load {file_part} as Python")
+        raise ModuleLoadError(use, f"cannot load {file_use.file} as Python")
     code = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = code
     try:
         spec.loader.exec_module(code)
     except Exception as exc:
         del sys.modules[module_name]
-        raise ModuleLoadError(use, f"{file_part} failed to import: {exc!r}") from exc
-    if not hasattr(code, class_name):
-        raise ModuleLoadError(use, f"{file_part} has no class {class_name}")
-    return _checked(use, getattr(code, class_name))
+        raise ModuleLoadError(use, f"{file_use.file} failed to import: {exc!r}") from exc
+    except BaseException as exc:  # SystemExit or KeyboardInterrupt from a module's top level
+        del sys.modules[module_name]
+        raise ModuleLoadError(use, f"{file_use.file} stopped while importing: {exc!r}") from None
+    if not hasattr(code, file_use.class_name):
+        raise ModuleLoadError(use, f"{file_use.file} has no class {file_use.class_name}")
+    return _checked(use, getattr(code, file_use.class_name))
 
 
 def _checked(use: str, cls: Any) -> type[Module[Any]]:

@@ -2,4 +2,5 @@
 
 from simulators.cli import main
 
-main()
+if __name__ == "__main__":  # importing this file must not start a simulator
+    main()

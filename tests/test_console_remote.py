@@ -4,7 +4,9 @@ device), send commands, CSRF and tokens; then one pass in headless Chromium."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ from argon2 import PasswordHasher
 
 from cloud_sync.server.console.users import write_users
 from tests.conftest import AgentProcess, Broker, IngestProcess
-from tests.remote_helpers import body, remote_config, wait_until
+from tests.remote_helpers import body, remote_config, wait_until, without_files
 
 pytestmark = pytest.mark.integration
 USER, PASSWORD = "operator", "a long enough password"
@@ -78,7 +80,8 @@ def test_push_a_config_see_the_check_and_the_devices_report(
     page = client.get(f"/devices/{DEVICE}")
     assert 'id="config-form"' in page.text and 'id="command-form"' in page.text
 
-    bad = body(setup["config"]).replace('every = "1s"', 'every = "often"') + '\ncolour = "red"\n'
+    base = without_files(body(setup["config"]))
+    bad = base.replace('every = "1s"', 'every = "often"') + '\ncolour = "red"\n'
     response = post(client, setup, f"/devices/{DEVICE}/config", config=bad, version="")
     assert response.status_code == 400
     assert "Not published: 2 problems" in response.text
@@ -86,7 +89,7 @@ def test_push_a_config_see_the_check_and_the_devices_report(
     assert "<code>cloud.colour</code>: unknown key" in response.text
     assert "<html" not in response.text  # an htmx fragment
 
-    good = body(setup["config"]).replace('every = "1s"', 'every = "3s"')
+    good = without_files(body(setup["config"])).replace('every = "1s"', 'every = "3s"')
     response = post(client, setup, f"/devices/{DEVICE}/config", config=good, version="")
     assert response.status_code == 200, response.text
     assert "Checked and published as <strong>v1</strong>" in response.text
@@ -136,6 +139,42 @@ def test_forms_need_the_session_token_and_the_api_a_bearer_token(
     assert anonymous.status_code in (303, 307)
 
 
+def test_the_console_imports_nothing_a_config_names_and_checks_off_the_event_loop(
+    setup: dict[str, Any], tmp_path: Path
+) -> None:
+    marker = tmp_path / "ran-on-the-server"
+    evil = tmp_path / "evil.py"
+    evil.write_text(f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n")
+    token = {"Authorization": f"Bearer {setup['ingest'].token}"}
+    text = body(setup["config"]) + f'\n[[modules]]\nname = "evil"\nuse = "{evil}:Evil"\ninputs = ["a"]\n'
+    with httpx.Client(base_url=setup["url"], timeout=20, headers=token) as api:
+        refused = api.post(f"/api/devices/{DEVICE}/config", json={"config": text})
+        assert refused.status_code == 400, refused.text
+        errors = refused.json()["errors"]
+        assert [e["path"] for e in errors] == ["modules[1].use", "modules[2].use"], errors
+        assert all(e["reason"].startswith("a module file: ") for e in errors)
+        # signed, a file is the device's to judge (it imports one only if its operator allows)
+        signed = api.post(f"/api/devices/{DEVICE}/config", json={
+            "version": 1000, "config": text, "device": DEVICE, "signature": "AAAA"})
+        assert signed.json()["warnings"][0]["reason"] == "checked on the device only (a module file)"
+        assert not marker.exists()
+
+        # a 128 KiB config (a thousand modules) is checked on a thread: /healthz answers meanwhile
+        many = "".join(f'[[modules]]\nname = "w{i}"\nuse = "window"\ninputs = ["s/{i}"]\n'
+                       f'[modules.with]\nevery = "{i + 1}s"\n' for i in range(1400))
+        assert 120_000 < len(many) <= 128 << 10
+        slowest = 0.0
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pushed = pool.submit(api.post, f"/api/devices/{DEVICE}/config",
+                                 json={"config": 'colour = "red"\n' + many})
+            while not pushed.done():
+                started = time.monotonic()
+                api.get("/healthz")
+                slowest = max(slowest, time.monotonic() - started)
+            assert pushed.result().json()["errors"] == [{"path": "colour", "reason": "unknown key"}]
+        assert slowest < 0.5, f"/healthz waited {slowest:.2f} s behind a config check"
+
+
 def test_the_panel_in_a_real_browser(setup: dict[str, Any], tmp_path: Path) -> None:
     playwright_api = pytest.importorskip("playwright.sync_api")
     chromium = Path("/usr/bin/chromium")
@@ -155,7 +194,8 @@ def test_the_panel_in_a_real_browser(setup: dict[str, Any], tmp_path: Path) -> N
         page.wait_for_url(f"**/devices/{DEVICE}")
         expect = playwright_api.expect
         expect(page.locator("#remote-state")).to_contain_text("Reported:")
-        page.fill("#config-text", body(setup["config"]).replace('every = "1s"', 'every = "4s"'))
+        text = without_files(body(setup["config"])).replace('every = "1s"', 'every = "4s"')
+        page.fill("#config-text", text)
         page.click("#config-form button")
         expect(page.locator("#check-result")).to_contain_text("Checked and published as v")
         expect(page.locator("#reported")).to_contain_text("applied", timeout=15_000)

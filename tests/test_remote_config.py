@@ -161,7 +161,8 @@ def test_a_module_file_only_where_the_operator_loads_it(local: LoadedConfig, tmp
     text = '[[modules]]\nname = "o"\nuse = "other.py:Other"\ninputs = ["a/#"]\n'
     assert issues(local, text) == [
         "config v2: modules[0].use: a remote config names modules by their registered name; "
-        "a module file only where the operator's file loads the same one"
+        "a module file only where the operator's file loads the same one (or, signed, with [remote] "
+        "allow_module_files)"
     ]
     validate_remote(doc('[[modules]]\nname = "m2"\nuse = "mine.py:Mine"\ninputs = ["a/#"]\n'), local)
 
@@ -285,3 +286,35 @@ def test_edge_cloud_config_keygen_and_sign(tmp_path: Path) -> None:
     doc = protocol.decode_desired(out.strip())
     assert (doc.version, doc.device, doc.config) == (4, "gw-01", 'log_level = "DEBUG"\n')
     signing.verify(doc, signing.load_public_key(public))
+
+
+@pytest.mark.parametrize(("use", "parsed"), [
+    ("x.py:C", ("x.py", "C")),
+    ("/a/b/x.py:C", ("/a/b/x.py", "C")),
+    ("x.py:/../payload.pyc:Evil", None),   # the file part is "x.py:/../payload.pyc": not Python
+    ("x.py:C:D", None),                   # the file part is "x.py:C"
+    ("x.py:", None),
+    ("window", None),
+    ("x.py:not a class", None),
+])
+def test_the_file_module_syntax_is_read_one_way(use: str, parsed: tuple[str, str] | None) -> None:
+    from agent.registry import parse_file_use
+
+    assert parse_file_use(use) == parsed
+
+
+def test_a_pyc_behind_a_py_prefix_is_never_loaded(tmp_path: Path) -> None:
+    from agent.errors import ModuleLoadError
+    from agent.registry import resolve_module
+
+    (tmp_path / "x.py:").mkdir()
+    (tmp_path / "payload.pyc").write_bytes(b"not python")
+    with pytest.raises(ModuleLoadError, match=r"path/to/file\.py:ClassName"):
+        resolve_module(f"{tmp_path}/x.py:/../payload.pyc:Evil")
+
+
+def test_allow_module_files_needs_a_public_key(tmp_path: Path) -> None:
+    from agent.config import RemoteSettings
+
+    with pytest.raises(ValueError, match="allow_module_files needs public_key_file"):
+        RemoteSettings(allow_config=True, allow_module_files=True)

@@ -12,7 +12,9 @@ Precedence with the operator's file (docs/security.md, docs/operations.md): the 
 wins. A remote config that was applied runs from then on, across restarts, *until the
 operator's file changes*; then the file runs and the remote version is reported ``superseded``
 (it is not taken again; a newer version is). The state lives in ``<data_dir>/remote-config.json``
-(mode 600): the good config, one on trial, the highest version acted on, the last report.
+(mode 600): the good config, one on trial, the highest version acted on, the last report, and
+the document being checked: one that stops the agent while it is checked (whatever the cause)
+is refused from then on, so a retained document can never crash-loop a device.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "remote-config.json"
 SCOPE = "remote"
+POISONED_KEPT = 32
+"""Digests of documents that stopped the agent while checked, remembered (the newest)."""
 
 
 class RemoteConfig:
@@ -51,7 +55,9 @@ class RemoteConfig:
         self.agent = agent
         self.settings = settings
         self.path = agent.file_loaded.agent.data_dir / STATE_FILE
-        self.state: dict[str, Any] = {"good": None, "trial": None, "floor": 0, "report": None}
+        self.state: dict[str, Any] = {
+            "good": None, "trial": None, "floor": 0, "report": None, "checking": None, "poisoned": [],
+        }
         self._key: Any = None
         if settings.public_key_file is not None:
             from cloud_sync.signing import load_public_key
@@ -66,6 +72,15 @@ class RemoteConfig:
     async def startup(self, file_loaded: LoadedConfig) -> LoadedConfig:
         """The config to start with: the persisted remote one, unless the file changed since."""
         self.state = await asyncio.to_thread(self._load_state)
+        checking = self.state["checking"]
+        if checking is not None:
+            self.state["checking"] = None
+            self.state["poisoned"] = [*self.state["poisoned"], checking["digest"]][-POISONED_KEPT:]
+            self._report(checking["version"], "rejected", checking["digest"], [
+                {"path": "", "reason": "the agent stopped while checking this document"}
+            ], "refused from now on; nothing changed")
+            log.error("remote config v%s stopped the agent while it was checked: refused from now on",
+                      checking["version"])
         trial = self.state["trial"]
         if trial is not None:
             self.state["trial"] = None
@@ -130,7 +145,9 @@ class RemoteConfig:
                 continue
             try:
                 await self._handle(payload)
-            except Exception:  # a bug here must not end remote configuration for good
+            except asyncio.CancelledError:
+                raise
+            except BaseException:  # a bug, or a SystemExit from code a document reached: go on
                 self.agent.counters.incr(SCOPE, "internal_errors")
                 log.exception("handling a desired config failed")
 
@@ -152,11 +169,22 @@ class RemoteConfig:
             return
         if self._already(doc, digest):
             return
-        async with self.agent.apply_lock:
-            await self._apply(doc, digest)
+        try:
+            async with self.agent.apply_lock:
+                await self._apply(doc, digest)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # nothing a document reaches may stop the daemon
+            self.agent.counters.incr(SCOPE, "internal_errors")
+            log.exception("remote config v%d: checking or applying it failed", doc.version)
+            self.state.update(checking=None, trial=None)
+            reason = f"checking it failed: {exc!r}"[:500]
+            await self._refuse(doc.version, digest, [{"path": "", "reason": reason}], "nothing changed")
 
     def _refusal(self, doc: DesiredConfig, digest: str) -> str | None:
         """Why ``doc`` is refused before its content is looked at, if it is."""
+        if digest in self.state["poisoned"]:
+            return "this document stopped the agent while it was checked before"
         if doc.device is not None and doc.device != self.agent.file_loaded.agent.device_id:
             return f"device: the document is for {doc.device}"
         if self._key is not None:
@@ -188,15 +216,19 @@ class RemoteConfig:
 
     async def _apply(self, doc: DesiredConfig, digest: str) -> None:
         agent = self.agent
+        self.state["checking"] = {"version": doc.version, "digest": digest}
+        await asyncio.to_thread(self._save_state)
         try:
             new = await asyncio.to_thread(validate_remote, doc, agent.file_loaded)
         except ConfigError as exc:
+            self.state["checking"] = None
             agent.counters.incr(SCOPE, "configs_rejected")
             log.error("remote config v%d is invalid:\n%s", doc.version, exc)
             detail = f"{len(exc.issues)} problems; nothing changed"
             await self._refuse(doc.version, digest, _errors(exc), detail)
             return
         before = agent.loaded
+        self.state["checking"] = None
         self.state["trial"] = {
             "version": doc.version, "digest": digest, "doc": _fields(doc), "at": time.time()
         }

@@ -8,7 +8,11 @@
   with the broker URL, user name and client certificate the operator's file names it with, so a
   document cannot send the device's password or key to another broker.
 * A module is named by its registered name; a module *file* (``path/x.py:Class``) only if the
-  operator's file already loads that same file.
+  operator's file already loads that same ``use`` (its class is reused: nothing is imported
+  again), or if the document is signed and the operator's file sets ``[remote]
+  allow_module_files`` (then an absolute path, imported on the device). Any other value naming
+  a file is refused *before* anything is resolved: no file named by an unchecked document is
+  ever opened, let alone imported, and the refusal says nothing about the file system.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from agent.api import Module
 from agent.config import (
     AgentConfig,
     BrokerLogin,
@@ -27,10 +32,12 @@ from agent.config import (
     MetricsConfig,
     MqttSourceConfig,
     RemoteSettings,
+    Resolver,
     parse_config_text,
     validate_config,
 )
-from agent.errors import ConfigError, ConfigIssue
+from agent.errors import ConfigError, ConfigIssue, ModuleLoadError
+from agent.registry import names_a_file, parse_file_use, resolve_module, resolve_registered
 from cloud_sync.protocol import DesiredConfig
 
 LOCAL_ONLY = ("device_id", "data_dir", "remote", "metrics", "buffer")
@@ -50,12 +57,12 @@ def validate_remote(
     where = label(doc)
     raw = parse_config_text(doc.config, where)
     local = file_loaded.agent
-    issues = _local_only(raw, local, file_loaded.path.parent, where) + _module_files(raw, file_loaded, where)
+    issues = _local_only(raw, local, file_loaded.path.parent, where)
     raw.setdefault("device_id", local.device_id)
     raw.setdefault("data_dir", str(local.data_dir))
     loaded = None
     try:
-        loaded = validate_config(raw, file_loaded.path, where, environ)
+        loaded = validate_config(raw, file_loaded.path, where, environ, resolve=module_resolver(file_loaded))
     except ConfigError as exc:
         issues = exc.issues + issues
     if loaded is not None:
@@ -92,19 +99,30 @@ def _local_only(raw: dict[str, Any], local: AgentConfig, base: Path, where: str)
     return changed
 
 
-def _module_files(raw: dict[str, Any], file_loaded: LoadedConfig, where: str) -> list[ConfigIssue]:
-    allowed = {plan.spec.use for plan in file_loaded.modules}
-    issues = []
-    modules = raw.get("modules")
-    for index, entry in enumerate(modules if isinstance(modules, list) else []):
-        use = entry.get("use") if isinstance(entry, dict) else None
-        if isinstance(use, str) and ":" in use and use not in allowed:
-            issues.append(ConfigIssue(
-                where, f"modules[{index}].use",
-                "a remote config names modules by their registered name; a module file only "
-                "where the operator's file loads the same one",
-            ))
-    return issues
+MODULE_FILE_REASON = (
+    "a remote config names modules by their registered name; a module file only where the "
+    "operator's file loads the same one (or, signed, with [remote] allow_module_files)"
+)
+
+
+def module_resolver(file_loaded: LoadedConfig) -> Resolver:
+    """How a remote config's ``use`` values are resolved: never by importing a file the
+    operator's file does not already load (unless signed documents may name files)."""
+    operator: dict[str, type[Module[Any]]] = {plan.spec.use: plan.cls for plan in file_loaded.modules}
+    remote = file_loaded.agent.remote
+    files_allowed = bool(remote and remote.allow_module_files and remote.public_key_file is not None)
+
+    def resolve(use: str) -> type[Module[Any]]:
+        if use in operator:
+            return operator[use]
+        if not names_a_file(use):
+            return resolve_registered(use)
+        file_use = parse_file_use(use)
+        if files_allowed and file_use is not None and Path(file_use.file).is_absolute():
+            return resolve_module(use)
+        raise ModuleLoadError(use, MODULE_FILE_REASON)
+
+    return resolve
 
 
 def _binding(login: BrokerLogin) -> _Binding:

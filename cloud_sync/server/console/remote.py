@@ -8,8 +8,11 @@ topic of this console process alone. What it holds is small and bounded: per dev
 desired version, the last report and the last few command replies.
 
 A config is checked here first, as far as the cloud can: TOML, the agent's own sections and the
-``with`` tables of the modules installed beside the console (a module only the device has is a
-warning, not an error; secrets are not resolved here). The device checks it again, fully.
+``with`` tables of the modules registered beside the console (a module only the device has is a
+warning, not an error; secrets are not resolved here). The console imports nothing a config
+names: a module *file* is an error in an unsigned document (the device refuses it unless its
+operator's file loads it) and "checked on the device only" in a signed one. The check runs on a
+worker thread, never on the event loop. The device checks every document again, fully.
 """
 
 from __future__ import annotations
@@ -24,8 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from agent import codec
+from agent.api import Module
 from agent.config import parse_config_text, validate_config
-from agent.errors import ConfigError
+from agent.errors import ConfigError, ModuleLoadError
+from agent.registry import available_modules, names_a_file, resolve_registered
 from cloud_sync import protocol
 from cloud_sync.protocol import DesiredConfig, ProtocolError
 from cloud_sync.server.ingest import Ingest
@@ -37,6 +42,13 @@ COMMAND_EXPIRY = 60.0
 """A command not delivered within this long is dropped by the broker (MQTT 5) or refused by the
 device (``expires_at``): a device that comes back an hour later does not run it."""
 _PLACEHOLDER_DATA_DIR = "/var/lib/edge-agent"
+CHECKS_AT_ONCE = 2
+"""Config checks running at a time (each on a worker thread); more wait their turn."""
+FILE_MODULE_REASON = (
+    "a module file: a remote config names modules by their registered name (a device takes a "
+    "file only where its operator's file loads the same one; sign the document for that)"
+)
+DEVICE_ONLY_REASON = "checked on the device only"
 
 
 @dataclass
@@ -59,6 +71,7 @@ class RemoteDesk:
         self.replies: dict[str, deque[dict[str, Any]]] = {}
         self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._checks = asyncio.Semaphore(CHECKS_AT_ONCE)
         ingest.side = self
 
     # -- the ingest's side channel ----------------------------------------------------------------
@@ -127,8 +140,12 @@ class RemoteDesk:
         versions = [self.desired.get(device, {}).get("version"), self.reports.get(device, {}).get("version")]
         return max([v for v in versions if isinstance(v, int)], default=0) + 1
 
-    def check(self, device: str, text: str, version: int | None, user: str) -> Checked:
+    async def check(self, device: str, text: str, version: int | None, user: str) -> Checked:
         """A pasted TOML config (or a signed JSON document) checked, as a document to publish."""
+        async with self._checks:
+            return await asyncio.to_thread(self._check, device, text, version, user)
+
+    def _check(self, device: str, text: str, version: int | None, user: str) -> Checked:
         text = text.replace("\r\n", "\n")
         if text.lstrip().startswith("{"):
             try:
@@ -143,15 +160,18 @@ class RemoteDesk:
             version = version or self.next_version(device)
             doc = DesiredConfig(version, text, device, int(time.time()), user[:128])
         checked = Checked(doc=doc)
+        signed = doc.signature is not None
         try:
             raw = parse_config_text(doc.config, f"config v{doc.version}")
             raw.setdefault("device_id", device)
             raw.setdefault("data_dir", _PLACEHOLDER_DATA_DIR)
-            validate_config(raw, Path("/remote/agent.toml"), environ={}, resolve_secrets=False)
+            validate_config(raw, Path("/remote/agent.toml"), environ={}, resolve_secrets=False,
+                            resolve=lambda use: _registered_only(use, signed))
         except ConfigError as exc:
             for issue in exc.issues:
                 item = {"path": issue.path, "reason": issue.reason}
-                (checked.warnings if issue.path.endswith(".use") else checked.errors).append(item)
+                warning = issue.path.endswith(".use") and issue.reason.startswith(DEVICE_ONLY_REASON)
+                (checked.warnings if warning else checked.errors).append(item)
         return checked
 
     def publish_config(self, device: str, checked: Checked) -> bool:
@@ -199,6 +219,16 @@ class RemoteDesk:
             "replies": list(self.replies.get(device, ())),
             "next_version": self.next_version(device),
         }
+
+
+def _registered_only(use: str, signed: bool) -> type[Module[Any]]:
+    """A module's class if it is registered beside the console (an installed package); nothing
+    a config names is ever imported from a file here."""
+    if names_a_file(use):
+        raise ModuleLoadError(use, f"{DEVICE_ONLY_REASON} (a module file)" if signed else FILE_MODULE_REASON)
+    if use not in available_modules():
+        raise ModuleLoadError(use, f"{DEVICE_ONLY_REASON} (not installed beside the console)")
+    return resolve_registered(use)
 
 
 def parse_args(text: str) -> dict[str, Any]:

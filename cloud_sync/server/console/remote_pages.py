@@ -79,7 +79,8 @@ class RemotePanel:
         if version and not (version.isdigit() and 0 < int(version) < 1 << 62):
             checked = Checked(errors=[{"path": "version", "reason": "a positive whole number"}])
         else:
-            checked = self.desk.check(device, form.get("config", ""), int(version) if version else None, user)
+            number = int(version) if version else None
+            checked = await self.desk.check(device, form.get("config", ""), number, user)
             if not checked.errors and not self.desk.publish_config(device, checked):
                 checked.errors.append({"path": "", "reason": "not published: the console is not connected "
                                                               "to the broker"})
@@ -143,10 +144,10 @@ class RemotePanel:
         if not isinstance(doc, dict):
             return JSONResponse({"error": "the body is not a JSON object"}, 400)
         if "signature" in doc:
-            checked = self.desk.check(device, body.decode(errors="replace"), None, "api")
+            checked = await self.desk.check(device, body.decode(errors="replace"), None, "api")
         else:
             version = doc.get("version")
-            checked = self.desk.check(device, str(doc.get("config", "")),
+            checked = await self.desk.check(device, str(doc.get("config", "")),
                                       version if isinstance(version, int) and version > 0 else None, "api")
         published = self.desk.publish_config(device, checked)
         return JSONResponse({
