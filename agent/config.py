@@ -29,6 +29,7 @@ from pydantic import (
 
 from agent.api import Module, ModuleConfig
 from agent.errors import ConfigError, ConfigIssue, ModuleLoadError
+from agent.extras import require
 from agent.registry import resolve_module
 from agent.topics import validate_filter
 from agent.units import Duration, PositiveDuration, Size
@@ -175,6 +176,12 @@ class BufferConfig(_Section):
     """...or as soon as this many are waiting."""
 
 
+def _check_compression(value: str) -> str:
+    if value == "zstd":
+        require("zstd", "compression 'zstd'", ("zstandard",))
+    return value
+
+
 class CloudConfig(BrokerLogin):
     """The cloud broker that summaries are synced to, and how the uploader paces itself.
 
@@ -193,7 +200,9 @@ class CloudConfig(BrokerLogin):
     max_message_bytes: Annotated[Size, Field(ge=1024)] = 256_000
     """The largest payload sent (after compression); set it at or below the broker's limit
     (Mosquitto ``message_size_limit``). A record that alone does not fit is set aside."""
-    compression: Literal["auto", "zstd", "zlib", "none"] = "auto"
+    compression: Annotated[
+        Literal["auto", "zstd", "zlib", "none"], AfterValidator(_check_compression)
+    ] = "auto"
     """``auto``: zstd when the ``zstandard`` package is installed, zlib otherwise."""
     window: Annotated[int, Field(ge=1, le=1000)] = 16
     """Messages published and not yet acknowledged by the broker, at most."""

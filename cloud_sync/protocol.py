@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, TypeGuard
 
 from agent import codec
+from agent.extras import MissingExtra
 
 try:
     import zstandard
@@ -203,7 +204,7 @@ def resolve_encoding(compression: str) -> Encoding:
     if compression == "none":
         return "json"
     if compression == "zstd" and zstandard is None:
-        raise ValueError("compression 'zstd' needs the zstandard package (pip install edge-agent[zstd])")
+        raise MissingExtra("zstd", "zstandard", "compression 'zstd'")
     if compression not in ("json", "zlib", "zstd"):
         raise ValueError(f"unknown compression {compression!r}: use auto, zstd, zlib or none")
     return compression  # type: ignore[return-value]

@@ -18,13 +18,11 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent.extras import MissingExtra
 from cloud_sync.protocol import DesiredConfig
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-
-MISSING = "needs the cryptography package: pip install 'edge-agent[signing]'"
-
 
 class SignatureError(ValueError):
     """A document is unsigned, or its signature does not verify with the key; ``reason`` says which."""
@@ -38,7 +36,7 @@ def _serialization() -> Any:
     try:
         from cryptography.hazmat.primitives import serialization
     except ImportError:
-        raise ValueError(MISSING) from None
+        raise MissingExtra("signing", "cryptography", "signed configs (Ed25519 keys)") from None
     return serialization
 
 

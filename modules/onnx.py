@@ -3,7 +3,6 @@ optional extra: ``pip install 'edge-agent[ml]'``)."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from collections import deque
 from collections.abc import Iterable
@@ -13,9 +12,9 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator
 
 from agent import Context, Module, ModuleConfig, Record
+from agent.extras import MissingExtra, require
 from modules._common import NOT_A_NUMBER, NOT_FINITE, OUT_OF_ORDER, TOO_MANY_SENSORS, sensor_of
 
-INSTALL_HINT = "onnxruntime is not installed: pip install 'edge-agent[ml]'"
 _DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64"}
 
 
@@ -42,8 +41,7 @@ class OnnxConfig(ModuleConfig):
     def _model_exists(cls, model: Path) -> Path:
         if not model.expanduser().is_file():
             raise ValueError(f"no model file at {model}")
-        if importlib.util.find_spec("onnxruntime") is None:
-            raise ValueError(INSTALL_HINT)
+        require("ml", "the onnx module")
         return model.expanduser()
 
 
@@ -73,8 +71,8 @@ class Onnx(Module[OnnxConfig]):
         try:
             import numpy
             import onnxruntime  # type: ignore[import-untyped]  # ships no type hints
-        except ImportError as exc:
-            raise RuntimeError(f"{INSTALL_HINT} ({exc})") from None
+        except ModuleNotFoundError as exc:
+            raise MissingExtra("ml", exc.name or "onnxruntime", "the onnx module") from None
         self._np: Any = numpy
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = self.config.threads

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from agent import __version__
 from agent.config import BrokerLogin
+from agent.extras import require_or_exit
 from cloud_sync.server.cli_config import config
 from cloud_sync.server.console.cli_options import console_options, console_settings
 from cloud_sync.server.console.cli_users import user
@@ -61,6 +62,10 @@ def serve(
     mqtt_protocol: str, log_level: str, **console: Any,
 ) -> None:
     """Ingest from the broker into the store and serve the JSON API until SIGTERM/SIGINT."""
+    # the console's every page needs these; psycopg only a postgresql:// store
+    require_or_exit("edge-cloud serve", "cloud", ("starlette", "uvicorn", "jinja2", "argon2"))
+    if db_url.startswith(("postgresql:", "postgres:")):
+        require_or_exit("edge-cloud serve", "cloud", ("psycopg",), what="a postgresql:// store")
     logging.basicConfig(level=log_level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     from cloud_sync.server.serve import serve_forever  # starlette, uvicorn and psycopg stay out of --help
     from cloud_sync.server.store import StoreError, open_store

@@ -10,6 +10,7 @@ from typing import TextIO
 
 import click
 
+from agent.extras import require_or_exit
 from cloud_sync.protocol import MAX_CONFIG_TEXT, DesiredConfig
 
 
@@ -24,6 +25,7 @@ def config() -> None:
 def keygen(private_key: Path, public_key: Path) -> None:
     """Write a new Ed25519 key pair: PRIVATE_KEY (mode 600; keep it off the console's server)
     and PUBLIC_KEY (for each device's [remote] public_key_file)."""
+    require_or_exit("edge-cloud config keygen", "signing")
     from cloud_sync import signing
 
     if private_key.exists():
@@ -49,6 +51,7 @@ def sign(
 ) -> None:
     """Print the signed JSON document for TOML_FILE (paste it into the console's panel, or POST
     it to /api/devices/<id>/config)."""
+    require_or_exit("edge-cloud config sign", "signing")
     from cloud_sync import signing
 
     text = toml_file.read()

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from agent.extras import require_or_exit
+
 USERS_OPTION = click.option(
     "--users", "users_file", required=True, envvar="EDGE_CLOUD_USERS",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -30,6 +32,7 @@ def user() -> None:
               help="Read the password from the first line of standard input instead of prompting.")
 def add(name: str, users_file: Path, password_stdin: bool) -> None:
     """Add NAME, or set a new password for NAME (their open sessions end)."""
+    require_or_exit("edge-cloud user add", "cloud", ("argon2",))
     from cloud_sync.server.console.users import (
         MIN_PASSWORD,
         UsersError,
@@ -59,6 +62,7 @@ def add(name: str, users_file: Path, password_stdin: bool) -> None:
 @USERS_OPTION
 def remove(name: str, users_file: Path) -> None:
     """Remove NAME (their open sessions end within seconds)."""
+    require_or_exit("edge-cloud user remove", "cloud", ("argon2",))
     from cloud_sync.server.console.users import UsersError, read_users, write_users
 
     try:
@@ -77,6 +81,7 @@ def remove(name: str, users_file: Path) -> None:
 @USERS_OPTION
 def list_users(users_file: Path) -> None:
     """Print the user names, one a line."""
+    require_or_exit("edge-cloud user list", "cloud", ("argon2",))
     from cloud_sync.server.console.users import UsersError, read_users
 
     try:
