@@ -4,7 +4,8 @@ Messages are gathered for ``flush_interval`` (or until ``flush_bytes``) and then
 validated and written in one store transaction on the ingest's own thread, while the event loop
 keeps reading. After the commit, each device that sent data gets its retained ack: the highest
 seq up to which everything is accounted for. A message that cannot be read is kept aside in the
-store's quarantine with its reason and counted; nothing a device sends can stop the ingest.
+store's quarantine with its reason and counted, and so is one the store cannot hold (its
+flush is written again without it: ``isolate``); nothing a device sends can stop the ingest.
 
 If the store fails, what was gathered is kept (up to ``max_pending_bytes``, then the oldest is
 let go: the devices send it again, since nothing of it was acknowledged) and retried.
@@ -29,13 +30,12 @@ from agent.counters import ThrottledLog
 from cloud_sync import protocol
 from cloud_sync.mqtt import Client, make_client, ssl_context, wrong_protocol
 from cloud_sync.protocol import ProtocolError
+from cloud_sync.server import isolate
+from cloud_sync.server.isolate import QUARANTINE_BYTES, Message
 from cloud_sync.server.ledger import DeviceState, Flush, Incoming, Quarantined, Status
 from cloud_sync.server.store import Store
 
 log = logging.getLogger(__name__)
-
-QUARANTINE_BYTES = 4096
-"""How much of a bad message is kept."""
 
 FlushListener = Callable[[Flush, dict[str, DeviceState]], None]
 _SYNC_SUFFIXES = ("/data", "/status")
@@ -234,12 +234,12 @@ class Ingest:
     def _process(self, items: list[tuple[str, bytes]]) -> tuple[Flush, dict[str, DeviceState]]:
         """Decode and validate a flush's messages, then store them in one transaction."""
         now = time.time()
-        decoded: list[tuple[str, Incoming]] = []
+        decoded: list[Message] = []
         for topic, payload in items:
             item = self._decode(topic, payload, now)
             if item is not None:
-                decoded.append((topic, item))
-        return self.store.write(decoded, now)
+                decoded.append(Message(topic, payload, item))
+        return isolate.write(self.store, decoded, now)
 
     def _decode(self, topic: str, payload: bytes, now: float) -> Incoming | None:
         device_id: str | None = None

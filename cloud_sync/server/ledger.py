@@ -48,6 +48,20 @@ class DeviceState:
     status: dict[str, Any] = field(default_factory=dict)
     status_at: float | None = None
 
+    def unaccounted(self, first: int, last: int) -> int:
+        """How many of ``first..last`` are not accounted for yet."""
+        first = max(first, self.acked + 1)
+        if first > last:
+            return 0
+        count = last - first + 1
+        ranges = self.ranges
+        index = max(0, bisect.bisect_left(ranges, (first, first)) - 1)
+        while index < len(ranges) and ranges[index][0] <= last:
+            low, high = ranges[index]
+            count -= max(0, min(high, last) - max(low, first) + 1)
+            index += 1
+        return count
+
     @property
     def missing(self) -> int:
         """Seqs between the ack and the highest seen that have not arrived (yet)."""
@@ -240,12 +254,13 @@ def _batch(state: DeviceState, topic: str, batch: DataBatch, flush: Flush, now: 
         state.bad_records += 1
         flush.count("quarantined.bad_record")
     for dropped in batch.dropped:
-        if dropped.last > state.acked and not _covered(state, dropped.first, dropped.last):
-            state.dropped[dropped.reason] = state.dropped.get(dropped.reason, 0) + (
-                dropped.last - dropped.first + 1
-            )
-            flush.dropped.append((state.device_id, dropped.first, dropped.last, dropped.reason, now))
+        # counted by the seqs it newly accounts for: ranges that overlap (in one message or
+        # across messages) count each seq once, so no count exceeds the seqs there are
+        newly = state.unaccounted(dropped.first, dropped.last)
         state.add(dropped.first, dropped.last)
+        if newly > 0:
+            state.dropped[dropped.reason] = state.dropped.get(dropped.reason, 0) + newly
+            flush.dropped.append((state.device_id, dropped.first, dropped.last, dropped.reason, now))
     for first, last in _runs([r[0] for r in batch.records] + [b.seq for b in batch.bad]):
         state.add(first, last)
     if state.acked > before:
@@ -276,10 +291,6 @@ def _admit(state: DeviceState, topic: str, batch: DataBatch, flush: Flush) -> bo
         )
     )
     return False
-
-
-def _covered(state: DeviceState, first: int, last: int) -> bool:
-    return any(lo <= first and last <= hi for lo, hi in state.ranges)
 
 
 def _runs(seqs: list[int]) -> list[Range]:

@@ -12,6 +12,8 @@ This is the one place that knows where a status keeps each figure.
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +25,13 @@ SILENT_AFTER = 120.0
 status either (the agent's heartbeat is 30 s by default)."""
 BEHIND_AFTER = 300.0
 """A device whose oldest unsent record is older than this is *behind*."""
+
+FIGURE_MAX = 10**12
+"""A figure from a device's status (rows, bytes, a count) is bounded to ``0..FIGURE_MAX``: a
+device cannot make its row unstorable or the fleet's sums overflow (200,000 devices at the bound
+still sum below 2^63). Seconds and rates are bounded to ``±FIGURE_MAX`` and must be finite."""
+COUNTS_KEPT = 64
+"""Reasons kept from a status's ``dropped`` or ``errors`` object."""
 
 STATES = ("offline", "silent", "unknown", "online")
 """Connection states, worst first: ``unknown`` has never sent a status."""
@@ -44,7 +53,7 @@ def summarize(state: DeviceState, now: float) -> dict[str, Any]:
     backlog = _dict(status.get("backlog"))
     clock = _dict(status.get("clock"))
     reported_dropped = status.get("dropped")
-    dropped = _counts(reported_dropped) if isinstance(reported_dropped, dict) else dict(state.dropped)
+    dropped = _counts(reported_dropped if isinstance(reported_dropped, dict) else state.dropped)
     errors = _counts(status.get("errors"))
     rows = _int(backlog.get("rows"))
     age = _number(backlog.get("oldest_unsent_age_s"))
@@ -175,11 +184,15 @@ def _dict(value: Any) -> dict[str, Any]:
 
 
 def _number(value: Any) -> float | None:
-    return float(value) if type(value) in (int, float) else None
+    if type(value) not in (int, float) or not math.isfinite(value):
+        return None
+    return float(min(max(value, -FIGURE_MAX), FIGURE_MAX))
 
 
 def _int(value: Any) -> int | None:
-    return int(value) if type(value) in (int, float) else None
+    if type(value) not in (int, float) or not math.isfinite(value):
+        return None
+    return int(min(max(value, 0), FIGURE_MAX))
 
 
 def _text(value: Any, limit: int) -> str | None:
@@ -192,4 +205,5 @@ def _counts(value: Any) -> dict[str, int]:
     """A ``{name: count}`` object from a status, keeping only numeric counts."""
     if not isinstance(value, dict):
         return {}
-    return {str(k)[:64]: int(v) for k, v in value.items() if type(v) in (int, float)}
+    counts = ((str(k)[:64], _int(v)) for k, v in value.items())
+    return dict(itertools.islice(((k, v) for k, v in counts if v is not None), COUNTS_KEPT))

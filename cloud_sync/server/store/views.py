@@ -77,10 +77,15 @@ SELECT count(*) AS devices,
     coalesce(sum(CASE WHEN online = 1 AND last_seen < ? THEN 1 ELSE 0 END), 0) AS silent,
     coalesce(sum(CASE WHEN online IS NULL THEN 1 ELSE 0 END), 0) AS unknown,
     coalesce(sum(CASE WHEN backlog > 0 AND oldest_unsent_at < ? THEN 1 ELSE 0 END), 0) AS behind,
-    coalesce(sum(backlog), 0) AS backlog, coalesce(sum(backlog_bytes), 0) AS backlog_bytes,
-    coalesce(sum(dropped_total), 0) AS dropped, coalesce(sum(quarantined), 0) AS quarantined,
-    coalesce(sum(errors_total), 0) AS errors, coalesce(sum(send_rate), 0) AS send_rate
+    coalesce(sum(CAST(backlog AS DOUBLE PRECISION)), 0) AS backlog,
+    coalesce(sum(CAST(backlog_bytes AS DOUBLE PRECISION)), 0) AS backlog_bytes,
+    coalesce(sum(CAST(dropped_total AS DOUBLE PRECISION)), 0) AS dropped,
+    coalesce(sum(CAST(quarantined AS DOUBLE PRECISION)), 0) AS quarantined,
+    coalesce(sum(CAST(errors_total AS DOUBLE PRECISION)), 0) AS errors,
+    coalesce(sum(send_rate), 0) AS send_rate
 FROM device_summary"""
+# The sums are taken as floats: an integer sum overflows (SQLite raises) where a fleet's figures
+# add up past 2^63, and each figure is bounded at ingest (summary.FIGURE_MAX) anyway.
 _WORST_LAG = """
 SELECT device_id, oldest_unsent_age_s, status_at, backlog FROM device_summary
 WHERE oldest_unsent_at IS NOT NULL ORDER BY oldest_unsent_at LIMIT 1"""

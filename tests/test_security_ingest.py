@@ -1,0 +1,114 @@
+"""No device can stop the fleet's ingest: ``edge-cloud serve`` as a process on a real Mosquitto,
+hostile devices publishing what the protocol's own encoder makes with numbers no store can hold,
+and a well-behaved device whose records must keep arriving."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from cloud_sync import protocol
+from cloud_sync.protocol import DroppedRange, Encoder
+from tests.conftest import Broker, IngestProcess
+from tests.sync_helpers import cloud_records, wait_for
+
+pytestmark = pytest.mark.integration
+BIG = (1 << 63) - 1
+
+
+class Device:
+    """A device's side of the wire, written by hand (a hostile one, or a plain one)."""
+
+    def __init__(self, port: int, device_id: str) -> None:
+        self.device_id = device_id
+        self.encoder = Encoder(device_id, "epoch-1", compression="none")
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device_id)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        self.seq = 0
+
+    def publish(self, kind: str, payload: bytes, retain: bool = False) -> None:
+        info = self.client.publish(protocol.topic("edge", self.device_id, kind), payload, 1, retain)  # type: ignore[arg-type]
+        info.wait_for_publish(5)
+
+    def status(self, doc: dict[str, Any]) -> None:
+        self.publish("status", protocol.encode_status({"online": True, **doc}), retain=True)
+
+    def records(self, count: int, data: str = '{"value":1}', ts: float = 1_700_000_000.0,
+                dropped: list[DroppedRange] | None = None) -> None:
+        rows = [(self.seq + i + 1, "win", ts, data) for i in range(count)]
+        self.seq += count
+        self.publish("data", self.encoder.encode(rows, 0, dropped or []))
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def ingest(cloud_broker: Broker, tmp_path: Path, ingests: list[IngestProcess]) -> IngestProcess:
+    process = IngestProcess(tmp_path, cloud_broker.url, f"sqlite:///{tmp_path}/cloud.db").start()
+    ingests.append(process)
+    return process
+
+
+@pytest.fixture
+def devices(cloud_broker: Broker) -> Iterator[dict[str, Device]]:
+    made = {name: Device(cloud_broker.port, name) for name in ("good-gw", "evil-gw", "evil-2")}
+    yield made
+    for device in made.values():
+        device.close()
+
+
+def _stored(ingest: IngestProcess, count: int) -> bool:
+    return len(cloud_records(ingest, "good-gw")) >= count
+
+
+def test_one_devices_numbers_never_stop_another_devices_records(
+    ingest: IngestProcess, devices: dict[str, Device], cloud_broker: Broker, tmp_path: Path,
+    ingests: list[IngestProcess],
+) -> None:
+    good, evil, evil2 = devices["good-gw"], devices["evil-gw"], devices["evil-2"]
+    good.records(5)
+    wait_for(lambda: _stored(ingest, 5), 10, "the good device's first records")
+
+    evil.status({"backlog": {"rows": 1e300, "bytes": (1 << 64) - 1, "oldest_unsent_age_s": 1e308},
+                 "dropped": {"x": 1e19}, "errors": {"mqtt": BIG, "other": BIG}, "send_rate": -1e300})
+    evil2.status({"backlog": {"rows": BIG, "bytes": BIG}, "dropped": {"y": BIG, "z": BIG}})
+    nested: Any = 1
+    for _ in range(400):  # JSON that reads (orjson: 1,024 levels) but does not write (255)
+        nested = [nested]
+    evil.publish("status", json.dumps({"online": True, "deep": nested}).encode())
+    evil.records(2, ts=1e300)
+    evil.records(1, dropped=[DroppedRange(10, BIG, "a"), DroppedRange(10, BIG, "b"),
+                             DroppedRange(5, BIG - 1, "c")])
+    evil.records(1, data='{"n":18446744073709551615}')
+    good.records(5)
+    started = time.monotonic()
+    wait_for(lambda: _stored(ingest, 10), 10, "the good device's records behind the hostile ones")
+    assert time.monotonic() - started < 5
+
+    fleet = ingest.api("/api/fleet")
+    assert isinstance(fleet, dict) and fleet["devices"] == 3
+    assert fleet["backlog"] <= 3 * 10**12 and fleet["dropped"] >= 0
+    listed = {d["device_id"]: d for d in ingest.api("/api/devices")}  # type: ignore[union-attr]
+    assert listed["evil-gw"]["backlog"] == 10**12 and listed["evil-2"]["dropped_total"] <= 2 * 10**12
+    announced = listed["evil-gw"]["dropped_announced"]
+    assert sum(announced.values()) <= BIG, announced  # overlapping ranges counted once
+    quarantined = ingest.api("/api/quarantine")
+    assert isinstance(quarantined, list)
+    assert any(q["reason"] == "unstorable" for q in quarantined), quarantined
+
+    # the retained statuses come back to a restarted ingest: still no harm
+    ingest.stop()
+    again = IngestProcess(tmp_path, cloud_broker.url, f"sqlite:///{tmp_path}/cloud.db").start()
+    ingests.append(again)
+    good.records(5)
+    wait_for(lambda: _stored(again, 15), 10, "the good device's records after a restart")
+    assert isinstance(again.api("/api/fleet"), dict)
