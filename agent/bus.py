@@ -37,6 +37,20 @@ class RecordQueue:
         if self.size >= self.capacity:
             self._room.clear()
 
+    def requeue(self, batch: list[Record]) -> None:
+        """Put records taken out but not processed back at the front, in their order."""
+        if not batch:
+            return
+        self._batches.appendleft(batch)
+        self.size += len(batch)
+        self._nonempty.set()
+        if self.size >= self.capacity:
+            self._room.clear()
+
+    def snapshot(self) -> list[Record]:
+        """Every record queued, oldest first (a checkpoint saves them)."""
+        return [record for batch in self._batches for record in batch]
+
     def get_nowait(self) -> list[Record] | None:
         if not self._batches:
             return None

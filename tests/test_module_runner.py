@@ -14,7 +14,7 @@ from agent.counters import CounterSet
 from agent.outbox.committer import Committer
 from agent.outbox.store import Outbox
 from agent.runtime.loopwatch import LoopWatch
-from agent.runtime.module_runner import ModuleRunner
+from agent.runtime.module_runner import ModuleRunner, TickGate
 
 
 class Picky(Module[ModuleConfig]):
@@ -28,6 +28,14 @@ class Picky(Module[ModuleConfig]):
             while True:
                 pass
         self.context.emit({"value": value})
+
+
+class Sleepy(Module[ModuleConfig]):
+    """Blocks in a C call (as a stuck read would) on every record."""
+
+    def process(self, record: Record) -> None:
+        time.sleep(0.2)
+        self.context.emit({"value": record.data["value"]})
 
 
 class Broken(Module[ModuleConfig]):
@@ -112,6 +120,50 @@ async def test_a_hanging_module_is_interrupted_reported_and_the_next_record_proc
     await committer.commit()
     assert [r.data["value"] for r in outbox.unsent()] == [1, 2]
     assert "ModuleHung" in outbox.quarantined()[0]["error"]
+
+
+async def test_a_stalled_batch_is_abandoned_the_rest_requeued_and_nothing_lost(harness):
+    make, committer, counters, outbox = harness
+    runner = make(Sleepy, restart_after=100)
+    turns: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    def beat() -> None:  # a callback every turn of the loop, as a socket read would be
+        turns.append(time.monotonic())
+        handle[0] = loop.call_soon(beat)
+
+    handle = [loop.call_soon(beat)]
+    await run_until_idle(runner, [readings(*range(30))])
+    handle[0].cancel()
+    await committer.commit()
+    emitted = [r.data["value"] for r in outbox.unsent()]
+    quarantined = [q["data"]["value"] for q in outbox.quarantined()]
+    hangs = counters.totals[("module:m", "hangs")]
+    assert hangs >= 2  # interrupted more than once: each step is a new one
+    assert sorted(emitted + quarantined) == list(range(30))  # each record once, one way or the other
+    assert len(quarantined) == hangs
+    assert counters.totals[("module:m", "requeued_after_hang")] >= 1
+    gaps = [round(b - a, 2) for a, b in zip(turns, turns[1:], strict=False)]
+    assert max(gaps) < 2.0, max(gaps)  # never held for the whole batch (6 s)
+
+
+def test_a_tick_after_a_stall_waits_as_long_as_the_stall():
+    gate = TickGate(interval=1.0)
+    stalls: list[float] = []
+    start = time.monotonic()
+    gate.turn(start + 1.0, stalls.append)  # on time
+    assert stalls == [] and gate.postpone(start + 1.0, start + 1.0, queued=0) is None
+    gate.turn(start + 31.0, stalls.append)  # the loop was held for 29 s more than a tick
+    assert stalls == [29.0]
+    assert gate.postpone(start + 31.0, start + 2.0, queued=0) == start + 60.0
+    assert gate.postpone(start + 60.0, start + 2.0, queued=0) is None
+
+
+def test_a_tick_waits_for_the_queue_but_not_for_ever():
+    gate = TickGate(interval=1.0)
+    now = time.monotonic()
+    assert gate.postpone(now, now, queued=10) is not None
+    assert gate.postpone(now + 1.0, now, queued=10) is None
 
 
 async def test_a_module_that_cannot_start_is_failed_its_input_counted_and_it_is_retried(harness):

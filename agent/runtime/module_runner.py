@@ -48,6 +48,36 @@ class ModuleContext:
         self.out.append(Record(self.name, self.clock() if ts is None else float(ts), data))
 
 
+class TickGate:
+    """When a tick may close windows by the clock. A turn of the runner that comes much later
+    than its tick interval means the event loop was held (a stalled module, a suspended
+    process): readings that reached the broker meanwhile have not been read yet, so closing by
+    timeout waits as long as the stall lasted. A tick also waits up to one more interval for
+    the module's queue to drain: a module behind on its input is not a quiet sensor."""
+
+    MAX_HOLD = 60.0
+
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._last_turn = time.monotonic()
+        self._hold_until = 0.0
+
+    def turn(self, now: float, on_stall: Callable[[float], None]) -> None:
+        gap, self._last_turn = now - self._last_turn, now
+        stall = gap - self._interval
+        if stall > max(1.0, self._interval):
+            self._hold_until = max(self._hold_until, now + min(stall, self.MAX_HOLD))
+            on_stall(stall)
+
+    def postpone(self, now: float, due: float, queued: int) -> float | None:
+        """None to tick now; else when to look again."""
+        if now < self._hold_until:
+            return self._hold_until
+        if queued and now < due + self._interval:
+            return now + 0.01  # after the next batch
+        return None
+
+
 class ModuleRunner:
     def __init__(
         self,
@@ -104,7 +134,10 @@ class ModuleRunner:
         """Process batches and ticks until cancelled."""
         interval = self.plan.cls.tick_interval
         next_tick = time.monotonic() + interval
+        ticks = TickGate(interval)
+        due: float | None = None  # when a postponed tick was first due
         while True:
+            ticks.turn(time.monotonic(), self._stalled)
             batch = self.queue.get_nowait()
             if batch is None:
                 wait = next_tick - time.monotonic()
@@ -115,9 +148,14 @@ class ModuleRunner:
             try:
                 if batch is not None:
                     self._process(batch)
-                if time.monotonic() >= next_tick:
-                    next_tick = time.monotonic() + interval
-                    self._tick()
+                now = time.monotonic()
+                if now >= next_tick:
+                    later = ticks.postpone(now, due or next_tick, self.queue.size)
+                    if later is None:
+                        next_tick, due = now + interval, None
+                        self._tick()
+                    else:
+                        next_tick, due = later, due or next_tick
             except ModuleHung:
                 pass  # the watchdog's interrupt landed just after the step had finished
             await self._deliver()
@@ -176,6 +214,19 @@ class ModuleRunner:
                 self._quarantine(batch[index], exc)
                 self._record_error("process", exc)
                 start = index + 1
+                if isinstance(exc, ModuleHung):
+                    # The loop has been held long enough: the rest of the batch goes back to
+                    # the front of the queue, and the sources and other modules run first.
+                    rest = batch[start:]
+                    self.queue.requeue(rest)
+                    self._counters.incr(self._scope, "requeued_after_hang", len(rest))
+                    return
+
+    def _stalled(self, seconds: float) -> None:
+        self._counters.incr(self._scope, "stalls_seen")
+        self.context.log.warning(
+            "the event loop was held for %.1f s; closing by timeout waits as long", seconds
+        )
 
     def _tick(self) -> None:
         if self.status == "failed":
