@@ -24,6 +24,7 @@ from agent.config import LoadedConfig, load_config
 from agent.counters import CounterSet
 from agent.errors import ConfigError
 from agent.health import sdnotify
+from agent.health.clock import CLOCK
 from agent.outbox.committer import Committer
 from agent.outbox.store import Changes
 from agent.runtime.loopwatch import LoopWatch
@@ -248,6 +249,8 @@ class Agent:
     def _snapshot(self, changes: Changes) -> None:
         """Add module state and health to a commit, each at its own pace."""
         now = time.monotonic()
+        if CLOCK.check():
+            self.counters.incr("clock", "steps")
         pipeline = self.pipeline
         if pipeline is None:
             return
@@ -274,6 +277,7 @@ class Agent:
             "pending_commit": self.committer.pending,
             "outbox_error": self.committer.last_error,
             "warnings": self.warnings,
+            "clock": CLOCK.summary(),
             "remote": self.remote.summary() if self.remote is not None else None,
             "sources": {
                 source.name: {"connected": source.connected, "last_error": source.last_error}

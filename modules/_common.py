@@ -20,6 +20,12 @@ OUT_OF_ORDER = "out_of_order"
 """Counter: the reading is older than one already seen from the same sensor."""
 TOO_MANY_SENSORS = "too_many_sensors"
 """Counter: a reading from a new sensor beyond the module's ``max_sensors``."""
+CLOCK_RESET = "clock_reset"
+"""Counter: a sensor's time went back by more than ``max_clock_skew``, or its newest reading
+time was ahead of the clock and a reading of the corrected time came: its open windows are
+closed and it starts again from the new time."""
+MAX_CLOCK_SKEW = 86400.0
+"""How far a reading time may be ahead of the clock, unless the agent's ``max_clock_skew`` says."""
 CLOCK_JUMP = 60.0
 """The clock moving more than this between two looks (ticks come every second or so), or
 backwards, is a jump: NTP setting the clock of a board with no RTC, a suspended process."""
@@ -40,6 +46,19 @@ class ClockWatch:
         if last is None or 0.0 <= now - last <= self._limit:
             return 0.0
         return now - last
+
+
+def max_clock_skew(context: object) -> float:
+    """The agent's ``max_clock_skew`` as the context carries it (a harness may not)."""
+    skew = getattr(context, "max_clock_skew", None)
+    return float(skew) if isinstance(skew, int | float) else MAX_CLOCK_SKEW
+
+
+def is_clock_reset(ts: float, newest: float, now: float, skew: float) -> bool:
+    """A reading behind its sensor's newest that is not late but a new time line: far behind
+    (more than ``skew``), or the newest came from a clock running ahead of ours (the gateway's
+    own clock before a correction, or the sensor's) by more than a clock jump."""
+    return ts < newest - skew or newest > now + CLOCK_JUMP
 
 
 class Arrival(Protocol):

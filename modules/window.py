@@ -9,7 +9,14 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from agent import Context, Duration, Module, ModuleConfig, PositiveDuration, Record
-from modules._common import ClockWatch, due_to_close, shift_arrivals
+from modules._common import (
+    CLOCK_RESET,
+    ClockWatch,
+    due_to_close,
+    is_clock_reset,
+    max_clock_skew,
+    shift_arrivals,
+)
 from modules._quantiles import QuantileSketch, SketchShape
 
 Stat = Literal[
@@ -91,7 +98,11 @@ class Window(Module[WindowConfig]):
     nothing. A window closes when a reading of the same sensor arrives past its end plus
     ``lateness``, or ``timeout`` after that when the sensor goes quiet, or at ``stop``. A reading
     whose window has closed, or is due to (it ends at or before the sensor's newest reading time
-    minus ``lateness``), is counted as ``late`` and left out. Readings whose value is not
+    minus ``lateness``), is counted as ``late`` and left out; unless it is far behind (more than
+    the agent's ``max_clock_skew``) or the sensor's newest time was ahead of the clock: then the
+    sensor's clock was reset, its open windows close and it starts again from the new time
+    (counted as ``clock_reset``). A sensor's newest time never runs ahead of the clock by more
+    than ``max_clock_skew``. Readings whose value is not
     a number are counted as ``not_a_number``, NaN and infinities as ``not_finite``.
     """
 
@@ -115,6 +126,7 @@ class Window(Module[WindowConfig]):
         self._sensors: dict[str, _Sensor] = {}
         self._counters = context.counters
         self._clock = ClockWatch()
+        self._skew = max_clock_skew(context)
 
     def process(self, record: Record) -> None:
         self.process_batch((record,))
@@ -126,6 +138,7 @@ class Window(Module[WindowConfig]):
         pane = self._pane
         lateness = self.config.lateness
         shape = self._shape
+        limit = now + self._skew  # a watermark never runs ahead of the clock by more
         for record in records:
             data = record[2]
             value: Any = data.get("value")  # checked just below, without isinstance (hot path)
@@ -162,13 +175,17 @@ class Window(Module[WindowConfig]):
                     acc[_FIRST], acc[_FIRST_TS] = value, ts
                 if shape is not None:
                     acc[_SKETCH].add(value)
-            elif not self._add_to_other_pane(state, start, value, ts):
-                continue
+            else:
+                state = self._add_to_other_pane(sensor, state, start, value, ts, now)
+                if state is None:
+                    continue
             if ts > state.newest:
-                state.newest = ts
-                state.arrived = now
-                if ts - lateness >= state.next_close:
-                    self._close(sensor, state, ts - lateness)
+                mark = ts if ts <= limit else limit
+                if mark > state.newest:
+                    state.newest = mark
+                    state.arrived = now
+                    if mark - lateness >= state.next_close:
+                        self._close(sensor, state, mark - lateness)
             elif ts == state.newest:
                 state.arrived = now
 
@@ -196,17 +213,21 @@ class Window(Module[WindowConfig]):
         state = self._sensors[sensor] = _Sensor()
         return state
 
-    def _add_to_other_pane(self, state: _Sensor, start: float, value: float, ts: float) -> bool:
-        """The slow path: a reading for another pane than the last one. False if late: its
+    def _add_to_other_pane(
+        self, sensor: str, state: _Sensor, start: float, value: float, ts: float, now: float
+    ) -> _Sensor | None:
+        """The slow path: a reading for another pane than the last one. None if late: its
         first window was emitted, or would have been by now (it ends at or before the sensor's
-        newest reading time minus ``lateness``)."""
+        newest reading time minus ``lateness``). The sensor's state, new after a clock reset."""
         acc = state.panes.get(start)
         if acc is None and (
             start < state.closed_until
             or self._first_window_end(start) <= state.newest - self.config.lateness
         ):
-            self._counters.incr("late")
-            return False
+            if not is_clock_reset(ts, state.newest, now, max(self._skew, self.config.lateness)):
+                self._counters.incr("late")
+                return None
+            state = self._reset(sensor, state)
         if acc is None:
             sketch = None
             if self._shape is not None:
@@ -228,7 +249,15 @@ class Window(Module[WindowConfig]):
             if acc[_SKETCH] is not None:
                 acc[_SKETCH].add(value)
         state.cur_start, state.cur = start, state.panes[start]
-        return True
+        return state
+
+    def _reset(self, sensor: str, state: _Sensor) -> _Sensor:
+        """The sensor's clock started a new time line: emit what is open, start afresh."""
+        self._counters.incr(CLOCK_RESET)
+        if state.panes:
+            self._close(sensor, state, math.inf)
+        fresh = self._sensors[sensor] = _Sensor()
+        return fresh
 
     @staticmethod
     def _ref(state: _Sensor) -> float | None:

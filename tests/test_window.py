@@ -142,6 +142,44 @@ def test_a_clock_jump_closes_nothing_early_and_loses_nothing() -> None:
     assert sum(r.data["count"] for r in out) == 6
 
 
+DAY = 86400.0
+T0 = 1_700_000_000.0
+
+
+def test_a_sensor_clock_reset_closes_its_windows_and_starts_again() -> None:
+    """A sensor that reboots with its clock two days back is not late for two days."""
+    harness = module_harness("window", every="10s", follow_readings=False, start_at=T0)
+    out = harness.feed([reading("t1", T0 + i, 1.0) for i in range(5)])
+    out += harness.feed([reading("t1", T0 - 2 * DAY + i, 1.0) for i in range(15)])
+    out += harness.stop()
+    assert harness.counters["late"] == 0
+    assert harness.counters["clock_reset"] == 1
+    assert sum(r.data["count"] for r in out) == 20
+    assert out[0].data["start"] == T0  # the old time line's window, closed at the reset
+
+
+@pytest.mark.parametrize("step", [-3600.0, -DAY])
+def test_readings_after_the_gateway_clock_steps_back_are_processed_not_late(step) -> None:
+    """Readings stamped by the gateway (no ts of their own) after NTP sets its clock back."""
+    harness = module_harness("window", every="10s", follow_readings=False, start_at=T0)
+    out = harness.feed([reading("t1", T0 + i, 1.0) for i in range(5)])
+    harness.clock.set(T0 + 5 + step)
+    out += harness.tick()
+    out += harness.feed([reading("t1", T0 + 5 + step + i, 1.0) for i in range(5)])
+    out += harness.stop()
+    assert harness.counters["late"] == 0
+    assert sum(r.data["count"] for r in out) == 10
+
+
+def test_a_reading_from_the_future_moves_the_watermark_no_further_than_the_clock_allows() -> None:
+    harness = module_harness("window", every="10s", follow_readings=False, start_at=T0)
+    out = harness.feed([reading("t1", T0 + 3 * DAY, 1.0)])  # a millisecond stamp gone wrong, say
+    out += harness.feed([reading("t1", T0 + i, 1.0) for i in range(5)])
+    out += harness.stop()
+    assert harness.counters["late"] == 0
+    assert sum(r.data["count"] for r in out) == 6
+
+
 def test_memory_is_bounded_in_sensors() -> None:
     harness = module_harness("window", every="10s", max_sensors=2)
     out = harness.run([reading(f"s{i}", 1, 1.0) for i in range(5)])

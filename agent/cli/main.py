@@ -161,6 +161,7 @@ def _format_status(state: dict[str, Any]) -> str:
         + ("none yet" if sync is None else f"{_ago(sync['at'])}, up to seq {sync['acked_seq']}"),
         *_sync_lines(state.get("sync")),
         *_remote_lines(state.get("remote")),
+        *_clock_lines(state.get("clock")),
         f"quarantined {state['quarantined']}",
         "dropped     " + (", ".join(f"{k} {v}" for k, v in sorted(state["dropped"].items())) or "none"),
     ]
@@ -191,6 +192,18 @@ def _sync_lines(sync: dict[str, Any] | None) -> list[str]:
         + (", " + ", ".join(f"{k} {v}" for k, v in sorted(errors.items())) if errors else "")
         + (f", last error: {sync['last_error']}" if sync.get("last_error") else "")
     ]
+
+
+def _clock_lines(clock: dict[str, Any] | None) -> list[str]:
+    if not clock or "synchronised" not in clock:
+        return []
+    line = "clock       " + ("synchronised" if clock["synchronised"] else "unsynchronised")
+    line += f", {clock['steps']} steps"
+    if clock.get("last_step_s") is not None and clock.get("last_step_at") is not None:
+        step = clock["last_step_s"]
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(clock["last_step_at"]))
+        line += f", last {'forward' if step > 0 else 'back'} by {abs(step):.1f} s at {when}"
+    return [line]
 
 
 def _remote_lines(remote: dict[str, Any] | None) -> list[str]:

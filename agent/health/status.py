@@ -69,6 +69,7 @@ def read_status(data_dir: Path, now: float | None = None) -> dict[str, Any]:
         "modules": modules,
         "remote": agent.get("remote"),
         "warnings": agent.get("warnings", []),
+        "clock": {**(agent.get("clock") or {}), "steps": counters.get("clock", {}).get("steps", 0)},
     }
 
 

@@ -12,6 +12,7 @@ from agent.backoff import Backoff
 from agent.bus import Bus
 from agent.config import MqttSourceConfig
 from agent.counters import CounterSet, ThrottledLog
+from agent.health.clock import CLOCK
 from agent.sources.mqtt_wire import Message, MqttProtocolError, Session, SubscriberProtocol
 from agent.sources.readings import OVERSIZED, Rejected, decode_reading
 from agent.topics import fixed_prefix, matches
@@ -110,6 +111,8 @@ class MqttSource:
             except Rejected as rejected:
                 self._reject(rejected.reason, topic, payload)
         self._counters.incr(self._scope, "received", len(messages))
+        if not CLOCK.synchronised:
+            _mark_unsynced(records, now)
         if records:
             self._counters.incr(self._scope, "accepted", len(records))
             if self._bus.publish(records) and self._protocol:
@@ -142,3 +145,11 @@ class MqttSource:
             self._sensors.clear()
         self._sensors[topic] = sensor
         return sensor
+
+
+def _mark_unsynced(records: list[Record], now: float) -> None:
+    """Readings stamped by the gateway (no ts of their own: exactly ``now``) while its clock is
+    not known to be right say so, for whoever reads them later."""
+    for record in records:
+        if record.ts == now:
+            record.data["clock"] = "unsynced"
