@@ -93,13 +93,14 @@ class AgentProcess:
         self.log = config.with_suffix(".log")
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 15.0) -> AgentProcess:
+    def start(self, timeout: float = 15.0, env: dict[str, str] | None = None) -> AgentProcess:
+        earlier = self.output().count("ready")  # a restart appends to the same log
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 [*EDGE_AGENT, "run", "-c", str(self.config)], stdout=log, stderr=log,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             )
-        self.wait_for_log("ready", timeout)
+        self.wait_for_log("ready", timeout, count=earlier + 1)
         return self
 
     def wait_for_log(self, text: str, timeout: float = 15.0, count: int = 1) -> None:

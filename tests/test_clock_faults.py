@@ -5,7 +5,6 @@ counted once in a window summary, or refused by name."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import time
@@ -35,24 +34,14 @@ class FakeTimeAgent(AgentProcess):
     def set_offset(self, seconds: int) -> None:
         self.offset_file.write_text(f"{seconds:+d}\n")
 
-    def start(self, timeout: float = 15.0) -> FakeTimeAgent:
-        env = {
-            **os.environ,
-            "PYTHONUNBUFFERED": "1",
+    def start(self, timeout: float = 15.0, env: dict[str, str] | None = None) -> FakeTimeAgent:
+        super().start(timeout, {
             "LD_PRELOAD": str(LIBFAKETIME),
             "FAKETIME_TIMESTAMP_FILE": str(self.offset_file),
             "FAKETIME_CACHE_DURATION": "0",
             "FAKETIME_DONT_FAKE_MONOTONIC": "1",
-        }
-        from tests.conftest import EDGE_AGENT
-
-        with self.log.open("ab") as log:
-            import subprocess
-
-            self.process = subprocess.Popen(
-                [*EDGE_AGENT, "run", "-c", str(self.config)], stdout=log, stderr=log, env=env
-            )
-        self.wait_for_log("ready", timeout)
+            **(env or {}),
+        })
         return self
 
 

@@ -71,6 +71,7 @@ CLOCK = ClockMonitor()
 
 
 def _span(seconds: float) -> str:
+    seconds = float(round(seconds))  # a step of a day is read a few milliseconds short of one
     for unit, size in (("d", 86400.0), ("h", 3600.0), ("min", 60.0)):
         if seconds >= size:
             return f"{seconds / size:.1f} {unit}"
