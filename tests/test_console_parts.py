@@ -115,19 +115,23 @@ def test_sessions_are_bounded() -> None:
     assert sessions.get(tokens[0], lambda _: "fp") is None and sessions.get(tokens[4], lambda _: "fp")
 
 
-def test_the_throttle_counts_failures_per_key_in_a_window() -> None:
+def test_the_throttle_reserves_attempts_per_client_and_user_together() -> None:
     clock = Clock()
-    throttle = SignInThrottle(limit=3, window=60, clock=clock)
-    keys = ["ip:1.2.3.4", "user:alice"]
+    throttle = SignInThrottle(limit=3, client_limit=5, window=60, clock=clock)
+    alice = throttle.keys("1.2.3.4", "alice")
     for _ in range(3):
-        assert throttle.retry_after(keys) == 0
-        throttle.failed(keys)
-    assert throttle.retry_after(["user:alice"]) == 60
-    assert throttle.retry_after(["ip:5.6.7.8"]) == 0
+        assert throttle.reserve(alice) == 0  # reserved before verifying: no await in between
+    assert throttle.reserve(alice) == 60
+    assert throttle.reserve(throttle.keys("5.6.7.8", "alice")) == 0  # no lock-out from elsewhere
+    bob = throttle.keys("1.2.3.4", "bob")
+    assert throttle.reserve(bob) == 0 and throttle.reserve(bob) == 0
+    assert throttle.reserve(throttle.keys("1.2.3.4", "carol")) == 60  # the address's own limit
     clock.now += 30
-    assert throttle.retry_after(keys) == 30
+    assert throttle.reserve(alice) == 30
     clock.now += 31
-    assert throttle.retry_after(keys) == 0
+    assert throttle.reserve(alice) == 0
+    throttle.succeeded(alice)  # a right password: its attempt and the pair's count go
+    assert throttle.reserve(alice) == 0
 
 
 # -- live hub ---------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ Each returns plain text; Jinja2 escapes it like any other value.
 from __future__ import annotations
 
 import datetime as dt
+import math
 from typing import Any
 
 from agent import codec
@@ -38,17 +39,23 @@ def ago(at: float | None, now: float) -> str:
     return f"{duration(delta)} ago"
 
 
+def _utc(at: float) -> dt.datetime | None:
+    """``at`` as a UTC time; None for a time no calendar holds (a device may send ``1e300``)."""
+    try:
+        return dt.datetime.fromtimestamp(at, dt.UTC)
+    except (OverflowError, ValueError, OSError):
+        return None
+
+
 def timestamp(at: float | None) -> str:
     """UTC, to the second, as ISO 8601 (for ``<time datetime>`` and tooltips)."""
-    if at is None:
-        return ""
-    return dt.datetime.fromtimestamp(at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    when = None if at is None else _utc(at)
+    return "" if when is None else when.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def iso(at: float | None) -> str:
-    if at is None:
-        return ""
-    return dt.datetime.fromtimestamp(at, dt.UTC).isoformat(timespec="seconds")
+    when = None if at is None else _utc(at)
+    return "" if when is None else when.isoformat(timespec="seconds")
 
 
 def size(n: float | None) -> str:
@@ -64,7 +71,7 @@ def size(n: float | None) -> str:
 
 def count(n: float | None) -> str:
     """``1,234,567``; a dash for unknown."""
-    if n is None:
+    if n is None or not math.isfinite(n):
         return DASH
     return f"{n:,.0f}" if float(n) == int(n) else f"{n:,.1f}"
 
@@ -88,8 +95,8 @@ def value(v: Any) -> str:
 
 def field(name: str, v: Any) -> str:
     """A record field as text; the time fields of summaries and events as UTC clock times."""
-    if name in TIME_FIELDS and type(v) in (int, float) and v > 1e9:
-        return dt.datetime.fromtimestamp(v, dt.UTC).strftime("%H:%M:%S")
+    if name in TIME_FIELDS and type(v) in (int, float) and v > 1e9 and (when := _utc(v)) is not None:
+        return when.strftime("%H:%M:%S")
     return value(v)
 
 

@@ -4,7 +4,8 @@
 checks that the form came from the console's own page (``Origin``, and a token that the page
 set in a cookie and in the form: a double-submit token, since there is no session yet), that the
 browser is not sending the password over plain HTTP across a network, and that this address
-or user has not failed too often. On success the session cookie is set and the browser goes
+(with this user name) has not failed too often: the attempt is reserved before the password is
+verified (``throttle``). On success the session cookie is set and the browser goes
 where it was headed (``next``, a path on this site only).
 
 ``POST /signout`` needs the session's own CSRF token.
@@ -69,8 +70,9 @@ class SignIn:
                 "No users are set up: start edge-cloud serve with --users FILE "
                 "(edge-cloud user add NAME --users FILE)."))
         name = form.get("name", "")[:64]
-        keys = [f"ip:{request.client.host if request.client else '?'}", f"user:{name}"]
-        wait = console.throttle.retry_after(keys)
+        client = request.client.host if request.client else "?"
+        keys = console.throttle.keys(client, name)
+        wait = console.throttle.reserve(keys)  # counted as a failure until the password is right
         if wait > 0:
             response = self._page(request, target, 429, error="Too many failed attempts. Try again later.")
             response.headers["Retry-After"] = str(int(wait) + 1)
@@ -79,12 +81,11 @@ class SignIn:
             good = await run_in_threadpool(console.users.verify, name, form.get("password", ""))
         fingerprint = console.users.fingerprint(name) if good else None
         if fingerprint is None:
-            console.throttle.failed(keys)
-            log.warning("failed sign-in for %r from %s", name, keys[0][3:])
+            log.warning("failed sign-in for %r from %s", name, client)
             return self._page(request, target, 401, error="Wrong name or password.", name=name)
-        console.throttle.succeeded(keys[1:])
+        console.throttle.succeeded(keys)
         session_token, _ = console.sessions.create(name, fingerprint)
-        log.info("%s signed in from %s", name, keys[0][3:])
+        log.info("%s signed in from %s", name, client)
         response = RedirectResponse(target, 303)
         self._cookie(request, response, "edge_session", session_token)
         response.delete_cookie(console.cookie_name(request, "edge_signin"), path="/",

@@ -1,9 +1,13 @@
 """Sign-in attempts, limited: password guessing gets a 429, and costs the server little.
 
-Failures are counted per client address and per user name over a sliding ``window``; past
-``limit`` failures for either, sign-in answers 429 with ``Retry-After`` until the oldest counted
-failure leaves the window. At most ``concurrency`` Argon2 verifications run at once (each takes
-64 MiB and ~0.1 s of CPU), so a flood of attempts cannot take the machine's memory.
+Each attempt is *reserved* before its password is verified: it counts as a failure from the
+moment it starts (so 30 guesses sent at once are 10 verified and 20 refused, not 30 verified),
+and is taken back if the password was right. Attempts are counted over a sliding ``window`` per
+client address and user name together (``limit``), and per client address (``client_limit``,
+higher: many people may share one address). There is no count per user name alone, so nobody
+can lock a user out by failing in their name from elsewhere; guessing from many addresses is
+slowed by each address's own limit and by ``concurrency``: at most that many Argon2
+verifications run at once (each takes 64 MiB and ~0.1 s of CPU).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 
 class SignInThrottle:
@@ -21,35 +25,49 @@ class SignInThrottle:
         window: float = 600.0,
         concurrency: int = 2,
         max_keys: int = 50_000,
+        client_limit: int = 50,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.limit = limit
+        self.client_limit = client_limit
         self.window = window
         self.max_keys = max_keys
         self._clock = clock
         self._failures: dict[str, deque[float]] = {}
         self.verifying = asyncio.Semaphore(concurrency)
 
-    def retry_after(self, keys: Iterable[str]) -> float:
-        """Seconds until any of ``keys`` may try again (0: now)."""
+    def keys(self, client: str, user: str) -> dict[str, int]:
+        """The keys an attempt by ``user`` from ``client`` counts under, with their limits."""
+        return {f"client:{client}": self.client_limit, f"pair:{client}\n{user}": self.limit}
+
+    def reserve(self, keys: dict[str, int]) -> float:
+        """Count an attempt under ``keys`` now and return 0, or, if any of them is at its limit,
+        count nothing and return the seconds until it may try again. Nothing awaits in between:
+        on the event loop, checking and counting are one step."""
         now = self._clock()
         wait = 0.0
-        for key in keys:
+        for key, limit in keys.items():
             times = self._trim(key, now)
-            if times is not None and len(times) >= self.limit:
+            if times is not None and len(times) >= limit:
                 wait = max(wait, times[0] + self.window - now)
-        return wait
-
-    def failed(self, keys: Iterable[str]) -> None:
-        now = self._clock()
-        for key in keys:
+        if wait > 0:
+            return wait
+        for key, limit in keys.items():
             if key not in self._failures and len(self._failures) >= self.max_keys:
                 self._failures.pop(next(iter(self._failures)))
-            self._failures.setdefault(key, deque(maxlen=self.limit)).append(now)
+            self._failures.setdefault(key, deque(maxlen=limit)).append(now)
+        return 0.0
 
-    def succeeded(self, keys: Iterable[str]) -> None:
+    def succeeded(self, keys: dict[str, int]) -> None:
+        """The reserved attempt was right: it does not count, and the pair starts afresh."""
         for key in keys:
-            self._failures.pop(key, None)
+            times = self._failures.get(key)
+            if times is None:
+                continue
+            if key.startswith("pair:") or len(times) <= 1:
+                del self._failures[key]
+            else:
+                times.pop()
 
     def _trim(self, key: str, now: float) -> deque[float] | None:
         times = self._failures.get(key)

@@ -165,6 +165,10 @@ def int_param(params: Mapping[str, str], name: str, default: D, low: int, high: 
         number = int(value)
     except ValueError:
         raise QueryError(f"{name}: {value[:40]!r} is not an integer") from None
-    if number < low or (high is not None and number > high):
-        raise QueryError(f"{name}: must be between {low} and {high}" if high else f"{name}: must be >= {low}")
+    high = INT_MAX if high is None else high  # a store's integers are 64-bit: beyond, SQL fails
+    if not low <= number <= high:
+        raise QueryError(f"{name}: must be between {low} and {high}")
     return number
+
+
+INT_MAX = (1 << 63) - 1

@@ -1,0 +1,91 @@
+"""The console under attack, for real: ``edge-cloud serve`` as a process on a real Mosquitto,
+over HTTP. Sign-in guessing in parallel, integers no store holds, times no calendar holds."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from argon2 import PasswordHasher
+
+from cloud_sync.server.console.users import write_users
+from tests.conftest import Broker, IngestProcess
+from tests.sync_helpers import cloud_records, wait_for
+from tests.test_security_ingest import Device
+
+pytestmark = pytest.mark.integration
+USER, PASSWORD = "operator", "a long enough password"
+
+
+@pytest.fixture(scope="module")
+def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    workdir = tmp_path_factory.mktemp("console-security")
+    users = workdir / "users"
+    hasher = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1)
+    write_users(users, {USER: hasher.hash(PASSWORD), "viewer": hasher.hash(PASSWORD)})
+    broker = Broker(workdir).start()
+    db = f"sqlite:///{workdir}/cloud.db"
+    ingest = IngestProcess(workdir, broker.url, db, "--users", str(users)).start()
+    try:
+        yield {"url": f"http://127.0.0.1:{ingest.http_port}", "ingest": ingest, "broker": broker}
+    finally:
+        ingest.stop()
+        broker.stop()
+
+
+def _signin_form(http: httpx.Client) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', http.get("/signin").text)
+    assert found is not None
+    return found.group(1)
+
+
+def test_parallel_guesses_are_reserved_before_the_password_is_verified(console: dict[str, Any]) -> None:
+    url = console["url"]
+    with httpx.Client(base_url=url, timeout=60) as http:
+        token = _signin_form(http)
+
+        def guess(number: int) -> int:
+            return http.post("/signin", data={"csrf": token, "name": USER, "password": f"guess {number}"},
+                             headers={"Origin": url}).status_code
+
+        with concurrent.futures.ThreadPoolExecutor(30) as pool:
+            codes = list(pool.map(guess, range(30)))
+        assert codes.count(401) == 10 and codes.count(429) == 20, codes
+        # another user from the same address is not locked out by the operator's failures
+        right = http.post("/signin", data={"csrf": token, "name": "someone", "password": "x"},
+                          headers={"Origin": url})
+        assert right.status_code == 401
+
+
+def test_out_of_range_integers_and_times_give_clear_answers_not_500(
+    console: dict[str, Any], tmp_path: Path
+) -> None:
+    ingest: IngestProcess = console["ingest"]
+    device = Device(console["broker"].port, "far-future")
+    try:
+        device.records(2, data='{"start":1e300,"end":-1e300,"v":1e300}', ts=1e300)
+        wait_for(lambda: len(cloud_records(ingest, "far-future")) == 2, 10, "the records at the cloud")
+    finally:
+        device.close()
+    headers = {"Authorization": f"Bearer {ingest.token}"}
+    with httpx.Client(base_url=console["url"], timeout=20, headers=headers) as api:
+        for path in ("/api/devices/far-future/records?after_seq=100000000000000000000",
+                     "/api/devices?offset=100000000000000000000",
+                     "/api/devices?limit=100000000000000000000"):
+            response = api.get(path)
+            assert response.status_code == 400, (path, response.text)
+            assert "must be between" in response.json()["error"]
+    with httpx.Client(base_url=console["url"], timeout=20) as http:
+        token = _signin_form(http)
+        # (as another user than the guessing test's: the operator is locked out from this address)
+        signed = http.post("/signin", data={"csrf": token, "name": "viewer", "password": PASSWORD},
+                           headers={"Origin": console["url"]})
+        assert signed.status_code == 303, signed.text
+        page = http.get("/devices/far-future")
+        assert page.status_code == 200, page.text[:2000]
+        assert http.get("/fleet?offset=100000000000000000000").status_code in (200, 400)
