@@ -31,6 +31,7 @@ from agent.api import Module, ModuleConfig
 from agent.errors import ConfigError, ConfigIssue, ModuleLoadError
 from agent.extras import require
 from agent.registry import resolve_module
+from agent.sources.payload.config import Format, PayloadConfig
 from agent.topics import validate_filter
 from agent.units import Duration, PositiveDuration, Size
 
@@ -136,6 +137,41 @@ class MqttSourceConfig(BrokerLogin):
     """Keep the broker session across restarts, so QoS 1 readings sent meanwhile arrive later."""
     max_payload: Size = 65536
     """Readings with a larger payload are dropped and counted as ``oversized``."""
+    exclude: list[TopicFilter] = []
+    """Topics skipped before decoding (status, last wills, discovery), counted as ``excluded``."""
+    format: Format = "reading"
+    """What the payloads are: ``reading`` (the agent's own ``{"value"}`` shape), ``json`` (mapped
+    by ``[sources.payload]``) or a firmware's preset (docs/sources/)."""
+    retained: Literal["once", "always", "skip"] = "once"
+    """Retained messages: ``once`` takes each the first time only (also across reconnects and
+    restarts), ``always`` every time the broker delivers it, ``skip`` never."""
+    payload: PayloadConfig | None = None
+    """The mapping of ``format = "json"``; with a preset, only ``timezone`` and ``units``."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_topics(cls, data: Any) -> Any:
+        from agent.sources.payload import DEFAULT_TOPICS  # import cycle
+
+        if isinstance(data, dict) and "topics" not in data and data.get("format") in DEFAULT_TOPICS:
+            data = {**data, "topics": DEFAULT_TOPICS[data["format"]]}
+        return data
+
+    @model_validator(mode="after")
+    def _payload_fits_format(self) -> MqttSourceConfig:
+        from agent.sources.payload import PRESET_KEYS  # import cycle
+
+        if self.payload is None or self.format == "json":
+            return self
+        if self.format == "reading":
+            raise ValueError('[sources.payload] goes with format = "json" or a preset, not "reading"')
+        fixed = sorted(self.payload.model_fields_set - PRESET_KEYS)
+        if fixed:
+            raise ValueError(
+                f"format = {self.format!r} fixes the mapping; its [sources.payload] may set only "
+                f"{' and '.join(sorted(PRESET_KEYS))}, not {', '.join(fixed)}"
+            )
+        return self
 
 
 class SimulatorSourceConfig(_Section):
@@ -294,6 +330,9 @@ class AgentConfig(_Section):
     device_id: DeviceId
     data_dir: Path
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    max_clock_skew: Duration = 86400.0
+    """A reading time further than this ahead of the gateway's clock is refused as ``bad_ts``
+    (a millisecond timestamp read as seconds is a date in the year 55,800)."""
     sources: list[SourceConfig] = Field(default_factory=list)
     modules: list[ModuleSpec] = Field(default_factory=list)
     buffer: BufferConfig = BufferConfig()

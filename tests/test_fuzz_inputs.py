@@ -52,7 +52,7 @@ def test_any_json_shape_is_a_reading_or_a_named_rejection(body):
 @given(st.binary(max_size=400), st.integers(min_value=1, max_value=64))
 def test_any_bytes_from_the_broker_end_in_messages_or_a_protocol_error(garbage, chunk):
     async def feed() -> None:
-        got: list[tuple[str, bytes]] = []
+        got: list[tuple[str, bytes, int]] = []
         session = Session("c", (("#", 1),), max_payload=200)
         protocol = SubscriberProtocol(session, got.extend, lambda t, n: None)
         transport = FakeTransport()
@@ -62,7 +62,7 @@ def test_any_bytes_from_the_broker_end_in_messages_or_a_protocol_error(garbage, 
             if transport.closed:
                 break
             protocol.data_received(stream[i : i + chunk])
-        assert got[:1] == [("a/b", b"1")]
+        assert got[:1] == [("a/b", b"1", 0)]
         if protocol.closed.done() and protocol.closed.exception() is not None:
             assert isinstance(protocol.closed.exception(), MqttProtocolError)
             assert transport.closed

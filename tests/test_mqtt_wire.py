@@ -70,7 +70,7 @@ async def test_publishes_split_anywhere_arrive_whole_and_qos1_is_acked():
     )
     for i in range(0, len(stream), 7):  # seven bytes at a time
         protocol.data_received(stream[i : i + 7])
-    assert got == [(f"sensors/t{i}", b'{"value": %d}' % i) for i in range(50)]
+    assert got == [(f"sensors/t{i}", b'{"value": %d}' % i, 0) for i in range(50)]
     acks = bytes(transport.written)
     expected = b"".join(b"\x40\x02" + struct.pack("!H", i + 1) for i in range(50) if i % 2)
     assert acks == expected
@@ -94,7 +94,7 @@ async def test_an_oversized_publish_is_skipped_as_it_streams_and_acked():
     for i in range(0, len(stream), 65536):
         protocol.data_received(stream[i : i + 65536])
     assert oversized == [("sensors/big", 1_000_000)]
-    assert got == [("sensors/ok", b"5")]
+    assert got == [("sensors/ok", b"5", 0)]
     assert bytes(transport.written) == b"\x40\x02\x00\x07\x40\x02\x00\x08"
     assert len(protocol._buffer) == 0  # the megabyte was never held
 

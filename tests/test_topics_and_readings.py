@@ -47,7 +47,8 @@ def test_fixed_prefix(topic_filter, prefix):
 @pytest.mark.parametrize(
     ("payload", "value", "ts", "unit"),
     [
-        (b'{"value": 21.5, "ts": 1700000000, "unit": "C"}', 21.5, 1_700_000_000.0, "C"),
+        (b'{"value": 21.5, "ts": 90, "unit": "C"}', 21.5, 90.0, "C"),
+        (b'{"value": 21.5, "ts": "1970-01-01T00:01:30Z"}', 21.5, 90.0, None),
         (b'{"value": 3}', 3, 99.0, None),
         (b"42.25", 42.25, 99.0, None),
         (b"-7", -7, 99.0, None),

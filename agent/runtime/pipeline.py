@@ -134,7 +134,10 @@ class Pipeline:
             if name in self._sources:
                 change.kept.append(name)
                 continue
-            source = build_source(source_config, config.device_id, self.bus, self._counters)
+            source = build_source(
+                source_config, config.device_id, self.bus, self._counters,
+                data_dir=config.data_dir, max_clock_skew=config.max_clock_skew,
+            )
             task = group.create_task(source.run(), name=f"source:{name}")
             self._sources[name] = _Running(source, source_config, task)
             if name not in change.restarted:

@@ -3,10 +3,12 @@ outbox. This is how an operator tries a pipeline on last week's data before depl
 
 Input is JSON lines, each the local payload plus its sensor (``{"sensor": "t1", "ts": ...,
 "value": ..., "unit"?: ...}``), or CSV with a header naming at least ``sensor,ts,value``
-(``unit`` optional). ``ts`` is Unix seconds or an ISO 8601 time (UTC when it has no offset).
-Lines are checked exactly as the MQTT source checks payloads, and refused for the same reasons
+(``unit`` optional). ``ts`` is Unix seconds or an ISO 8601 time (UTC when it has no offset),
+any finite time, also before 1970 (a climate record from the 1950s replays as it is). Lines are
+checked as the MQTT source checks payloads, and refused for the same reasons
 (``value_not_a_number``, ``bad_ts``...), plus ``no_sensor`` and ``no_ts``; a refused line is
-counted and named by its line number, never fatal.
+counted and named by its line number, never fatal. Only the live path bounds reading times by
+the gateway's clock (``max_clock_skew``).
 
 The module clock follows the readings (the newest reading time seen), so windows, resampling
 and gap detection behave as they would have live; modules start with empty state.
@@ -20,14 +22,13 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 from agent import codec
 from agent.api import Record
 from agent.config import LoadedConfig, MqttSourceConfig, SimulatorSourceConfig
-from agent.sources.readings import NO_VALUE, Rejected, reading_from
+from agent.sources.readings import NO_VALUE, Rejected, reading_from, time_of
 from agent.testing import Harness
 from agent.topics import fixed_prefix
 
@@ -165,26 +166,8 @@ def _reading(body: Any, prefix: str) -> Record:
         raise Rejected(NO_TS)
     if "value" not in body or body["value"] is None:
         raise Rejected(NO_VALUE)
-    body = {**body, "ts": _timestamp(body["ts"])}
-    return reading_from(f"{body.get('topic') or prefix + sensor}", sensor, body, math.nan)
-
-
-def _timestamp(ts: Any) -> Any:
-    """Unix seconds from a number, a numeric string or an ISO 8601 time; anything else as is,
-    for ``reading_from`` to refuse as ``bad_ts``."""
-    if type(ts) is not str:
-        return ts
-    try:
-        return float(ts)
-    except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(ts.strip().replace("Z", "+00:00"))
-    except ValueError:
-        return ts
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
+    body = {**body, "ts": time_of(body["ts"])}
+    return reading_from(f"{body.get('topic') or prefix + sensor}", sensor, body, math.nan, max_skew=None)
 
 
 def replay(

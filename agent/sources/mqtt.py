@@ -6,6 +6,7 @@ import asyncio
 import logging
 import ssl
 import time
+from pathlib import Path
 
 from agent.api import Record
 from agent.backoff import Backoff
@@ -14,17 +15,31 @@ from agent.config import MqttSourceConfig
 from agent.counters import CounterSet, ThrottledLog
 from agent.health.clock import CLOCK
 from agent.sources.mqtt_wire import Message, MqttProtocolError, Session, SubscriberProtocol
-from agent.sources.readings import OVERSIZED, Rejected, decode_reading
+from agent.sources.payload import Tally, build_mapper
+from agent.sources.readings import DEFAULT_MAX_CLOCK_SKEW, OVERSIZED, Rejected, decode_reading
+from agent.sources.retained import RetainedMemory
 from agent.topics import fixed_prefix, matches
 
 log = logging.getLogger(__name__)
 
 
+SAVE_RETAINED_EVERY = 5.0
+"""Seconds between saves of the retained-message memory (and once at stop)."""
+
+
 class MqttSource:
     """Subscribes to the configured topics with a persistent session and publishes each batch
-    of readings on the bus; malformed payloads are counted by reason and dropped."""
+    of readings on the bus; malformed payloads are counted by reason and dropped.
 
-    def __init__(self, config: MqttSourceConfig, device_id: str, bus: Bus, counters: CounterSet) -> None:
+    Per message: topics in ``exclude`` (or that the format's preset knows carry no readings)
+    are skipped and counted as ``excluded``; a retained message is taken per ``retained``
+    (a repeat counted as ``retained_repeat``, a skipped one as ``retained_skipped``); the
+    payload is then decoded as ``format`` says."""
+
+    def __init__(
+        self, config: MqttSourceConfig, device_id: str, bus: Bus, counters: CounterSet,
+        data_dir: Path | None = None, max_clock_skew: float | None = None,
+    ) -> None:
         self.config = config
         self.name = config.name
         self._bus = bus
@@ -43,6 +58,16 @@ class MqttSource:
         )
         self._prefixes = [(topic, fixed_prefix(topic)) for topic in config.topics]
         self._sensors: dict[str, str] = {}
+        self._max_skew = DEFAULT_MAX_CLOCK_SKEW if max_clock_skew is None else max_clock_skew
+        self._mapper = build_mapper(config.format, config.payload, self._max_skew)
+        self._excluded: dict[str, bool] = {}
+        self._filtering = bool(config.exclude) or self._mapper is not None
+        self._memory: RetainedMemory | None = None
+        if config.retained == "once":
+            path = data_dir / "sources" / f"{config.name}.retained.json" if data_dir else None
+            self._memory = RetainedMemory(path)
+        self._save_due = 0.0
+        self._saving: asyncio.Task[None] | None = None
         self._protocol: SubscriberProtocol | None = None
         self._resuming: asyncio.Task[None] | None = None
         self.connected = False
@@ -82,10 +107,13 @@ class MqttSource:
                 await asyncio.sleep(delay)
 
     def stop(self) -> None:
-        """Disconnect cleanly, so the broker keeps the session for our return."""
+        """Disconnect cleanly, so the broker keeps the session for our return; remember the
+        retained messages taken."""
         if self._protocol:
             self._protocol.disconnect()
         self.connected = False
+        if self._memory is not None and self._memory.dirty:
+            self._memory.save(self._memory.snapshot())  # small, once, at shutdown
 
     def _make_protocol(self) -> SubscriberProtocol:
         return SubscriberProtocol(self._session, self._on_messages, self._on_oversized)
@@ -100,19 +128,16 @@ class MqttSource:
 
     def _on_messages(self, messages: list[Message]) -> None:
         now = time.time()
-        sensors = self._sensors
         records: list[Record] = []
-        for topic, payload in messages:
-            sensor = sensors.get(topic)
-            if sensor is None:
-                sensor = self._sensor_of(topic)
-            try:
-                records.append(decode_reading(topic, sensor, payload, now))
-            except Rejected as rejected:
-                self._reject(rejected.reason, topic, payload)
+        if self._mapper is None and not self._filtering:
+            self._readings(messages, now, records)
+        else:
+            self._mapped(messages, now, records)
         self._counters.incr(self._scope, "received", len(messages))
         if not CLOCK.synchronised:
             _mark_unsynced(records, now)
+        if self._memory is not None and self._memory.dirty and now >= self._save_due:
+            self._save_retained(now)
         if records:
             self._counters.incr(self._scope, "accepted", len(records))
             if self._bus.publish(records) and self._protocol:
@@ -120,6 +145,96 @@ class MqttSource:
                 self._protocol.pause_reading()
                 if self._resuming is None or self._resuming.done():
                     self._resuming = asyncio.create_task(self._resume_when_room(self._protocol))
+
+    def _readings(self, messages: list[Message], now: float, records: list[Record]) -> None:
+        """The agent's own payload shape: the hot path, kept lean."""
+        sensors = self._sensors
+        memory = self._memory
+        max_skew = self._max_skew
+        for topic, payload, retain in messages:
+            if retain and self._retained_taken(topic, payload):
+                continue
+            if memory is not None:
+                memory.note(topic, payload)
+            sensor = sensors.get(topic)
+            if sensor is None:
+                sensor = self._sensor_of(topic)
+            try:
+                records.append(decode_reading(topic, sensor, payload, now, max_skew))
+            except Rejected as rejected:
+                self._reject(rejected.reason, topic, payload)
+
+    def _mapped(self, messages: list[Message], now: float, records: list[Record]) -> None:
+        """Exclusions, then the format's mapping (or the agent's own shape)."""
+        tally = Tally()
+        mapper = self._mapper
+        memory = self._memory
+        excluded = 0
+        for topic, payload, retain in messages:
+            skip = self._excluded.get(topic)
+            if skip is None:
+                skip = self._is_excluded(topic)
+            if skip:
+                excluded += 1
+                continue
+            if retain and self._retained_taken(topic, payload):
+                continue
+            if memory is not None:
+                memory.note(topic, payload)
+            drops = tally.drops
+            try:
+                if mapper is None:
+                    sensor = self._sensors.get(topic) or self._sensor_of(topic)
+                    records.append(decode_reading(topic, sensor, payload, now, self._max_skew))
+                else:
+                    mapper.handle(topic, payload, now, records, tally)
+            except Rejected as rejected:
+                self._reject(rejected.reason, topic, payload)
+            if tally.drops != drops:
+                self._log_drop(tally.last_reason, topic, payload)
+        self._count_tally(tally, excluded)
+
+    def _count_tally(self, tally: Tally, excluded: int) -> None:
+        counters, scope = self._counters, self._scope
+        for name, count in (
+            ("excluded", excluded + tally.excluded), ("fields_ignored", tally.fields_ignored),
+            ("no_fields", tally.empty),
+        ):
+            if count:
+                counters.incr(scope, name, count)
+        for reason, count in tally.dropped.items():
+            counters.incr("dropped", reason, count)
+
+    def _retained_taken(self, topic: str, payload: bytes) -> bool:
+        """Whether a retained message is to be skipped (and counted so)."""
+        mode = self.config.retained
+        if mode == "skip":
+            self._counters.incr(self._scope, "retained_skipped")
+            return True
+        if mode == "once" and self._memory is not None and self._memory.repeat(topic, payload):
+            self._counters.incr(self._scope, "retained_repeat")
+            return True
+        return False
+
+    def _is_excluded(self, topic: str) -> bool:
+        skip = any(matches(topic_filter, topic) for topic_filter in self.config.exclude)
+        if not skip and self._mapper is not None:
+            skip = self._mapper.excludes(topic)
+        if len(self._excluded) > 100_000:
+            self._excluded.clear()
+        self._excluded[topic] = skip
+        return skip
+
+    def _save_retained(self, now: float) -> None:
+        """Save the memory in a thread, at most every ``SAVE_RETAINED_EVERY`` seconds."""
+        if self._saving is not None and not self._saving.done():
+            return
+        assert self._memory is not None
+        self._save_due = now + SAVE_RETAINED_EVERY
+        self._saving = asyncio.create_task(
+            asyncio.to_thread(self._memory.save, self._memory.snapshot()),
+            name=f"source:{self.name}:save-retained",
+        )
 
     async def _resume_when_room(self, protocol: SubscriberProtocol) -> None:
         await self._bus.wait_room()
@@ -131,6 +246,9 @@ class MqttSource:
 
     def _reject(self, reason: str, topic: str, payload: bytes) -> None:
         self._counters.incr("dropped", reason)
+        self._log_drop(reason, topic, payload)
+
+    def _log_drop(self, reason: str, topic: str, payload: bytes) -> None:
         self._bad_input.warning(
             reason, "dropped a reading on %s: %s; payload starts %r", topic, reason, payload[:64]
         )

@@ -26,7 +26,9 @@ CONNACK_REASONS = {
     5: "not authorised",
 }
 
-Message = tuple[str, bytes]
+Message = tuple[str, bytes, int]
+"""(topic, payload, retain flag): the broker sets the flag on a retained message it delivers
+because of a subscription, which MQTT sources use to take each retained message once."""
 
 
 class MqttProtocolError(Exception):
@@ -212,7 +214,7 @@ class SubscriberProtocol(asyncio.Protocol):
                     topic = buf[index + 2 : topic_end].decode()
                 except UnicodeDecodeError:
                     raise MqttProtocolError("a topic is not UTF-8") from None
-                messages.append((topic, bytes(buf[payload_start:stop])))
+                messages.append((topic, bytes(buf[payload_start:stop]), header & 0x01))
             else:
                 if stop > end:
                     return pos

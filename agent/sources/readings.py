@@ -1,13 +1,20 @@
 """Turning a local sensor payload into a reading record, or into a named reason to drop it.
 
-A payload is a JSON object ``{"value": number, "ts": unix_seconds?, "unit": str?}`` or a bare
-JSON number. Anything else is refused with one of the reasons below, which become the
-``dropped`` counters of ``edge-agent status``.
+A payload is a JSON object ``{"value": number, "ts": time?, "unit": str?}`` or a bare JSON
+number; ``ts`` is Unix seconds or an ISO 8601 time (UTC when it has no offset). Anything else is
+refused with one of the reasons below, which become the ``dropped`` counters of
+``edge-agent status``.
+
+Every source checks reading times the same way (``check_ts``): a time more than the agent's
+``max_clock_skew`` ahead of the gateway's clock is refused as ``bad_ts``, so that a millisecond
+timestamp taken for seconds (a date in the year 55,800) never reaches a window. Replay passes
+no skew and accepts any finite time, also before 1970.
 """
 
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 
 from agent import codec
@@ -21,6 +28,9 @@ NOT_FINITE = "value_not_finite"
 BAD_TS = "bad_ts"
 OVERSIZED = "oversized"
 
+DEFAULT_MAX_CLOCK_SKEW = 86400.0
+"""Seconds a reading time may be ahead of the gateway's clock (the ``max_clock_skew`` key)."""
+
 _NUMBER = (int, float)
 
 
@@ -32,17 +42,68 @@ class Rejected(Exception):
         self.reason = reason
 
 
-def decode_reading(topic: str, sensor: str, payload: bytes | str, now: float) -> Record:
+def parse_time(text: str, zone: tzinfo | None = UTC) -> float:
+    """Unix seconds from an ISO 8601 time; one without an offset is in ``zone`` (None: the
+    gateway's local zone). ``ValueError`` when ``text`` is not such a time."""
+    moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    if moment.tzinfo is None:
+        if zone is None:
+            return moment.timestamp()  # a naive datetime's timestamp() reads it as local time
+        moment = moment.replace(tzinfo=zone)
+    return moment.timestamp()
+
+
+def time_of(value: Any, zone: tzinfo | None = UTC) -> float:
+    """Unix seconds from a number, a numeric string or an ISO 8601 string; ``Rejected(BAD_TS)``
+    for anything else. The result is not yet checked against the clock: see ``check_ts``."""
+    kind = type(value)
+    if kind is float:
+        return value  # type: ignore[no-any-return]
+    if kind is int:
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond any float
+            raise Rejected(BAD_TS) from None
+    if kind is str:
+        try:
+            return float(value)
+        except ValueError:
+            pass
+        try:
+            return parse_time(value, zone)
+        except (ValueError, OverflowError):
+            pass
+    raise Rejected(BAD_TS)
+
+
+def check_ts(ts: float, now: float, max_skew: float | None) -> float:
+    """``ts`` if it is a reading time a source may take at ``now``: finite, not before 1970 and
+    at most ``max_skew`` seconds ahead of ``now``. ``max_skew`` None (replay): any finite time."""
+    if max_skew is None:
+        if math.isfinite(ts):
+            return ts
+    elif 0.0 <= ts <= now + max_skew:  # NaN fails both comparisons
+        return ts
+    raise Rejected(BAD_TS)
+
+
+def decode_reading(
+    topic: str, sensor: str, payload: bytes | str, now: float,
+    max_skew: float | None = DEFAULT_MAX_CLOCK_SKEW,
+) -> Record:
     """The reading in ``payload``, or ``Rejected`` naming why it is not one."""
     try:
         body = codec.loads(payload)
     except (ValueError, UnicodeDecodeError):
         raise Rejected(NOT_JSON) from None
-    return reading_from(topic, sensor, body, now)
+    return reading_from(topic, sensor, body, now, max_skew)
 
 
-def reading_from(topic: str, sensor: str, body: Any, now: float) -> Record:
-    """The reading in an already parsed payload ``body``."""
+def reading_from(
+    topic: str, sensor: str, body: Any, now: float,
+    max_skew: float | None = DEFAULT_MAX_CLOCK_SKEW,
+) -> Record:
+    """The reading in an already parsed payload ``body`` (times checked as ``check_ts`` does)."""
     body_type = type(body)
     if body_type is dict:
         value = body.get("value")
@@ -58,7 +119,12 @@ def reading_from(topic: str, sensor: str, body: Any, now: float) -> Record:
         raise Rejected(NOT_A_NUMBER)
     if not math.isfinite(value):
         raise Rejected(NOT_FINITE)
-    if type(ts) not in _NUMBER or not math.isfinite(ts) or ts < 0:
+    if type(ts) not in _NUMBER:
+        ts = time_of(ts)
+    if max_skew is None:
+        if not math.isfinite(ts):
+            raise Rejected(BAD_TS)
+    elif not 0 <= ts <= now + max_skew:  # NaN fails both comparisons
         raise Rejected(BAD_TS)
     data = {"sensor": sensor, "value": value}
     if unit is not None and type(unit) is str:

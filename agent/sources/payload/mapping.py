@@ -1,0 +1,264 @@
+"""``PayloadMapping``: a decoded payload (a JSON object or array) as readings, one per mapped
+field, each its own sensor, plus a tally of what was not a reading and why.
+
+It is pure: no I/O, no clock of its own (the time of receipt is an argument), no knowledge of
+MQTT beyond the topic string whose levels the sensor template may use. Every source that reads
+JSON (the MQTT source, and any source of JSON lines) uses it through ``map``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from agent.api import Record
+from agent.sources.payload.config import TS_SCALE, PayloadConfig, split_path
+from agent.sources.payload.template import compile_template
+from agent.sources.payload.values import to_value
+from agent.sources.readings import (
+    BAD_TS,
+    DEFAULT_MAX_CLOCK_SKEW,
+    NOT_AN_OBJECT,
+    Rejected,
+    check_ts,
+    parse_time,
+)
+
+NOT_AN_ARRAY = "not_an_array"
+"""Drop reason: with ``each``, the path does not hold an array."""
+_CACHE_LIMIT = 100_000
+_MISSING = object()
+Path = tuple[str, ...]
+_Field = tuple[str, str, str | None]
+"""A mapped path: (its levels joined by /, its last level, the configured unit)."""
+_UNSEEN: _Field = ("", "", None)
+
+
+class Tally:
+    """What mapping did besides readings, for the source's counters.
+
+    ``fields_ignored``: fields matched that were not readings (strings, objects, null).
+    ``excluded``: objects that ``where`` (or a preset) passed over. ``empty``: objects with none
+    of the mapped fields. ``dropped``: readings refused, by reason (``value_not_finite``...);
+    ``drops`` grows with every one, so a caller can tell that a message caused one."""
+
+    __slots__ = ("dropped", "drops", "empty", "excluded", "fields_ignored", "last_reason")
+
+    def __init__(self) -> None:
+        self.fields_ignored = 0
+        self.excluded = 0
+        self.empty = 0
+        self.drops = 0
+        self.dropped: dict[str, int] = {}
+        self.last_reason = ""
+
+    def drop(self, reason: str, by: int = 1) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + by
+        self.drops += by
+        self.last_reason = reason
+
+
+def value_at(node: Any, path: Path) -> Any:
+    """The value at ``path`` (object keys, or array indexes as digits); ``_MISSING`` if absent."""
+    for level in path:
+        kind = type(node)
+        if kind is dict:
+            node = node.get(level, _MISSING)
+        elif kind is list and level.isdigit() and int(level) < len(node):
+            node = node[int(level)]
+        else:
+            return _MISSING
+    return node
+
+
+def _walk(node: Any, pattern: Path, depth: int, path: Path) -> Iterator[tuple[Path, Any]]:
+    if depth == len(pattern):
+        yield path, node
+        return
+    level = pattern[depth]
+    kind = type(node)
+    if level == "*":
+        if kind is dict:
+            for key, child in node.items():
+                yield from _walk(child, pattern, depth + 1, (*path, key))
+        elif kind is list:
+            for index, child in enumerate(node):
+                yield from _walk(child, pattern, depth + 1, (*path, str(index)))
+        return
+    child = value_at(node, (level,))
+    if child is not _MISSING:
+        yield from _walk(child, pattern, depth + 1, (*path, level))
+
+
+def _matches(pattern: Path, path: Path) -> bool:
+    return len(pattern) == len(path) and all(p in ("*", q) for p, q in zip(pattern, path, strict=True))
+
+
+class PayloadMapping:
+    """One ``[sources.payload]`` table, compiled. ``map`` appends the readings of one decoded
+    payload to ``out`` and tallies the rest; it raises ``Rejected`` only when the message as a
+    whole is refused (not an object, a reading time that is not one)."""
+
+    def __init__(self, config: PayloadConfig, max_skew: float | None = DEFAULT_MAX_CLOCK_SKEW) -> None:
+        self.config = config
+        self.max_skew = max_skew
+        self._patterns = [split_path(field) for field in dict.fromkeys(config.fields)]
+        self._ignore = [split_path(path) for path in config.ignore]
+        self._ts: Path | None = split_path(config.ts, wildcards=False) if config.ts else None
+        if self._ts is not None:
+            self._ignore.append(self._ts)  # the time is not a reading of its own
+        self._scale = TS_SCALE[config.ts_format]
+        self._zone = ZoneInfo(config.timezone) if config.timezone else None
+        self._each: Path | None = None
+        if config.each is not None:
+            self._each = () if config.each == "." else split_path(config.each, wildcards=False)
+        self._where = None
+        if config.where is not None:
+            from modules._expr import BOOL, compile_expression  # only when used
+
+            self._where = compile_expression(config.where, BOOL)
+        self._template = compile_template(config.sensor)
+        self._per_item = self._template.per_item
+        self._field_last = self._template.field_last
+        self._top_level = self._patterns == [("*",)]
+        self._depth = max(len(pattern) for pattern in self._patterns)
+        self._heads: dict[str, tuple[str | None, ...]] = {}
+        self._fields: dict[Path, _Field | None] = {}
+
+    # -- the mapping ---------------------------------------------------------------------------
+
+    def map(self, topic: str, body: Any, now: float, out: list[Record], tally: Tally) -> None:
+        """The readings of ``body`` (received on ``topic`` at ``now``) appended to ``out``."""
+        if self._each is None:
+            if type(body) is not dict and type(body) is not list:
+                raise Rejected(NOT_AN_OBJECT)
+            self.map_item(topic, body, 0, now, out, tally)
+            return
+        items = value_at(body, self._each)
+        if type(items) is not list:
+            raise Rejected(NOT_AN_ARRAY)
+        for index, item in enumerate(items):
+            if type(item) is not dict:
+                tally.fields_ignored += 1
+                continue
+            try:
+                self.map_item(topic, item, index, now, out, tally)
+            except Rejected as rejected:  # one element's bad time spoils that element only
+                tally.drop(rejected.reason)
+
+    def map_item(
+        self, topic: str, item: Any, index: int, now: float, out: list[Record], tally: Tally
+    ) -> None:
+        """The readings of one object: the payload, or one element of its ``each`` array."""
+        if self._where is not None and not self._passes(item):
+            tally.excluded += 1
+            return
+        ts = self.time_of(item, now)
+        head = self._head(topic, item, index)
+        produced = len(out)
+        ignored, drops = tally.fields_ignored, tally.drops
+        if self._top_level and type(item) is dict:
+            pairs: Any = (((key,), value) for key, value in item.items())
+        else:
+            pairs = self._pairs(item)
+        fields = self._fields
+        field_last, template = self._field_last, self._template
+        for path, raw in pairs:
+            entry = fields.get(path, _UNSEEN)
+            if entry is _UNSEEN:
+                entry = self._field_entry(path)
+            if entry is None:
+                continue
+            try:
+                value = to_value(raw)
+            except Rejected as rejected:
+                tally.drop(rejected.reason)
+                continue
+            if value is None:
+                if len(path) >= self._depth or type(raw) not in (dict, list):
+                    tally.fields_ignored += 1  # (an object a longer path goes into is no loss)
+                continue
+            field, name, unit = entry
+            sensor = f"{head[0]}{field}" if field_last else template.sensor(head, path)
+            unit = self.unit_for(name, item, unit)
+            data = {"sensor": sensor, "value": value}
+            if unit:
+                data["unit"] = unit
+            out.append(Record(topic, ts, data))
+        if len(out) == produced and tally.fields_ignored == ignored and tally.drops == drops:
+            tally.empty += 1
+
+    def time_of(self, item: Any, now: float) -> float:
+        """The reading time of an object: its ``ts`` field, or ``now`` when it has none."""
+        if self._ts is None:
+            return now
+        raw = value_at(item, self._ts)
+        kind = type(raw)
+        try:
+            if kind is float or kind is int:
+                ts = raw * self._scale
+            elif kind is str:
+                try:
+                    ts = float(raw) * self._scale
+                except ValueError:
+                    ts = parse_time(raw, self._zone)
+            elif raw is _MISSING or raw is None:
+                return now
+            else:
+                raise Rejected(BAD_TS)
+        except (ValueError, OverflowError):
+            raise Rejected(BAD_TS) from None
+        return check_ts(ts, now, self.max_skew)
+
+    def unit_for(self, name: str, item: Any, unit: str | None) -> str | None:
+        """The unit of a reading named ``name``; presets whose payload names units override it."""
+        return unit
+
+    # -- compiled pieces -----------------------------------------------------------------------
+
+    def _passes(self, item: Any) -> bool:
+        assert self._where is not None
+        if type(item) is not dict:
+            return False
+        try:
+            return bool(self._where(item))
+        except (ValueError, TypeError, ArithmeticError):  # a field missing or of another type
+            return False
+
+    def _head(self, topic: str, item: Any, index: int) -> tuple[str | None, ...]:
+        """The message part of the sensor id; when ``field_last``, head[0] is it as one string."""
+        if not self._per_item:
+            head = self._heads.get(topic)
+            if head is not None:
+                return head
+        parts = self._template.head(topic.split("/"), item, index)
+        head = ("".join(p for p in parts[:-1] if p is not None),) if self._field_last else parts
+        if not self._per_item:
+            if len(self._heads) >= _CACHE_LIMIT:
+                self._heads.clear()
+            self._heads[topic] = head
+        return head
+
+    def _pairs(self, item: Any) -> Iterator[tuple[Path, Any]]:
+        if len(self._patterns) == 1:
+            yield from _walk(item, self._patterns[0], 0, ())
+            return
+        seen: set[Path] = set()
+        for pattern in self._patterns:
+            for path, value in _walk(item, pattern, 0, ()):
+                if path not in seen:
+                    seen.add(path)
+                    yield path, value
+
+    def _field_entry(self, path: Path) -> _Field | None:
+        """The path's ``_Field``, or None for an ignored path; cached."""
+        entry: _Field | None = None
+        if not any(_matches(pattern, path) for pattern in self._ignore):
+            units = self.config.units
+            unit = units.get(".".join(path)) or units.get(path[-1])
+            entry = ("/".join(path), path[-1], unit)
+        if len(self._fields) >= _CACHE_LIMIT:
+            self._fields.clear()
+        self._fields[path] = entry
+        return entry
