@@ -64,7 +64,6 @@ def test_sigkill_mid_stream_keeps_committed_rows_and_seq_grows(tmp_path, broker:
 
     again = AgentProcess(config).start()
     agents.append(again)
-    again.wait_for_log("ready", count=2)  # the log is shared: the first "ready" is the killed one's
     publisher.readings(readings(500, start=1_750_000_000.0))
     publisher.close()
     time.sleep(0.5)
