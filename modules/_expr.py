@@ -92,7 +92,30 @@ def _tokens(source: str) -> list[_Token]:
             value = re.sub(r"\\(.)", r"\1", text[1:-1])
         out.append(_Token(kind, text, column, value))
     out.append(_Token("end", "", len(source) + 1))
+    _bounded(out, source)
     return out
+
+
+MAX_TOKENS = 500
+MAX_NESTING = 40
+"""An expression is compiled into closures that call each other as deep as it nests, and a long
+chain (``1+1+...``) nests too: past these bounds it is a config error, never a RecursionError
+at compile time or, worse, for every record at run time."""
+
+
+def _bounded(tokens: list[_Token], source: str) -> None:
+    if len(tokens) > MAX_TOKENS:
+        column = tokens[MAX_TOKENS].column
+        raise ExpressionError(f"longer than {MAX_TOKENS} words and symbols", source, column)
+    depth = run = 0  # parentheses open, and prefix operators in a row (each nests as deep)
+    for token in tokens:
+        if token.text == "(":
+            depth += 1
+        elif token.text == ")":
+            depth = max(0, depth - 1)
+        run = run + 1 if token.text in ("-", "not", "(") else 0
+        if depth + run > MAX_NESTING:
+            raise ExpressionError(f"nested more than {MAX_NESTING} deep", source, token.column)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -38,6 +39,9 @@ def run_daemon(config_path: Path) -> int:
 
     loaded = load_or_exit(config_path)
     setup_logging(loaded.agent.log_level)
+    # Everything the daemon creates is its user's alone (the outbox, its journal, the state
+    # files), with or without systemd's UMask= and StateDirectoryMode= (docs/security.md).
+    os.umask(0o077)
     try:
         asyncio.run(Agent(loaded).run())
     except OutboxError as exc:

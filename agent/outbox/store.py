@@ -14,6 +14,7 @@ WAL mode lets them read while the daemon writes.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import sqlite3
 import time
@@ -116,8 +117,9 @@ class Outbox:
         """Open (creating and migrating) the outbox in ``data_dir`` for writing."""
         path = Path(data_dir) / DB_NAME
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            _private_dir(path.parent)
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            path.chmod(0o600)  # unsent data: the agent user's alone, whoever created the file
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={synchronous}")
             conn.execute("PRAGMA busy_timeout=5000")
@@ -456,3 +458,11 @@ def _migrate(conn: sqlite3.Connection) -> None:
 def as_jsonl(records: Iterable[OutboxRecord]) -> Iterator[str]:
     for record in records:
         yield codec.dumps(record.as_dict())
+
+
+def _private_dir(folder: Path) -> None:
+    """Create the data directory mode 700; one of ours that others may read is closed."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = folder.stat()
+    if info.st_uid == os.getuid() and info.st_mode & 0o077:
+        folder.chmod(0o700)
