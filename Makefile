@@ -8,6 +8,9 @@ PY := $(VENV)/bin/python
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	# the distribution was called edge-agent before it became tidegate: two copies would register
+	# every module twice
+	$(PY) -m pip uninstall -q -y edge-agent 2>/dev/null || true
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 

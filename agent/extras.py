@@ -14,7 +14,7 @@ import sys
 from collections.abc import Iterable
 from typing import NoReturn
 
-DISTRIBUTION = "edge-agent"
+DISTRIBUTION = "tidegate"
 """The name the package is installed by (``pip install 'NAME[extra]'``)."""
 
 EXTRAS: dict[str, tuple[str, ...]] = {

@@ -1,5 +1,5 @@
 """Run an ONNX model over a sliding window of each sensor's readings (``onnxruntime``, from the
-optional extra: ``pip install 'edge-agent[ml]'``)."""
+optional extra: ``pip install 'tidegate[ml]'``)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 # (Raspberry Pi OS bookworm and later). Running it again upgrades in place.
 #
 #   sudo scripts/install.sh                     # install or upgrade from this checkout
-#   sudo scripts/install.sh --source 'edge-agent[fast]==0.1.0'   # ... or from a package index
+#   sudo scripts/install.sh --source 'dist/tidegate-0.1.0-py3-none-any.whl[fast]'   # ... or a built wheel
 #   sudo scripts/install.sh --uninstall         # remove the service and the venv, keep config and data
 #   sudo scripts/install.sh --uninstall --purge # ... and the config and data too
 #
@@ -70,6 +70,9 @@ install() {
   # Debian's Python is externally managed (PEP 668): the agent lives in a venv of its own.
   [ -x "$PREFIX/venv/bin/python" ] || python3 -m venv "$PREFIX/venv"
   "$PREFIX/venv/bin/pip" install -q --disable-pip-version-check --upgrade pip
+  # Earlier installs named the distribution edge-agent: two copies would register every
+  # module twice.
+  "$PREFIX/venv/bin/pip" uninstall -q -y edge-agent >/dev/null 2>&1 || true
   "$PREFIX/venv/bin/pip" install -q --disable-pip-version-check --upgrade "$SOURCE"
   rm -rf "$PREFIX/docs" && cp -r "$HERE/docs" "$PREFIX/docs"
   if [ ! -e "$CONF_DIR/agent.toml" ]; then

@@ -11,7 +11,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "install.sh"
 
-pytestmark = pytest.mark.integration
+# Each install builds the project and fills a venv: minutes on a busy machine.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 
 def install(root: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -18,7 +18,7 @@ from agent.registry import ENTRY_POINT_GROUP, resolve_module
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "modules"
 BUILT_IN = sorted(
     ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)
-    if ep.dist is not None and ep.dist.name == "edge-agent"
+    if ep.dist is not None and ep.dist.name == "tidegate"
 )
 
 

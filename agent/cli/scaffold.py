@@ -31,7 +31,7 @@ version = "0.1.0"
 description = "$title: a processing module for Edge Agent."
 readme = "README.md"
 requires-python = ">=3.11"
-dependencies = ["edge-agent>=$agent_version"]
+dependencies = ["tidegate>=$agent_version"]
 
 [project.optional-dependencies]
 test = ["pytest>=8"]
