@@ -349,7 +349,18 @@ class AgentConfig(_Section):
                 if item.name in seen:
                     raise ValueError(f"{kind}: name {item.name!r} is used twice")
                 seen.add(item.name)
+        self._client_ids_unique()
         return self
+
+    def _client_ids_unique(self) -> None:
+        """Two connections with one client id throw each other off the broker, endlessly."""
+        taken = {self.device_id: "the [cloud] uploader"} if self.cloud else {}
+        for index, source in enumerate(self.sources):
+            if isinstance(source, MqttSourceConfig):
+                client_id = source.client_id or f"{self.device_id}-{source.name}"
+                if client_id in taken:
+                    raise ValueError(f"sources[{index}]: client id {client_id!r} is {taken[client_id]}'s too")
+                taken[client_id] = f"sources[{index}]"
 
 
 @dataclass(frozen=True)

@@ -138,6 +138,9 @@ def test_the_operators_keys_may_be_repeated_unchanged(local: LoadedConfig) -> No
     # the local broker's password, sent by a new source to another broker
     ('[[sources]]\nname = "x"\ntype = "mqtt"\nurl = "mqtt://evil.example:1883"\nusername = "gw-01"\n'
      'password_env = "LOCAL_PASS"', "sources[0].password_env"),
+    # the right broker and password, a CA of the document's choosing
+    ('[cloud]\nurl = "mqtts://cloud.example:8883"\npassword_file = "{secret}"\ntls_ca = "/tmp/mine.pem"',
+     "cloud.password_file"),
     # the right broker, another user name
     ('[[sources]]\nname = "x"\ntype = "mqtt"\nurl = "mqtt://127.0.0.1:1883"\nusername = "admin"\n'
      'password_env = "LOCAL_PASS"', "sources[0].password_env"),
@@ -148,7 +151,7 @@ def test_a_credential_stays_with_the_broker_it_was_given_for(
     secret = local.agent.cloud.password_file if local.agent.cloud else None
     found = issues(local, text.replace("{secret}", str(secret)))
     assert found == [f"config v2: {path}: a remote config may use a credential only with the broker URL, "
-                     "username and certificate that the operator's file uses it with"]
+                     "username, certificate and CA that the operator's file uses it with"]
 
 
 def test_the_same_credentials_with_the_same_broker_are_fine(local: LoadedConfig) -> None:
@@ -318,3 +321,26 @@ def test_allow_module_files_needs_a_public_key(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="allow_module_files needs public_key_file"):
         RemoteSettings(allow_config=True, allow_module_files=True)
+
+
+def test_a_credential_is_not_sent_without_the_tls_it_was_given_with(
+    local: LoadedConfig, tmp_path: Path
+) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not read here")
+    text = LOCAL.replace('password_env = "LOCAL_PASS"', f'password_env = "LOCAL_PASS"\ntls_ca = "{ca}"')
+    text = text.replace("/etc/edge-agent/cloud.pass", str(tmp_path / "cloud.pass"))
+    (tmp_path / "agent.toml").write_text(text)
+    with_tls = load_config(tmp_path / "agent.toml")
+    plain = ('[[sources]]\nname = "local"\ntype = "mqtt"\nurl = "mqtt://127.0.0.1:1883"\n'
+             'username = "gw-01"\npassword_env = "LOCAL_PASS"\n')
+    assert issues(with_tls, plain) == [
+        "config v2: sources[0].password_env: a remote config may use a credential only with the broker URL, "
+        "username, certificate and CA that the operator's file uses it with"]
+
+
+def test_no_two_connections_share_a_client_id(local: LoadedConfig) -> None:
+    text = ('[[sources]]\nname = "x"\ntype = "mqtt"\nclient_id = "gw-01"\n'
+            '[cloud]\nurl = "mqtts://cloud.example:8883"\n')
+    assert issues(local, text) == [
+        "config v2: : sources[0]: client id 'gw-01' is the [cloud] uploader's too"]

@@ -97,3 +97,25 @@ def test_a_document_that_stopped_the_agent_while_checked_is_refused_after_the_re
     # a newer document is taken as usual
     cloud.desired(DEVICE, DesiredConfig(8, doc.config))
     cloud.wait_report(DEVICE, 8, "applied", timeout=15)
+
+
+def test_no_tls_downgrade_and_no_client_id_taken_from_the_uploader(
+    tmp_path: Path, cloud_broker: Broker, cloud: CloudClient, agents: list[AgentProcess],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ca = tmp_path / "local-ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")  # never used: the source only has to be named
+    monkeypatch.setenv("LOCAL_PASS", "secret")
+    source = ('\n[[sources]]\nname = "local"\ntype = "mqtt"\nurl = "mqtt://127.0.0.1:1"\n'
+              f'username = "gw"\npassword_env = "LOCAL_PASS"\ntls_ca = "{ca}"\n')
+    config = remote_config(tmp_path, cloud_broker.url, modules=source)
+    _start(config, agents, "agent")
+    base = body(config)
+    # with tls_ca the link is TLS; without it, the same URL is plain TCP: the password stays home
+    cloud.desired(DEVICE, DesiredConfig(1, base.replace(f'tls_ca = "{ca}"\n', "")))
+    report = cloud.wait_report(DEVICE, 1, "rejected", timeout=10)
+    assert [e["path"] for e in report["errors"]] == ["sources[1].password_env"], report
+    taken = base.replace('name = "local"', f'name = "local"\nclient_id = "{DEVICE}"')
+    cloud.desired(DEVICE, DesiredConfig(2, taken))
+    report = cloud.wait_report(DEVICE, 2, "rejected", timeout=10)
+    assert "client id 'test-gw' is the [cloud] uploader's too" in json.dumps(report), report

@@ -5,8 +5,9 @@
   operator's file. A document may leave them out (they are taken from the file) or repeat them
   unchanged; a different value is an issue.
 * A credential (``password_env``, ``password_file``, ``tls_key``) may be named only together
-  with the broker URL, user name and client certificate the operator's file names it with, so a
-  document cannot send the device's password or key to another broker.
+  with the broker URL, user name, client certificate and CA the operator's file names it with,
+  so a document cannot send the device's password or key to another broker, nor over plain TCP
+  (dropping ``tls_ca``), nor to a broker a CA of its choosing vouches for.
 * A module is named by its registered name; a module *file* (``path/x.py:Class``) only if the
   operator's file already loads that same ``use`` (its class is reused: nothing is imported
   again), or if the document is signed and the operator's file sets ``[remote]
@@ -41,7 +42,7 @@ from agent.registry import names_a_file, parse_file_use, resolve_module, resolve
 from cloud_sync.protocol import DesiredConfig
 
 LOCAL_ONLY = ("device_id", "data_dir", "remote", "metrics", "buffer")
-_Binding = tuple[str, str | None, str | None, str | None, str | None, str | None]
+_Binding = tuple[str, str | None, str | None, str | None, str | None, str | None, str | None]
 
 
 def label(doc: DesiredConfig) -> str:
@@ -131,6 +132,7 @@ def _binding(login: BrokerLogin) -> _Binding:
         str(login.password_file) if login.password_file else None,
         str(login.tls_cert) if login.tls_cert else None,
         str(login.tls_key) if login.tls_key else None,
+        str(login.tls_ca) if login.tls_ca else None,  # no downgrade to plain TCP, no CA swap
     )
 
 
@@ -153,7 +155,7 @@ def _credentials(remote: AgentConfig, local: AgentConfig, where: str) -> list[Co
         if secret is not None and _binding(login) not in bound:
             issues.append(ConfigIssue(
                 where, f"{path}.{secret}",
-                "a remote config may use a credential only with the broker URL, username and "
-                "certificate that the operator's file uses it with",
+                "a remote config may use a credential only with the broker URL, username, "
+                "certificate and CA that the operator's file uses it with",
             ))
     return issues
