@@ -30,6 +30,7 @@ from typing import Any
 
 import aiomqtt
 
+from agent import codec
 from agent.config import CloudConfig
 from agent.counters import CounterSet
 from agent.outbox.store import Changes, Outbox
@@ -170,7 +171,7 @@ def _ingest_rate(url: str, records: int) -> float:
     payloads = []
     for first in range(1, records + 1, 1000):
         rows = [
-            (s, "climate_1s", 1_700_000_000.0 + s, protocol.codec.dumps(_summary(s)))
+            (s, "climate_1s", 1_700_000_000.0 + s, codec.dumps(_summary(s)))
             for s in range(first, min(records + 1, first + 1000))
         ]
         payloads.append(encoder.encode(rows, released=0))

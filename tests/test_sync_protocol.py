@@ -8,7 +8,7 @@ import zlib
 import pytest
 
 from cloud_sync import protocol
-from cloud_sync.protocol import DroppedRange, Encoder, ProtocolError
+from cloud_sync.protocol import DroppedRange, Encoder, ProtocolError, framing
 
 ROWS = [(1, "win", 1700000000.5, '{"sensor":"t1","count":3}'), (2, "win", 1700000001.0, '{"count":4}')]
 
@@ -166,7 +166,7 @@ def test_acks_and_statuses_round_trip_and_bad_ones_are_refused() -> None:
 
 
 def test_zstd_is_refused_by_name_when_asked_for_but_missing(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(protocol, "zstandard", None)
+    monkeypatch.setattr(framing, "zstandard", None)
     assert protocol.resolve_encoding("auto") == "zlib"
     with pytest.raises(ValueError, match="zstandard"):
         protocol.resolve_encoding("zstd")

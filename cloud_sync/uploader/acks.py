@@ -1,0 +1,162 @@
+"""The cloud's acks: what the ingest has accounted for, and letting those records go.
+
+The ingest's retained ack on ``<prefix>/<device>/ack`` names the highest seq it stored (or
+quarantined, or saw announced as dropped) contiguously. Only then may a record leave the
+outbox: a broker's PUBACK only means the broker took the message (docs/design/002-exactly-once.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiomqtt
+
+from agent.counters import CounterSet, ThrottledLog
+from agent.outbox.store import Outbox
+from cloud_sync import protocol
+from cloud_sync.mqtt import Client
+from cloud_sync.uploader.errors import LinkDead
+from cloud_sync.uploader.reader import OutboxReader
+from cloud_sync.uploader.status import SCOPE, SendRate
+from cloud_sync.uploader.tracker import SendTracker
+
+log = logging.getLogger(__name__)
+
+Writer = Callable[..., Awaitable[Any]]
+"""``await writer(fn, *args)`` runs ``fn`` on the thread that owns the outbox's writing connection."""
+_PROBES_KEPT = 64
+
+
+class Acks:
+    """Reads acks from the broker, moves the tracker, and releases acknowledged records."""
+
+    def __init__(
+        self,
+        device_id: str,
+        tracker: SendTracker,
+        reader: OutboxReader,
+        write: Writer,
+        outbox: Outbox,
+        counters: CounterSet,
+        rate: SendRate,
+        wake: Callable[[], None],
+    ) -> None:
+        self._device_id = device_id
+        self._tracker = tracker
+        self._reader = reader
+        self._write = write
+        self._outbox = outbox
+        self._counters = counters
+        self._rate = rate
+        self._wake = wake
+        self._errors = ThrottledLog(log, interval=30)
+        self._changed = asyncio.Event()
+        self._last_seq_seen = 0
+        self._probes: dict[int, float] = {}
+        self.epoch = ""
+        self.target = 0
+        """The highest seq acknowledged so far; records up to it may leave the outbox."""
+        self.flushed = 0
+        self.ever_acked = False
+        self.acked_at: float | None = None
+        self.echoed_at = 0.0
+        """When the newest probe the ingest echoed was sent: later messages got through."""
+        self.conflict: str | None = None
+        """Set when the cloud acks another outbox under this device id."""
+
+    async def load(self, epoch: str) -> None:
+        """Start from the ack the outbox remembers."""
+        self.epoch = epoch
+        acked = await self._reader.call(self._reader.meta, "last_ack_seq")
+        self.ever_acked = bool(acked)
+        self._tracker.acked = self.target = self.flushed = int(acked or 0)
+        self.acked_at = await self._reader.call(self._reader.meta, "last_ack_at")
+
+    def probe_sent(self, probe: int, at: float) -> None:
+        self._probes[probe] = at
+        if len(self._probes) > _PROBES_KEPT:
+            del self._probes[min(self._probes)]
+
+    async def read(
+        self, client: Client, ack_topic: str, first: asyncio.Event, other: Callable[[aiomqtt.Message], None]
+    ) -> None:
+        """Every message of the connection: acks are taken here, the rest go to ``other``."""
+        async for message in client.messages:
+            first.set()
+            if str(message.topic) != ack_topic:
+                other(message)
+                continue
+            if not isinstance(message.payload, bytes | bytearray):
+                continue
+            try:
+                ack = protocol.decode_ack(bytes(message.payload))
+            except protocol.ProtocolError as exc:
+                self._counters.incr(SCOPE, "bad_acks")
+                self._errors.warning("bad-ack", "ignoring an ack: %s", exc)
+                continue
+            await self.take(ack)
+
+    async def take(self, ack: protocol.Ack) -> None:
+        if ack.epoch and ack.epoch != self.epoch:
+            await self._foreign(ack)
+            return
+        tracker = self._tracker
+        if ack.probe in self._probes:
+            self.echoed_at = max(self.echoed_at, self._probes[ack.probe])
+        if ack.seq <= tracker.acked:
+            tracker.on_ack(ack.seq, ack.max_seq)
+            return
+        if ack.seq > self._last_seq_seen:
+            self._last_seq_seen = await self._reader.call(self._reader.last_seq)
+        ack_seq = min(ack.seq, self._last_seq_seen)  # never trust an ack beyond our own seqs
+        before = tracker.acked
+        if tracker.on_ack(ack_seq, ack.max_seq):
+            self._rate.acked(ack_seq - before)
+            self.target = ack_seq
+            self._changed.set()
+            self._wake()
+
+    async def _foreign(self, ack: protocol.Ack) -> None:
+        """An ack for another outbox of this device id: the cloud has seen seqs up to
+        ``max_seq`` from it. A new outbox (never acked) moves its seqs above those; otherwise two
+        gateways share one device id, which only the operator can fix."""
+        if not self.ever_acked and ack.max_seq > 0:
+            offset = await self._write(self._outbox.rebase, ack.max_seq)
+            if offset:
+                log.warning(
+                    "the cloud knows device %s up to seq %d from an earlier outbox; renumbered "
+                    "this outbox's records by +%d",
+                    self._device_id,
+                    ack.max_seq,
+                    offset,
+                )
+                self._counters.incr(SCOPE, "rebased")
+                raise LinkDead("outbox renumbered; reconnecting to start over")
+            return
+        self._counters.incr(SCOPE, "epoch_conflicts")
+        self.conflict = (
+            f"the cloud acks another outbox ({ack.epoch}) for device {self._device_id}: "
+            "is another gateway using the same device_id?"
+        )
+        self._errors.warning("epoch", "%s", self.conflict)
+
+    async def release(self) -> None:
+        """Let acknowledged records go, one outbox transaction per ack (latest wins); runs
+        until cancelled."""
+        while True:
+            await self._changed.wait()
+            self._changed.clear()
+            await self.flush()
+
+    async def flush(self) -> None:
+        target = self.target
+        if target <= self.flushed:
+            return
+        await self._write(self._outbox.acknowledge, target)
+        self.flushed = target
+        self.ever_acked = True
+        self.acked_at = time.time()
