@@ -25,8 +25,8 @@ from agent.counters import CounterSet
 from agent.errors import ConfigError
 from agent.health import sdnotify
 from agent.health.clock import CLOCK
+from agent.outbox import Changes
 from agent.outbox.committer import Committer
-from agent.outbox.store import Changes
 from agent.runtime.loopwatch import LoopWatch
 from agent.runtime.pipeline import Change, Pipeline
 

@@ -33,7 +33,7 @@ import aiomqtt
 from agent import codec
 from agent.config import CloudConfig
 from agent.counters import CounterSet
-from agent.outbox.store import Changes, Outbox
+from agent.outbox import Changes, Outbox
 from bench.common import Result
 from bench.prefill import BenchBroker
 from cloud_sync import protocol

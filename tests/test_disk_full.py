@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.outbox.store import Outbox
+from agent.outbox import Outbox
 from tests.conftest import AgentProcess, Broker, agent_config
 from tests.mqtt_helpers import Publisher
 

@@ -12,8 +12,8 @@ from agent.api import Module, ModuleConfig, Record
 from agent.bus import Bus, RecordQueue
 from agent.config import BufferConfig, ModulePlan, ModuleSpec, SupervisorConfig
 from agent.counters import CounterSet
+from agent.outbox import Outbox
 from agent.outbox.committer import Committer
-from agent.outbox.store import Outbox
 from agent.runtime.loopwatch import LoopWatch
 from agent.runtime.module_runner import ModuleRunner, TickGate
 

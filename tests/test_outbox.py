@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 
 from agent.errors import OutboxError
-from agent.outbox.store import Changes, Outbox, Quarantined
+from agent.outbox import Changes, Outbox, Quarantined
 
 
 def add(box: Outbox, n: int, stream: str = "s", payload: str = "x") -> None:

@@ -232,7 +232,7 @@ def test_replay_gives_the_same_summaries_as_the_live_path(tmp_path: Path, broker
     agent.signal(signal.SIGTERM)
     assert agent.wait(10) == 0
 
-    from agent.outbox.store import Outbox
+    from agent.outbox import Outbox
 
     box = Outbox.open_readonly(live_dir / "data")
     try:

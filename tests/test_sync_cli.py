@@ -35,7 +35,7 @@ def test_sync_needs_a_cloud_section(tmp_path: Path) -> None:
 def test_sync_once_with_nothing_to_send_exits_zero_and_without_an_ingest_exits_one(
     tmp_path: Path, cloud_broker: Broker
 ) -> None:
-    from agent.outbox.store import Changes, Outbox
+    from agent.outbox import Changes, Outbox
 
     config = agent_config(tmp_path, extra=cloud_section(cloud_broker.url))
     box = Outbox.open(tmp_path / "data")

@@ -15,7 +15,7 @@ from agent import __version__
 from agent.cli.entry import load_or_exit, run_daemon
 from agent.errors import ModuleLoadError, OutboxError
 from agent.health.status import read_status
-from agent.outbox.store import Outbox, as_jsonl
+from agent.outbox import Outbox, as_jsonl
 from agent.registry import available_modules, resolve_module
 
 CONFIG_OPTION = click.option(

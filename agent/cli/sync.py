@@ -24,7 +24,7 @@ from agent.config import AgentConfig, CloudConfig
 from agent.counters import CounterSet
 from agent.errors import OutboxError
 from agent.health.status import read_status
-from agent.outbox.store import Changes, Outbox
+from agent.outbox import Changes, Outbox
 
 log = logging.getLogger("agent.sync")
 

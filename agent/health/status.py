@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.outbox.store import Outbox
+from agent.outbox import Outbox
 
 # The daemon writes its health every 2 s; older than this, it is not running (or is stuck).
 STALE_AFTER = 10.0

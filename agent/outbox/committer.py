@@ -22,7 +22,8 @@ from typing import Any, TypeVar
 from agent.api import Record
 from agent.config import BufferConfig
 from agent.counters import CounterSet, ThrottledLog
-from agent.outbox.store import Changes, Outbox, Quarantined
+from agent.outbox.records import Changes, Quarantined
+from agent.outbox.store import Outbox
 
 log = logging.getLogger(__name__)
 

@@ -14,89 +14,21 @@ WAL mode lets them read while the daemon writes.
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from agent import codec
 from agent.errors import OutboxError
+from agent.outbox.records import Changes, OutboxRecord, Quarantined
+from agent.outbox.schema import DB_NAME, connect_reader, connect_writer, transaction
 
 log = logging.getLogger(__name__)
 
-DB_NAME = "outbox.db"
 _MAX_SEQ = (1 << 63) - 1
-
-_MIGRATIONS: list[list[str]] = [
-    [
-        """CREATE TABLE outbox (
-               seq INTEGER PRIMARY KEY AUTOINCREMENT,
-               stream TEXT NOT NULL,
-               ts REAL NOT NULL,
-               data TEXT NOT NULL,
-               size INTEGER NOT NULL)""",
-        """CREATE TABLE counters (
-               scope TEXT NOT NULL, name TEXT NOT NULL, value INTEGER NOT NULL,
-               PRIMARY KEY (scope, name)) WITHOUT ROWID""",
-        """CREATE TABLE dropped_ranges (
-               first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL,
-               reason TEXT NOT NULL, at REAL NOT NULL)""",
-        """CREATE TABLE quarantine (
-               id INTEGER PRIMARY KEY AUTOINCREMENT, module TEXT NOT NULL, topic TEXT NOT NULL,
-               ts REAL NOT NULL, data TEXT NOT NULL, error TEXT NOT NULL, at REAL NOT NULL)""",
-        "CREATE TABLE module_state (module TEXT PRIMARY KEY, state TEXT NOT NULL)",
-        "CREATE TABLE health (name TEXT PRIMARY KEY, data TEXT NOT NULL, at REAL NOT NULL)",
-        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    ],
-    [
-        # Records the uploader could not deliver (too large for the broker, refused by it):
-        # kept here with the reason, and announced to the cloud as a dropped range.
-        """CREATE TABLE sync_set_aside (
-               seq INTEGER PRIMARY KEY, stream TEXT NOT NULL, ts REAL NOT NULL,
-               data TEXT NOT NULL, size INTEGER NOT NULL, reason TEXT NOT NULL, at REAL NOT NULL)""",
-        "CREATE INDEX dropped_ranges_last ON dropped_ranges (last_seq)",
-    ],
-]
-
-
-@dataclass(frozen=True)
-class OutboxRecord:
-    seq: int
-    stream: str
-    ts: float
-    data: dict[str, Any]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"seq": self.seq, "stream": self.stream, "ts": self.ts, "data": self.data}
-
-
-@dataclass(frozen=True)
-class Quarantined:
-    module: str
-    topic: str
-    ts: float
-    data: dict[str, Any]
-    error: str
-
-
-@dataclass
-class Changes:
-    """Everything one commit writes, in one transaction."""
-
-    records: list[tuple[str, float, dict[str, Any]]] = field(default_factory=list)
-    counters: dict[tuple[str, str], int] = field(default_factory=dict)
-    quarantined: list[Quarantined] = field(default_factory=list)
-    module_state: dict[str, dict[str, Any]] = field(default_factory=dict)
-    health: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def __bool__(self) -> bool:
-        return bool(
-            self.records or self.counters or self.quarantined or self.module_state or self.health
-        )
 
 
 class Outbox:
@@ -117,13 +49,7 @@ class Outbox:
         """Open (creating and migrating) the outbox in ``data_dir`` for writing."""
         path = Path(data_dir) / DB_NAME
         try:
-            _private_dir(path.parent)
-            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            path.chmod(0o600)  # unsent data: the agent user's alone, whoever created the file
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={synchronous}")
-            conn.execute("PRAGMA busy_timeout=5000")
-            _migrate(conn)
+            conn = connect_writer(path, synchronous)
         except (OSError, sqlite3.Error) as exc:
             raise OutboxError(str(path), f"cannot open the outbox: {exc}") from exc
         return cls(conn, path, max_bytes)
@@ -131,18 +57,7 @@ class Outbox:
     @classmethod
     def open_readonly(cls, data_dir: Path) -> Outbox:
         """Open an existing outbox for reading only; raise ``OutboxError`` if there is none."""
-        path = Path(data_dir) / DB_NAME
-        if not path.exists():
-            raise OutboxError(str(path), "no outbox yet: the agent has not run with this data_dir")
-        try:
-            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
-            conn.execute("PRAGMA busy_timeout=5000")
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-        except sqlite3.Error as exc:
-            raise OutboxError(str(path), f"cannot read the outbox: {exc}") from exc
-        if version > len(_MIGRATIONS):
-            raise OutboxError(str(path), f"written by a newer agent (schema {version})")
-        return cls(conn, path, None, writer=False)
+        return cls(connect_reader(Path(data_dir) / DB_NAME), Path(data_dir) / DB_NAME, None, writer=False)
 
     def close(self) -> None:
         self._conn.close()
@@ -178,8 +93,7 @@ class Outbox:
                 states.append((name, codec.dumps(state)))
             except (TypeError, ValueError) as exc:
                 log.error("module %r: its state cannot be saved, JSON cannot hold it: %s", name, exc)
-        try:
-            conn.execute("BEGIN IMMEDIATE")
+        with transaction(conn):
             conn.executemany(
                 "INSERT INTO outbox (stream, ts, data, size) VALUES (?, ?, ?, ?)",
                 rows,
@@ -199,11 +113,6 @@ class Outbox:
                 [(name, codec.dumps(data), now) for name, data in changes.health.items()],
             )
             overflow = self._enforce_budget(self._bytes + added_bytes, now)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
         self._bytes += added_bytes - overflow
 
     def _enforce_budget(self, total: int, now: float) -> int:
@@ -236,8 +145,7 @@ class Outbox:
     def acknowledge(self, up_to_seq: int) -> int:
         """Remove every record with ``seq <= up_to_seq`` and remember the ack."""
         conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(conn):
             freed, removed = conn.execute(
                 "SELECT coalesce(sum(size), 0), count(*) FROM outbox WHERE seq <= ?", (up_to_seq,)
             ).fetchone()
@@ -246,11 +154,6 @@ class Outbox:
             if up_to_seq > previous:
                 self._set_meta("last_ack_seq", up_to_seq)
                 self._set_meta("last_ack_at", time.time())
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
         self._bytes -= freed
         return int(removed)
 
@@ -262,9 +165,8 @@ class Outbox:
         epoch = self.meta("epoch")
         if epoch is None:
             epoch = secrets.token_hex(8)
-            self._conn.execute("BEGIN IMMEDIATE")
-            self._set_meta("epoch", epoch)
-            self._conn.execute("COMMIT")
+            with transaction(self._conn):
+                self._set_meta("epoch", epoch)
         return str(epoch)
 
     def read_rows(
@@ -273,8 +175,7 @@ class Outbox:
         """Unsent rows after ``after_seq`` (and up to ``up_to_seq``) as stored, ``data`` still
         JSON text: ``(seq, stream, ts, data, size)``, bounded by count and bytes (at least one)."""
         rows = self._conn.execute(
-            "SELECT seq, stream, ts, data, size FROM outbox WHERE seq > ? AND seq <= ? "
-            "ORDER BY seq LIMIT ?",
+            "SELECT seq, stream, ts, data, size FROM outbox WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
             (after_seq, _MAX_SEQ if up_to_seq is None else up_to_seq, max_records),
         ).fetchall()
         total = 0
@@ -298,11 +199,9 @@ class Outbox:
         uploader announces). False if the record is not in the outbox any more."""
         conn = self._conn
         now = time.time()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(conn):
             row = conn.execute("SELECT stream, ts, data, size FROM outbox WHERE seq = ?", (seq,)).fetchone()
             if row is None:
-                conn.execute("ROLLBACK")
                 return False
             conn.execute(
                 "INSERT OR REPLACE INTO sync_set_aside VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -315,11 +214,6 @@ class Outbox:
                 "ON CONFLICT (scope, name) DO UPDATE SET value = value + 1",
                 (reason,),
             )
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
         self._bytes -= row[3]
         return True
 
@@ -334,36 +228,29 @@ class Outbox:
         ``above_seq``; the cloud has seen seqs up to there from an earlier outbox of this device.
         Returns the offset added (0 if nothing needed it)."""
         conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            lowest = conn.execute(
-                "SELECT min(s) FROM (SELECT min(seq) AS s FROM outbox "
-                "UNION ALL SELECT min(first_seq) FROM dropped_ranges "
-                "UNION ALL SELECT seq + 1 FROM sqlite_sequence WHERE name = 'outbox')"
-            ).fetchone()[0] or 1
+        with transaction(conn):
+            lowest = (
+                conn.execute(
+                    "SELECT min(s) FROM (SELECT min(seq) AS s FROM outbox "
+                    "UNION ALL SELECT min(first_seq) FROM dropped_ranges "
+                    "UNION ALL SELECT seq + 1 FROM sqlite_sequence WHERE name = 'outbox')"
+                ).fetchone()[0]
+                or 1
+            )
             offset = max(0, above_seq + 1 - lowest)
             if offset:
                 # Shift from the top down so no seq collides on the way.
-                conn.execute(
-                    "UPDATE outbox SET seq = -(seq + ?)", (offset,)
-                )
+                conn.execute("UPDATE outbox SET seq = -(seq + ?)", (offset,))
                 conn.execute("UPDATE outbox SET seq = -seq")
                 conn.execute(
                     "UPDATE dropped_ranges SET first_seq = first_seq + ?, last_seq = last_seq + ?",
                     (offset, offset),
                 )
-                conn.execute(
-                    "UPDATE sqlite_sequence SET seq = seq + ? WHERE name = 'outbox'", (offset,)
-                )
+                conn.execute("UPDATE sqlite_sequence SET seq = seq + ? WHERE name = 'outbox'", (offset,))
                 conn.execute(
                     "INSERT OR IGNORE INTO sqlite_sequence (name, seq) VALUES ('outbox', ?)", (above_seq,)
                 )
                 self._set_meta("rebased", {"offset": offset, "at": time.time()})
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
         return offset
 
     def _set_meta(self, key: str, value: Any) -> None:
@@ -419,8 +306,15 @@ class Outbox:
             (limit,),
         )
         return [
-            {"id": id_, "module": module, "topic": topic, "ts": ts, "data": codec.loads(data),
-             "error": error, "at": at}
+            {
+                "id": id_,
+                "module": module,
+                "topic": topic,
+                "ts": ts,
+                "data": codec.loads(data),
+                "error": error,
+                "at": at,
+            }
             for id_, module, topic, ts, data, error, at in rows
         ]
 
@@ -440,29 +334,3 @@ def _json_or_repr(data: Any) -> str:
         return codec.dumps(data)
     except (TypeError, ValueError):
         return codec.dumps({"repr": repr(data)[:4096]})
-
-
-def _migrate(conn: sqlite3.Connection) -> None:
-    """Bring the schema up to date, one numbered step at a time, each in its own transaction."""
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version > len(_MIGRATIONS):
-        raise OutboxError("", f"the outbox was written by a newer agent (schema {version})")
-    for number, statements in enumerate(_MIGRATIONS[version:], start=version + 1):
-        conn.execute("BEGIN IMMEDIATE")
-        for statement in statements:
-            conn.execute(statement)
-        conn.execute(f"PRAGMA user_version={number}")
-        conn.execute("COMMIT")
-
-
-def as_jsonl(records: Iterable[OutboxRecord]) -> Iterator[str]:
-    for record in records:
-        yield codec.dumps(record.as_dict())
-
-
-def _private_dir(folder: Path) -> None:
-    """Create the data directory mode 700; one of ours that others may read is closed."""
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = folder.stat()
-    if info.st_uid == os.getuid() and info.st_mode & 0o077:
-        folder.chmod(0o700)

@@ -16,8 +16,8 @@ from agent.bus import Bus, RecordQueue
 from agent.config import ModulePlan, SupervisorConfig
 from agent.counters import CounterSet, ScopedCounters, ThrottledLog
 from agent.errors import ModuleHung
+from agent.outbox import Quarantined
 from agent.outbox.committer import Committer
-from agent.outbox.store import Quarantined
 from agent.runtime.loopwatch import LoopWatch
 
 log = logging.getLogger("agent.modules")

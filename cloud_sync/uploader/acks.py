@@ -16,7 +16,7 @@ from typing import Any
 import aiomqtt
 
 from agent.counters import CounterSet, ThrottledLog
-from agent.outbox.store import Outbox
+from agent.outbox import Outbox
 from cloud_sync import protocol
 from cloud_sync.mqtt import Client
 from cloud_sync.uploader.errors import LinkDead

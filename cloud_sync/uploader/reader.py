@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from agent.config import CloudConfig
-from agent.outbox.store import Outbox
+from agent.outbox import Outbox
 from cloud_sync.protocol import DroppedRange, Encoder
 
 T = TypeVar("T")

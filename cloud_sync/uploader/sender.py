@@ -19,7 +19,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import CloudConfig
 from agent.counters import CounterSet, ThrottledLog
-from agent.outbox.store import Outbox
+from agent.outbox import Outbox
 from cloud_sync.mqtt import Client
 from cloud_sync.uploader.acks import Acks, Writer
 from cloud_sync.uploader.errors import LinkDead

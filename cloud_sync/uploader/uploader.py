@@ -24,7 +24,7 @@ import aiomqtt
 from agent.backoff import Backoff
 from agent.config import CloudConfig
 from agent.counters import CounterSet, ThrottledLog
-from agent.outbox.store import Changes, Outbox
+from agent.outbox import Changes, Outbox
 from cloud_sync import protocol
 from cloud_sync.mqtt import Client, make_client, ssl_context, wrong_protocol
 from cloud_sync.uploader import remote_link
