@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from agent.health.status import read_status
-from agent.outbox.store import Outbox
+from agent.outbox import Outbox
 from tests.conftest import AgentProcess, Broker, agent_config
 from tests.mqtt_helpers import Publisher
 
