@@ -129,3 +129,46 @@ def test_a_retained_command_is_not_run_again_at_the_next_subscribe(
     assert agent.output().count("command restart-module (kept) done") == 1
     client.client.publish(f"edge/{DEVICE}/cmd/restart-module", b"", 1, True).wait_for_publish(5)
     client.close()
+
+
+def test_a_command_runs_once_however_late_it_comes_again_and_expires_within_the_hour(
+    cloud_broker: Broker, agent: AgentProcess
+) -> None:
+    client = CloudClient(cloud_broker.port, mqtt.MQTTv311)
+    client.subscribe(f"edge/{DEVICE}/reply/#")
+    far = time.time() + 10 * 365 * 86400
+    assert error(client.command(DEVICE, "ping", expiry=None, expires_at=far)).startswith("expiry_too_far: ")
+    ok(client.command(DEVICE, "restart-module", {"name": "win"}, command_id="once"))
+    for number in range(300):  # more than the replies remembered
+        client.command(DEVICE, "ping", command_id=f"filler-{number}")
+    assert error(client.command(DEVICE, "restart-module", {"name": "win"}, command_id="once")).startswith(
+        "already_done: ")
+    agent.signal(15)
+    assert agent.wait(10) == 0
+    agent.start()
+    agent.wait_for_log("remote control: subscribed", count=2)
+    assert error(client.command(DEVICE, "restart-module", {"name": "win"}, command_id="once")).startswith(
+        "already_done: ")
+    assert agent.output().count("command restart-module (once) done") == 1
+    seen = Path(agent.config).parent / "data" / "commands-seen.json"
+    assert seen.stat().st_mode & 0o777 == 0o600
+    client.close()
+
+
+def test_a_device_that_runs_only_signed_configs_answers_only_read_only_commands(
+    tmp_path: Path, cloud_broker: Broker, agents: list[AgentProcess]
+) -> None:
+    from cloud_sync import signing
+
+    (tmp_path / "key.pub").write_bytes(signing.generate()[1])
+    config = remote_config(tmp_path, cloud_broker.url,
+                           remote=f'allow_commands = true\npublic_key_file = "{tmp_path / "key.pub"}"')
+    process = AgentProcess(config).start()
+    agents.append(process)
+    process.wait_for_log("remote control: subscribed")
+    client = CloudClient(cloud_broker.port)
+    client.subscribe(f"edge/{DEVICE}/reply/#")
+    assert ok(client.command(DEVICE, "ping"))["pong"] is True
+    assert error(client.command(DEVICE, "restart-module", {"name": "win"})).startswith("signed_only: ")
+    assert error(client.command(DEVICE, "set-log-level", {"level": "DEBUG"})).startswith("signed_only: ")
+    client.close()

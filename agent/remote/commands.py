@@ -6,8 +6,12 @@ device's own ``reply`` are used, so a request cannot make the device publish els
 
 A command is executed at most once, and never late: it must carry an expiry (MQTT 5 Message
 Expiry, which the broker enforces, or ``expires_at`` in the payload, checked against the
-device's clock); one that arrives expired, or as a retained message, is answered with an error
-and not run; a repeated ``id`` (a QoS 1 redelivery) gets the first reply again. Unknown commands,
+device's clock) of at most ``MAX_EXPIRY``; one that arrives expired, or as a retained message,
+is answered with an error and not run; a repeated ``id`` (a QoS 1 redelivery) gets the first
+reply again, or, once that is forgotten, ``already_done``: ids are remembered until their
+command expires, across restarts (``seen``). A device that runs only signed configs
+(``[remote] public_key_file``) answers only the commands that change nothing (``READ_ONLY``):
+an unsigned request must not do what an unsigned config may not. Unknown commands,
 bad arguments, a handler that fails or takes longer than ``TIMEOUT``: an error reply, counted,
 never a crash. At most ``CONCURRENT`` run at once; more get ``busy``.
 """
@@ -25,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent import __version__, codec
 from agent.health.status import read_status
+from agent.remote.seen import SeenCommands
 from cloud_sync import protocol
 from cloud_sync.protocol import Command, ProtocolError
 
@@ -37,7 +42,11 @@ SCOPE = "remote"
 TIMEOUT = 15.0
 CONCURRENT = 4
 REMEMBERED = 256
-"""Command ids remembered (with their replies) to answer a redelivery without running it again."""
+"""Replies remembered, to answer a redelivery with the first reply (the ids themselves are
+remembered longer: ``seen``)."""
+MAX_EXPIRY = 3600.0
+"""The longest a command may wait for the device: a command for later is not a command."""
+READ_ONLY = frozenset({"ping", "status"})
 
 
 class CommandFailed(Exception):
@@ -83,6 +92,10 @@ class Commands:
         }
         self._replies: OrderedDict[str, bytes] = OrderedDict()
         self._running: set[asyncio.Task[None]] = set()
+        remote = agent.file_loaded.agent.remote
+        self.signed_only = remote is not None and remote.public_key_file is not None
+        self.seen = SeenCommands(agent.file_loaded.agent.data_dir)
+        self.seen.load()  # a small file, read once at start-up
 
     def received(self, prefix: str, name: str, payload: bytes, retain: bool, properties: Any) -> None:
         """A request arrived (on the event loop, from the uploader's reader): answer it."""
@@ -97,13 +110,14 @@ class Commands:
                 counters.incr(SCOPE, "command_repeats")
                 self._send(destination, correlation, self._replies[command_id])
                 return
-            self._admit(command, retain, properties)
+            until = self._admit(command, retain, properties)
         except ProtocolError as exc:
             self._fail(destination, correlation, command_id, name, exc.reason, exc.detail)
             return
         except CommandFailed as exc:
             self._fail(destination, correlation, command_id, name, exc.code, str(exc))
             return
+        self.seen.add(command.id, until)
         task = asyncio.create_task(self._run(command, destination, correlation), name=f"cmd:{name}")
         self._running.add(task)
         task.add_done_callback(self._running.discard)
@@ -131,25 +145,38 @@ class Commands:
             return default, correlation
         return wanted, correlation
 
-    def _admit(self, command: Command, retain: bool, properties: Any) -> None:
+    def _admit(self, command: Command, retain: bool, properties: Any) -> float:
+        """The time after which ``command`` can no longer arrive, if it may run now."""
         if command.name not in self._handlers:
             known = ", ".join(self._handlers)
             raise CommandFailed("unknown_command", f"{command.name}: not a command (known: {known})")
+        if self.signed_only and command.name not in READ_ONLY:
+            raise CommandFailed("signed_only", "this device runs only signed configs, and answers only "
+                                f"{', '.join(sorted(READ_ONLY))}")
         if retain:
             raise CommandFailed("retained", "a retained command is never executed (it could be stale)")
+        if command.id in self.seen:
+            self.agent.counters.incr(SCOPE, "command_repeats")
+            raise CommandFailed("already_done", "this command id was acted on before; not run again")
+        now = time.time()
         broker_expiry = getattr(properties, "MessageExpiryInterval", None)
         if command.expires_at is None and broker_expiry is None:
             raise CommandFailed("no_expiry", "give the command an MQTT 5 message expiry or expires_at")
-        if command.expires_at is not None and command.expires_at < time.time():
-            late = time.time() - command.expires_at
+        if command.expires_at is not None and command.expires_at < now:
+            late = now - command.expires_at
             raise CommandFailed("expired", f"expired {late:.1f} s ago (device clock); not executed")
-        if len(self._running) >= CONCURRENT:
+        horizon = [t for t in (command.expires_at, now + broker_expiry if broker_expiry else None) if t]
+        if max(horizon) > now + MAX_EXPIRY:
+            raise CommandFailed("expiry_too_far", f"expires over {MAX_EXPIRY:g} s from now; not executed")
+        if len(self._running) >= CONCURRENT or self.seen.full():
             raise CommandFailed("busy", f"{CONCURRENT} commands are running; try again")
+        return max(horizon)
 
     # -- running and replying ---------------------------------------------------------------------
 
     async def _run(self, command: Command, destination: str, correlation: bytes | None) -> None:
         model, handler = self._handlers[command.name]
+        await asyncio.to_thread(self.seen.save)  # before it runs: at most once, even across a crash
         try:
             try:
                 args = model.model_validate(command.args)
