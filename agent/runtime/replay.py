@@ -28,8 +28,8 @@ from typing import Any, TextIO
 from agent import codec
 from agent.api import Record
 from agent.config import LoadedConfig, MqttSourceConfig, SimulatorSourceConfig
+from agent.runtime.stepper import Stepper
 from agent.sources.readings import NO_VALUE, Rejected, reading_from, time_of
-from agent.testing import Harness
 from agent.topics import fixed_prefix
 
 NO_SENSOR = "no_sensor"
@@ -189,28 +189,27 @@ def replay(
         report.emitted += 1
         out(record)
 
-    harness = Harness(loaded.modules, strict=False, on_emit=emitted, keep=False)
+    stepper = Stepper(loaded.modules, strict=False, on_emit=emitted, keep=False)
     try:
-        harness.start()
-        if harness.start_errors:
+        stepper.run(stepper.astart())
+        if stepper.start_errors:
             return
         counted = _counted(records, report)
         if speed is None:
-            harness.feed(counted)
+            stepper.run(stepper.afeed(counted))
         else:
-            _paced(harness, counted, speed, sleep, monotonic)
-        harness.stop()
+            stepper.run(_paced(stepper, counted, speed, sleep, monotonic))
+        stepper.run(stepper.astop())
     finally:
-        report.start_failed = [name for name, _ in harness.start_errors]
-        report.module_errors += [f"{name}: start: {exc}" for name, exc in harness.start_errors]
+        report.start_failed = [name for name, _ in stepper.start_errors]
+        report.module_errors += [f"{name}: start: {exc}" for name, exc in stepper.start_errors]
         report.module_errors += [
-            f"{q.module}: {q.hook}: {q.error!r}" for q in harness.quarantined
+            f"{q.module}: {q.hook}: {q.error!r}" for q in stepper.quarantined
         ]
         report.module_counters = {
-            plan.spec.name: dict(harness.context(plan.spec.name).counters.values)
-            for plan in loaded.modules
+            stage.name: dict(stage.counters.values) for stage in stepper.stages
         }
-        harness.close()
+        stepper.close()
 
 
 def _counted(records: Iterable[Record], report: ReplayReport) -> Iterator[Record]:
@@ -219,8 +218,8 @@ def _counted(records: Iterable[Record], report: ReplayReport) -> Iterator[Record
         yield record
 
 
-def _paced(
-    harness: Harness, records: Iterable[Record], speed: float,
+async def _paced(
+    stepper: Stepper, records: Iterable[Record], speed: float,
     sleep: Callable[[float], None], monotonic: Callable[[], float],
 ) -> None:
     started = monotonic()
@@ -228,12 +227,12 @@ def _paced(
     for record in records:
         if first is None:
             first = record.ts
-            harness.advance_to(first)
+            await stepper.aadvance_to(first)
         due = started + (record.ts - first) / speed
         while (wait := due - monotonic()) > 0:
             sleep(min(wait, TICK))
-            harness.advance_to(first + (monotonic() - started) * speed)
-        harness.feed([record])
+            await stepper.aadvance_to(first + (monotonic() - started) * speed)
+        await stepper.afeed([record])
 
 
 def printer(stream: TextIO, report: ReplayReport, flush: bool = False) -> Callable[[Record], None]:

@@ -1,0 +1,225 @@
+"""One module instance and the rules its hooks run by, the same in the daemon
+(``runtime.module_runner``), the harness and replay (``runtime.stepper``).
+
+The rules are the promises of ``agent.api``: ``start`` once before anything else; a record that
+makes ``process`` raise is quarantined and the next one is processed; a ``process_batch`` that
+raises has its whole batch quarantined (the module owned the loop over it); every error is
+counted and reported; a module that keeps failing is restarted with a growing delay. What to
+do with a quarantined record or an error (commit it, log it, fail a test) is the caller's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from agent.api import Module, ModuleConfig, Record
+from agent.errors import ModuleHung
+from agent.runtime.context import ModuleContext
+
+START_TIMEOUT = 30.0
+"""Longest a ``start`` or ``stop`` may take before it counts as failed."""
+
+
+class Watch(Protocol):
+    """Told when a step begins and ends (the daemon's ``LoopWatch`` interrupts a hung one)."""
+
+    def enter(self, module: str, hook: str) -> None: ...
+
+    def leave(self) -> None: ...
+
+
+class _NoWatch:
+    def enter(self, module: str, hook: str) -> None:
+        pass
+
+    def leave(self) -> None:
+        pass
+
+
+class Events(Protocol):
+    """Where an instance reports what happened; the daemon commits and logs, the harness keeps."""
+
+    def count(self, name: str, by: int = 1) -> None:
+        """The runtime's counters of the instance: processed, quarantined, errors, hangs..."""
+
+    def quarantine(self, record: Record, hook: str, exc: BaseException) -> None:
+        """``record`` made ``hook`` raise; it is set aside, not lost."""
+
+    def error(self, hook: str, exc: BaseException) -> None:
+        """``hook`` raised ``exc`` (after the records it concerns were quarantined)."""
+
+    def dropped(self, reason: str, by: int) -> None:
+        """Records the instance could not take (it is not running), by reason."""
+
+    def requeue(self, records: list[Record]) -> None:
+        """Put ``records`` back at the front of the instance's input, to be processed next."""
+
+
+class ModuleInstance:
+    """A module class, its config and context, and the instance that is running, if any."""
+
+    def __init__(
+        self,
+        cls: type[Module[Any]],
+        config: ModuleConfig,
+        context: ModuleContext,
+        events: Events,
+        watch: Watch | None = None,
+    ) -> None:
+        self.cls = cls
+        self.config = config
+        self.context = context
+        self.name = context.name
+        self.events = events
+        self.watch = watch or _NoWatch()
+        self.batched = cls.process_batch is not Module.process_batch
+        self.status = "created"
+        self.errors_in_a_row = 0
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None
+        self._module: Module[Any] | None = None
+
+    @property
+    def module(self) -> Module[Any]:
+        if self._module is None:
+            raise RuntimeError(f"module {self.name!r} was never started")
+        return self._module
+
+    @property
+    def running(self) -> bool:
+        return self.status == "running"
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> bool:
+        """A new instance, started; False (status ``failed``) if it raised or timed out."""
+        try:
+            self._module = self.cls(self.config, self.context)
+            await self._guarded("start", self._module.start)
+        except Exception as exc:
+            self.failed("start", exc)
+            self.status = "failed"
+            return False
+        self.status = "running"
+        return True
+
+    async def stop(self) -> None:
+        """``stop`` the running instance (it emits what is open); a failed one has nothing to
+        stop. The instance is ``stopped`` afterwards either way."""
+        if self.status in ("running", "restarting"):
+            try:
+                await self._guarded("stop", self.module.stop)
+            except Exception as exc:
+                self.failed("stop", exc)
+        self.status = "stopped"
+
+    async def _guarded(self, hook: str, fn: Callable[[], Any]) -> None:
+        self.watch.enter(self.name, hook)
+        try:
+            await asyncio.wait_for(fn(), START_TIMEOUT)
+        except TimeoutError:
+            raise TimeoutError(f"{hook} did not finish within {START_TIMEOUT:.0f} s") from None
+        finally:
+            self.watch.leave()
+
+    # -- steps -----------------------------------------------------------------------------
+
+    def process(self, batch: list[Record]) -> None:
+        """Hand ``batch`` to the module, quarantining what it raises on; an instance that is
+        not running (its start failed) drops the batch, counted."""
+        if self.status != "running":
+            why = "failed" if self.status == "failed" else "not_running"
+            self.events.dropped(f"module_{why}:{self.name}", len(batch))
+            return
+        self.watch.enter(self.name, "process")
+        try:
+            if self.batched:
+                try:
+                    self.module.process_batch(batch)
+                    self.errors_in_a_row = 0
+                except Exception as exc:
+                    for record in batch:
+                        self._quarantine(record, "process_batch", exc)
+                    self.failed("process_batch", exc)
+            else:
+                self._process_each(batch)
+        finally:
+            self.watch.leave()
+        self.events.count("processed", len(batch))
+
+    def _process_each(self, batch: list[Record]) -> None:
+        process = self.module.process
+        start, end = 0, len(batch)
+        while start < end:
+            index = start
+            try:
+                for index in range(start, end):  # index names the culprit below
+                    process(batch[index])
+                self.errors_in_a_row = 0
+                return
+            except Exception as exc:
+                self._quarantine(batch[index], "process", exc)
+                self.failed("process", exc)
+                start = index + 1
+                if isinstance(exc, ModuleHung) and start < end:
+                    # The loop has been held long enough: the rest of the batch goes back to
+                    # the front of the queue, and the sources and other modules run first.
+                    self.events.count("requeued_after_hang", end - start)
+                    self.events.requeue(batch[start:])
+                    return
+
+    def tick(self, now: float) -> None:
+        if self.status != "running":
+            return
+        self.watch.enter(self.name, "tick")
+        try:
+            self.module.tick(now)
+        except Exception as exc:
+            self.failed("tick", exc)
+        finally:
+            self.watch.leave()
+
+    # -- failures --------------------------------------------------------------------------
+
+    def _quarantine(self, record: Record, hook: str, exc: BaseException) -> None:
+        self.events.count("quarantined")
+        self.events.quarantine(record, hook, exc)
+
+    def failed(self, hook: str, exc: BaseException) -> None:
+        """Count and report an error of ``hook``."""
+        self.errors_in_a_row += 1
+        self.events.count("hangs" if isinstance(exc, ModuleHung) else "errors")
+        self.last_error = f"{hook}: {describe(exc)}"
+        self.last_error_at = time.time()
+        self.events.error(hook, exc)
+
+
+class RestartPolicy:
+    """When a failing instance gets a fresh one: after ``after_errors`` errors in a row or a
+    failed start, at most once per delay, the delay doubling from one second up to
+    ``backoff_max``. Time is whatever clock the caller runs on (monotonic in the daemon)."""
+
+    def __init__(self, after_errors: int, backoff_max: float) -> None:
+        self.after_errors = after_errors
+        self.backoff_max = backoff_max
+        self.restarts = 0
+        self._not_before = -float("inf")
+
+    def due(self, instance: ModuleInstance, now: float) -> bool:
+        wanted = instance.status == "failed" or instance.errors_in_a_row >= self.after_errors
+        return wanted and now >= self._not_before
+
+    def note(self, now: float) -> float:
+        """A restart happens at ``now``: the delay until the next one may."""
+        self.restarts += 1
+        delay = min(self.backoff_max, 2.0 ** (self.restarts - 1))
+        self._not_before = now + delay
+        return delay
+
+
+def describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
