@@ -173,7 +173,7 @@ class Pipeline:
         for name in list(self._sources):
             await self._stop_source(name)
         await self._finish(self.runners)
-        self.runners = []
+        # the runners stay listed, stopped: the final commit saves their state and health
 
     async def _stop_source(self, name: str) -> None:
         running = self._sources.pop(name)
