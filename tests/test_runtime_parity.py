@@ -15,7 +15,7 @@ import pytest
 
 from agent.config import load_config
 from agent.health.status import read_status
-from agent.outbox.store import Outbox
+from agent.outbox import Outbox
 from agent.runtime.instance import describe
 from agent.testing import Harness, ManualClock
 from tests.conftest import AgentProcess, Broker, agent_config
