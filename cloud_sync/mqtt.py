@@ -90,6 +90,9 @@ class Client(aiomqtt.Client):
     def _on_disconnect(
         self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any = None
     ) -> None:
+        if not self._connected.done():
+            # Closed before any CONNACK: without this, the connect would wait out its timeout.
+            self._connected.set_exception(ClosedBeforeConnack(self.protocol_name))
         self._loop.call_soon_threadsafe(self._fail_sends, reason_code)
         super()._on_disconnect(client, userdata, flags, reason_code, properties)
 
@@ -108,6 +111,15 @@ class Client(aiomqtt.Client):
     @property
     def protocol_name(self) -> str:
         return "5" if self._client.protocol == paho.MQTTv5 else "3.1.1"
+
+
+class ClosedBeforeConnack(aiomqtt.MqttError):
+    """The broker closed the connection after our CONNECT without a CONNACK. That is how
+    RabbitMQ 3.10 (and other 3.1.1-only brokers) answer an MQTT 5 CONNECT."""
+
+    def __init__(self, protocol: str) -> None:
+        super().__init__(f"the broker closed the connection without a CONNACK (MQTT {protocol})")
+        self.protocol = protocol
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
@@ -165,7 +177,12 @@ def make_client(
 
 
 def wrong_protocol(exc: BaseException) -> bool:
-    """True if a failed connect says the broker does not speak the protocol version we tried."""
+    """True if a failed connect says the broker does not speak the protocol version we tried: a
+    CONNACK refusing it, or (after an MQTT 5 CONNECT) a connection closed without any CONNACK. A
+    broker restarting at that very moment looks the same; 3.1.1 then works as well, minus the
+    PUBACK reason codes."""
+    if isinstance(exc, ClosedBeforeConnack):
+        return exc.protocol == "5"
     if isinstance(exc, MqttConnectError):
         rc = getattr(exc, "rc", None)
         return getattr(rc, "value", rc) in _WRONG_PROTOCOL

@@ -131,10 +131,17 @@ def linkctl(control: str, command: tuple[str, ...]) -> None:
 @click.option("--compression", type=click.Choice(["auto", "zstd", "zlib", "none"]),
               default="zlib", show_default=True,
               help="zstd costs about 50 KB of memory per device.")
+@click.option("--ack-timeout", type=click.FloatRange(min=0, min_open=True), default=60.0,
+              show_default=True, help="Seconds without an ack before a device sends again.")
+@click.option("--reconnect-max", type=click.FloatRange(min=1), default=60.0, show_default=True,
+              help="Seconds: the reconnect delay doubles from 1 s up to this (full jitter).")
+@click.option("--drain", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="At the end, seconds to wait for the ingest to acknowledge every backlog.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final report as JSON.")
 def fleet(broker: str, devices: int, duration: float | None, interval: float, sensors: int,
           status_interval: float, topic_prefix: str, id_prefix: str, seed: int,
-          connect_rate: float, schedule: str, compression: str, as_json: bool) -> None:
+          connect_rate: float, schedule: str, compression: str, ack_timeout: float,
+          reconnect_max: float, drain: float, as_json: bool) -> None:
     """N virtual devices speaking the sync protocol to a cloud broker."""
     # Imported here: the fleet needs cloud_sync, which sensors and link do without.
     from simulators.fleet import FleetOptions
@@ -145,9 +152,10 @@ def fleet(broker: str, devices: int, duration: float | None, interval: float, se
         host, port = broker_address(broker)
         options = FleetOptions(
             devices=devices, id_prefix=id_prefix, seed=seed, duration=duration,
-            connect_rate=connect_rate, schedule=schedule,
+            connect_rate=connect_rate, schedule=schedule, drain=drain,
             device=DeviceOptions(host=host, port=port, topic_prefix=topic_prefix,
-                                 interval=interval, sensors=sensors,
+                                 interval=interval, sensors=sensors, ack_timeout=ack_timeout,
+                                 reconnect_max=reconnect_max,
                                  status_interval=status_interval, compression=compression),
         )
     except (AddressError, ValueError) as error:

@@ -38,6 +38,8 @@ class FleetOptions:
     duration: float | None = None  # None: until stopped
     connect_rate: float = 500.0
     schedule: str = ""
+    drain: float = DRAIN
+    """At the end, how long to wait for every device's backlog to be acknowledged."""
 
     def __post_init__(self) -> None:
         if self.devices < 1:
@@ -167,13 +169,18 @@ class Fleet:
                     device.cut()
 
     async def _drain(self) -> None:
+        """Wait for the ingest's acks, resending on ``ack_timeout``; a device whose node went down
+        counts too (it reconnects meanwhile), one in a scheduled outage does not."""
         for device in self.devices:
             device.flush()
-        deadline = time.monotonic() + DRAIN
+        deadline = time.monotonic() + self.options.drain
         while time.monotonic() < deadline and any(
-            d.connected and d.backlog for d in self.devices
+            d.backlog and not d.cut_off for d in self.devices
         ):
             await asyncio.sleep(0.1)
+            now = time.monotonic()
+            for device in self.devices:
+                device.check_acks(now)
 
 
 def _parse_command(command: str) -> float | None:

@@ -49,6 +49,7 @@ class DeviceOptions:
     batch_max: int = 500
     backlog_max: int = 10_000
     ack_timeout: float = 60.0
+    reconnect_max: float = 60.0  # the reconnect delay doubles from 1 s up to this, full jitter
     compression: str = "zlib"  # zstd keeps ~50 KB of context per device: 500 MB for 10,000
 
 
@@ -91,7 +92,7 @@ class VirtualDevice:
         self._sent_upto = 0
         self._last_ack_at = time.monotonic()
         self._started = time.time()
-        self._backoff = Backoff(1.0, 60.0, rng)
+        self._backoff = Backoff(1.0, max(1.0, options.reconnect_max), rng)
         self._topics = {kind: protocol.topic(options.topic_prefix, self.id, kind)
                         for kind in ("data", "status", "ack")}
         self.client = self._client()
@@ -220,6 +221,7 @@ class VirtualDevice:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         bind_to_loop(client, self._loop)
         return client
 
@@ -236,6 +238,15 @@ class VirtualDevice:
         self._sent_upto = self.acked  # the session is new: everything unacked goes again
         self._last_ack_at = time.monotonic()
         self.flush()
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any,
+                      properties: Any) -> None:
+        """A refused ack subscription (NATS refuses one while its JetStream elects a leader)
+        would leave the device deaf to acks for good: drop the link and start over, as the
+        agent's uploader does."""
+        if any(reason.is_failure for reason in reasons):
+            log.warning("%s: the broker refused the ack subscription; reconnecting", self.id)
+            client.disconnect()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
                        properties: Any) -> None:

@@ -53,13 +53,18 @@ def _host_port(value: str) -> tuple[str, int]:
 @click.option("--tls-cert", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option("--tls-key", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option("--mqtt-protocol", type=click.Choice(["auto", "5", "3.1.1"]), default="auto", show_default=True)
+@click.option("--jetstream", default=None, metavar="NATS_URL[,NATS_URL...]",
+              help="NATS only: read device data from a JetStream consumer shared by the workers "
+                   "(named after --share-group); needs the `nats` extra. See docs/scale.md.")
+@click.option("--probe/--no-probe", "probe_broker", default=True, show_default=True,
+              help="Try the broker's features at start-up ($share/, retained, sizes) and fall back.")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), default="INFO")
 @console_options
 def serve(
     broker: str, db_url: str, http: str, prefix: str, share_group: str | None, client_id: str | None,
     tokens_file: Path | None, username: str | None, password_env: str | None,
     password_file: Path | None, tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None,
-    mqtt_protocol: str, log_level: str, **console: Any,
+    mqtt_protocol: str, jetstream: str | None, probe_broker: bool, log_level: str, **console: Any,
 ) -> None:
     """Ingest from the broker into the store and serve the JSON API until SIGTERM/SIGINT."""
     # the console's every page needs these; psycopg only a postgresql:// store
@@ -72,6 +77,13 @@ def serve(
     from cloud_sync.server.web import load_tokens
 
     host, port = _host_port(http)
+    servers = [url.strip() for url in jetstream.split(",") if url.strip()] if jetstream else None
+    if servers:
+        try:
+            import nats  # noqa: F401
+        except ImportError:
+            click.echo("--jetstream needs the nats-py client: pip install 'edge-agent[nats]'", err=True)
+            sys.exit(2)
     try:
         login = BrokerLogin(
             url=broker, username=username, password_env=password_env, password_file=password_file,
@@ -96,7 +108,8 @@ def serve(
     store.history_step, store.history_keep = console["history_step"], console["history_days"] * 86400.0
     client_id = client_id or "-".join(filter(None, ["edge-cloud", socket.gethostname()[:40], share_group]))
     asyncio.run(serve_forever(store, login, tokens, host, port, settings, prefix=prefix,
-                              share_group=share_group, client_id=client_id, protocol_version=mqtt_protocol))
+                              share_group=share_group, client_id=client_id, protocol_version=mqtt_protocol,
+                              jetstream=servers, probe_broker=probe_broker))
 
 
 main.add_command(user)

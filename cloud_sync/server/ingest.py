@@ -78,6 +78,7 @@ class Ingest:
         flush_bytes: int = 8 << 20,
         flush_messages: int = 25,
         max_pending_bytes: int = 256 << 20,
+        mqtt_kinds: tuple[protocol.Kind, ...] = ("data", "status"),
     ) -> None:
         self.store = store
         self.login = login
@@ -88,7 +89,11 @@ class Ingest:
         self.flush_bytes = flush_bytes
         self.flush_messages = flush_messages
         self.max_pending_bytes = max_pending_bytes
+        self.mqtt_kinds = mqtt_kinds
+        """What this worker reads over MQTT; data may come from elsewhere through ``feed``."""
+        self.health_extra: dict[str, Any] = {}
         self.stats = IngestStats()
+        self.protocol_version = protocol_version
         self._protocol = "3.1.1" if protocol_version == "3.1.1" else "5"
         self._auto = protocol_version == "auto"
         self._pending: list[tuple[str, bytes]] = []
@@ -134,6 +139,10 @@ class Ingest:
         self._stopping.set()
         self._has_pending.set()
 
+    def use_protocol(self, version: str) -> None:
+        """Connect with this MQTT version (the broker probe found the one it speaks)."""
+        self._protocol = version
+
     async def _session(self) -> None:
         client = make_client(
             self.login, self.client_id, self._protocol, session_expiry=86400.0,
@@ -143,10 +152,7 @@ class Ingest:
             self._client = client
             self.stats.connected = True
             self.stats.last_error = None
-            filters = [
-                protocol.subscription(self.prefix, "data", self.share_group),
-                protocol.subscription(self.prefix, "status", self.share_group),
-            ]
+            filters = [protocol.subscription(self.prefix, kind, self.share_group) for kind in self.mqtt_kinds]
             granted = await client.subscribe([(f, 1) for f in filters])
             if any(getattr(code, "value", code) >= 0x80 for code in granted):
                 raise aiomqtt.MqttError(f"the broker refused the subscriptions {filters}: {granted}")
@@ -171,10 +177,18 @@ class Ingest:
             if self.side is not None and not message.topic.value.endswith(_SYNC_SUFFIXES):
                 self.side.received(message.topic.value, data, message.properties)
                 continue
-            self._pending.append((message.topic.value, data))
-            self._pending_bytes += len(data)
-            self.stats.messages += 1
-            self._has_pending.set()
+            self.feed(message.topic.value, data)
+
+    def feed(self, topic: str, payload: bytes) -> None:
+        """Take one device message (``<prefix>/<id>/data|status``) into the next flush."""
+        self._pending.append((topic, payload))
+        self._pending_bytes += len(payload)
+        self.stats.messages += 1
+        self._has_pending.set()
+
+    def backlogged(self) -> bool:
+        """More is waiting for the store than half the bound: a feed should pause."""
+        return self._pending_bytes > self.max_pending_bytes // 2
 
     # -- flushing -------------------------------------------------------------------------------
 
@@ -338,4 +352,5 @@ class Ingest:
             "last_error": stats.last_error,
             "pending_bytes": self._pending_bytes,
             "counters": dict(stats.counters),
+            **self.health_extra,
         }

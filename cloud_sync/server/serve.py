@@ -17,6 +17,7 @@ from cloud_sync.server.ingest import Ingest
 from cloud_sync.server.store import Store
 from cloud_sync.server.store.base import redact
 from cloud_sync.server.web import create_app
+from cloud_sync.server.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +37,14 @@ async def serve_forever(
     host: str,
     port: int,
     console_settings: ConsoleSettings | None = None,
+    *,
+    jetstream: list[str] | None = None,
+    probe_broker: bool = True,
     **ingest_options: object,
 ) -> None:
     tokens = list(tokens)
     ingest = Ingest(store, login, **ingest_options)  # type: ignore[arg-type]
+    worker = Worker(ingest, jetstream, probe_broker)
     console = Console(store, console_settings, ingest)
     app = create_app(store, tokens, ingest, console)
     server = _Server(uvicorn.Config(
@@ -55,7 +60,7 @@ async def serve_forever(
 
     def stop() -> None:
         log.info("stopping: the ingest flushes what it has, then the API closes")
-        ingest.stop()
+        worker.stop()
         console.close()  # ends the live event streams, which would hold the server open
         server.should_exit = True
 
@@ -68,7 +73,7 @@ async def serve_forever(
     log.info("edge-cloud: store %s, console and API on http://%s:%d", redact(store.url), host, port)
     try:
         async with asyncio.TaskGroup() as group:
-            ingesting = group.create_task(ingest.run(), name="ingest")
+            ingesting = group.create_task(worker.run(), name="ingest")
             group.create_task(server.serve(), name="http")
             await ingesting
             console.close()

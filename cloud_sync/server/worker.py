@@ -1,0 +1,94 @@
+"""One ingest worker's start: probe the broker, pick how to share the data, then ingest.
+
+``edge-cloud serve`` runs this beside its HTTP server. Until the broker answers the probe, the
+worker waits (with backoff) and says so in ``/api/stats``; once it has, the ingest starts with
+the sharing mode ``sharing.plan`` chose, plus the JetStream feed when asked for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import aiomqtt
+
+from agent.backoff import Backoff
+from cloud_sync.server import sharing
+from cloud_sync.server.broker_probe import BrokerFeatures, probe
+from cloud_sync.server.ingest import Ingest
+from cloud_sync.server.jetstream import JetStreamFeed
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    """The ingest, the broker's features, and the JetStream feed if there is one."""
+
+    def __init__(self, ingest: Ingest, jetstream: list[str] | None = None, probe_broker: bool = True) -> None:
+        self.ingest = ingest
+        self.requested_group = ingest.share_group
+        self.probe_broker = probe_broker
+        self.feed: JetStreamFeed | None = None
+        if jetstream:
+            self.feed = JetStreamFeed(jetstream, ingest.feed, prefix=ingest.prefix,
+                                      group=ingest.share_group or "edge-ingest", backlogged=ingest.backlogged)
+        self._stopping = asyncio.Event()
+        ingest.health_extra["sharing"] = {"mode": "starting", "group": self.requested_group}
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.ingest.stop()
+        if self.feed is not None:
+            self.feed.stop()
+
+    async def run(self) -> None:
+        features = await self._probe() if self.probe_broker else BrokerFeatures()
+        if self._stopping.is_set():
+            return
+        plan = sharing.plan(features, self.requested_group, self.feed is not None)
+        self.ingest.share_group = plan.share_group
+        self.ingest.mqtt_kinds = plan.mqtt_kinds
+        extra = self.ingest.health_extra
+        extra["sharing"] = {"mode": plan.mode, "group": self.requested_group, "warning": plan.warning}
+        if plan.warning:
+            log.warning("%s", plan.warning)
+        log.info("sharing: %s", plan.mode)
+        async with asyncio.TaskGroup() as group:
+            if self.feed is not None:
+                feed = self.feed
+                extra["jetstream"] = feed.health()
+                group.create_task(self._keep_feed_health(feed), name="ingest:jetstream-health")
+                group.create_task(feed.run(), name="ingest:jetstream")
+            await self.ingest.run()
+            if self.feed is not None:
+                self.feed.stop()
+
+    async def _probe(self) -> BrokerFeatures:
+        ingest = self.ingest
+        backoff = Backoff(first=0.5, cap=30.0)
+        while not self._stopping.is_set():
+            try:
+                features = await probe(ingest.login, ingest.client_id, ingest.prefix, ingest.protocol_version)
+            except (aiomqtt.MqttError, OSError) as exc:
+                ingest.health_extra["broker_features"] = {"probe": f"waiting for the broker: {exc}"}
+                log.warning("cannot probe the broker %s: %s", ingest.login.url, exc)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(backoff.next_delay()):
+                        await self._stopping.wait()
+                continue
+            ingest.health_extra["broker_features"] = {**features.as_dict(), "fallbacks": features.explain()}
+            if features.protocol == "3.1.1":
+                ingest.use_protocol("3.1.1")
+            log.info("broker %s: %s", ingest.login.url, ", ".join(
+                f"{k}={v}" for k, v in features.as_dict().items() if k != "notes"))
+            for line in features.explain():
+                log.warning("the broker %s", line)
+            return features
+        return BrokerFeatures()
+
+    async def _keep_feed_health(self, feed: JetStreamFeed) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            while not self._stopping.is_set():
+                self.ingest.health_extra["jetstream"] = feed.health()
+                await asyncio.sleep(1.0)
