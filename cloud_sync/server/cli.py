@@ -82,7 +82,7 @@ def serve(
         try:
             import nats  # noqa: F401
         except ImportError:
-            click.echo("--jetstream needs the nats-py client: pip install 'edge-agent[nats]'", err=True)
+            click.echo("--jetstream needs the nats-py client: pip install 'tidegate[nats]'", err=True)
             sys.exit(2)
     try:
         login = BrokerLogin(

@@ -13,7 +13,7 @@ once it is handed to the ingest, as an MQTT broker's PUBACK would be: if the wor
 its flush commits, the device, which has no ack for those records, sends them again after its
 ``resend_after`` (the store drops whatever was stored twice).
 
-Needs the ``nats`` extra (``pip install 'edge-agent[nats]'``).
+Needs the ``nats`` extra (``pip install 'tidegate[nats]'``).
 """
 
 from __future__ import annotations
