@@ -191,3 +191,18 @@ async def test_a_full_queue_tells_the_publisher_to_wait():
     await asyncio.wait_for(waiter, 1)
     assert bus.publish([Record("elsewhere", 0.0, {})]) is False
     assert bus.unrouted == 1
+
+
+async def test_a_cancel_that_lands_with_a_batch_stops_the_runner(harness):
+    """A restart cancels the running module while a source may be handing it a batch in the same
+    loop step. ``asyncio.wait_for`` (3.11) returns the batch and drops such a cancel; the runner
+    must stop all the same, or the restart (and the command that asked for it) waits for ever."""
+    make, *_ = harness
+    runner = make(Picky)
+    await runner.start()
+    task = asyncio.create_task(runner.run())
+    await asyncio.sleep(0.05)  # parked, waiting for its queue
+    runner.queue.put_nowait(readings(1.0))
+    task.cancel()  # in the same step as the batch, as pipeline.restart does
+    done, _ = await asyncio.wait({task}, timeout=2)
+    assert task in done and task.cancelled()

@@ -99,8 +99,9 @@ class Committer:
     async def run(self) -> None:
         """Commit on every interval or wake-up until ``stop``."""
         while not self._stopping:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.config.commit_interval)
+            with contextlib.suppress(TimeoutError):  # not wait_for: it can drop a cancel (3.11)
+                async with asyncio.timeout(self.config.commit_interval):
+                    await self._wake.wait()
             self._wake.clear()
             await self.commit()
 

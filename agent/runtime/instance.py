@@ -119,7 +119,8 @@ class ModuleInstance:
     async def _guarded(self, hook: str, fn: Callable[[], Any]) -> None:
         self.watch.enter(self.name, hook)
         try:
-            await asyncio.wait_for(fn(), START_TIMEOUT)
+            async with asyncio.timeout(START_TIMEOUT):  # not wait_for: it can drop a cancel (3.11)
+                await fn()
         except TimeoutError:
             raise TimeoutError(f"{hook} did not finish within {START_TIMEOUT:.0f} s") from None
         finally:

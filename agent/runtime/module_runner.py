@@ -111,8 +111,11 @@ class ModuleRunner:
             if batch is None:
                 wait = next_tick - time.monotonic()
                 if wait > 0:
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for drops a cancel that lands in
+                    # the loop step a batch arrives in, and a restart then waits for ever
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.queue.wait_nonempty(), wait)
+                        async with asyncio.timeout(wait):
+                            await self.queue.wait_nonempty()
                     continue
             try:
                 if batch is not None:
