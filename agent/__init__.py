@@ -1,9 +1,9 @@
 """Edge Agent: processing modules on local sensor streams, a durable SQLite outbox, and sync.
 
-Module writers need only what is exported here; see ``agent.api`` for the runtime's promises.
+Module and source writers need only what is exported here; see ``agent.api`` for the runtime's promises.
 """
 
-from agent.api import Context, Counters, Module, ModuleConfig, Record
+from agent.api import Context, Counters, Module, ModuleConfig, Record, Source, SourceConfig, SourceContext
 from agent.errors import ConfigError, EdgeAgentError, ModuleError, ModuleLoadError, OutboxError
 from agent.units import Duration, PositiveDuration, Size
 
@@ -23,5 +23,8 @@ __all__ = [
     "PositiveDuration",
     "Record",
     "Size",
+    "Source",
+    "SourceConfig",
+    "SourceContext",
     "__version__",
 ]

@@ -1,4 +1,7 @@
-"""The module API: everything a module writer sees, and what the runtime promises them.
+"""The module and source APIs: everything a plugin writer sees, and what the runtime promises.
+
+Modules
+-------
 
 A module is one class. It declares a nested pydantic ``Config`` for its ``[modules.with]`` table,
 reads records from the topics its instance is configured with, and emits records through its
@@ -18,15 +21,48 @@ context. The runtime guarantees, for every module instance:
   failing is restarted (``stop``, a new instance, ``start``) with a growing delay.
 * What the module emits is routed on the bus under the module instance's name; if that stream is
   marked ``sync``, it is committed to the outbox and reaches the cloud exactly once.
+
+Sources
+-------
+A source is one class too: it turns the outside world (a broker, a fieldbus, a file, a command)
+into readings. It declares a nested ``Config`` (a ``SourceConfig``: the ``[[sources]]`` entry,
+whose ``type`` names the source) and overrides ``run``. The runtime guarantees, for every
+source instance:
+
+* ``run`` is awaited once and cancelled when the source is stopped (a reload that changes its
+  entry, or shutdown, which stops sources before modules flush). ``stop`` is awaited once after
+  ``run`` has ended, however it ended; close what ``run`` opened there.
+* An exception out of ``run`` (the device is gone, the port cannot be opened) is logged with the
+  source's name, shown as its ``last_error`` in status, counted as a restart, and a **new
+  instance** is started after a capped, jittered delay (1 s doubling up to 60 s; back to 1 s
+  once an instance has run well for a minute). It never stops the other sources. Returning from
+  ``run`` ends the source for good.
+* Readings go to the bus through the context: ``context.reading`` makes one (the same record
+  shape the MQTT source makes: topic ``<topic_prefix><sensor>``, data ``sensor``, ``value``,
+  ``unit``), refusing and counting a value that is not a finite number or a bad time, and
+  ``context.publish`` hands a batch on. ``publish`` returns only when the bus has room again:
+  a stream simply reads nothing meanwhile. A poller uses ``context.ticks(interval)``, which
+  skips (and counts as ``skipped_polls``) the polls that fall due while the bus is full.
+* Counters: ``received`` and ``accepted`` are kept by the context; ``context.reject`` counts a
+  dropped input by reason (in ``dropped`` of status and in the source's own figures);
+  ``context.fault`` counts a device or link fault by reason (``timeout``, ``crc``...) under
+  ``errors``. Both log the first of each kind, then at most one line per 10 s.
+* Health: ``context.report_ok()`` once the device answers, ``context.report_error(text)`` when it
+  does not; status shows ``connected`` and ``last_error`` per source.
+* ``run`` runs on the agent's event loop: blocking calls (a file read on a slow bus, a vendor
+  library) go through ``asyncio.to_thread``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, MutableMapping
+from collections.abc import AsyncIterator, Callable, Iterable, MutableMapping
+from pathlib import Path
 from typing import Any, ClassVar, Generic, NamedTuple, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict
+
+from agent.units import Name
 
 
 class Record(NamedTuple):
@@ -124,4 +160,123 @@ class Module(Generic[ConfigT]):
 
 ModuleFactory = Callable[[ModuleConfig, Context], Module[Any]]
 
-__all__ = ["Context", "Counters", "Module", "ModuleConfig", "Record"]
+
+class SourceConfig(BaseModel):
+    """Base for a source's ``Config``: one ``[[sources]]`` entry. Unknown keys are refused.
+
+    A subclass adds its own keys; a ``topic_prefix`` key, if it has one, sets the topic prefix of
+    the readings ``context.reading`` makes (``sensors/`` otherwise)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
+    type: str
+    """The registered source name (``modbus``, ``sysfs``...) or ``path/to/file.py:Class``."""
+    name: Name
+    """The instance name: it names the source in status, metrics and logs."""
+
+
+class SourceContext(Protocol):
+    """What the runtime hands a source instance."""
+
+    @property
+    def name(self) -> str:
+        """The instance name from the config."""
+
+    @property
+    def device_id(self) -> str:
+        """The gateway's ``device_id``."""
+
+    @property
+    def log(self) -> logging.Logger:
+        """A child logger named after the instance."""
+
+    @property
+    def counters(self) -> Counters:
+        """Named counters of this instance, shown by ``edge-agent status``."""
+
+    @property
+    def paused(self) -> bool:
+        """True while the bus is full: a poller should not poll."""
+
+    @property
+    def data_dir(self) -> Path | None:
+        """A folder in the agent's data directory (it may not exist yet) where a source keeps
+        what it remembers across restarts, in files named after its instance; None in tests."""
+
+    @property
+    def max_clock_skew(self) -> float:
+        """Seconds a reading time may be ahead of the gateway's clock (``max_clock_skew``):
+        ``reading`` refuses later times as ``bad_ts``."""
+
+    def clock(self) -> float:
+        """Now, in Unix seconds."""
+
+    def reading(
+        self, sensor: str, value: Any, ts: float | None = None, unit: str | None = None
+    ) -> Record | None:
+        """One reading of ``sensor`` (``ts`` defaults to now), or None when it is refused (a
+        value that is not a finite number, a time before 1970 or more than ``max_clock_skew``
+        ahead): refusals are counted by reason. Each call counts as one ``received``."""
+
+    def reject(self, reason: str, detail: str = "", count: int = 1, received: bool = True) -> None:
+        """Count ``count`` inputs that were not readings, by ``reason``, as ``received`` (unless
+        the source counts those itself) and not ``accepted``; log the first of each kind with
+        ``detail`` (nothing is logged without one)."""
+
+    def fault(self, reason: str, detail: str = "") -> None:
+        """Count one device or link fault, by ``reason``; log the first of each kind."""
+
+    def report_ok(self) -> None:
+        """The device answers: status shows the source connected, with no error."""
+
+    def report_error(self, error: str) -> None:
+        """The device does not answer: status shows the source disconnected, with ``error``."""
+
+    async def publish(self, records: list[Record]) -> None:
+        """Hand readings to the bus (counted as ``accepted``); returns once the bus has room for
+        more."""
+
+    def publish_nowait(self, records: list[Record]) -> bool:
+        """Hand readings to the bus without waiting; True when it is now full (the caller stops
+        reading until ``wait_room`` returns)."""
+
+    async def wait_room(self) -> None:
+        """Return once the bus has room again."""
+
+    def ticks(self, interval: float) -> AsyncIterator[float]:
+        """Yield the wall time every ``interval`` seconds, on a fixed schedule; a tick that falls
+        due while the bus is full, or while the previous poll still runs, is skipped and counted
+        (``skipped_polls``)."""
+
+
+SourceConfigT = TypeVar("SourceConfigT", bound=SourceConfig)
+
+
+class Source(Generic[SourceConfigT]):
+    """Base class of every source: set ``Config`` and ``description``, override ``run``."""
+
+    Config: ClassVar[type[SourceConfig]] = SourceConfig
+    description: ClassVar[str] = ""
+
+    def __init__(self, config: SourceConfigT, context: SourceContext) -> None:
+        self.config = config
+        self.context = context
+
+    async def run(self) -> None:
+        """Read until cancelled; raise when the device is lost (a new instance is started)."""
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        """Close what ``run`` opened; awaited once, after ``run`` ended."""
+
+
+__all__ = [
+    "Context",
+    "Counters",
+    "Module",
+    "ModuleConfig",
+    "Record",
+    "Source",
+    "SourceConfig",
+    "SourceContext",
+]

@@ -118,6 +118,11 @@ class Bus:
             queue.put_nowait(bucket)
         return any(queue.full for queue in buckets)
 
+    @property
+    def full(self) -> bool:
+        """True while some queue is full (a poller skips its polls)."""
+        return any(queue.full for _, queue in self._subscriptions)
+
     async def wait_room(self) -> None:
         """Wait until no queue is full."""
         for _, queue in self._subscriptions:

@@ -8,7 +8,6 @@ module's ``with`` table against that module's own ``Config``. Both stages always
 from __future__ import annotations
 
 import os
-import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -21,30 +20,23 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PlainValidator,
     SecretStr,
     ValidationError,
     ValidationInfo,
     model_validator,
 )
 
-from agent.api import Module, ModuleConfig
+from agent.api import Module, ModuleConfig, Source, SourceConfig
 from agent.errors import ConfigError, ConfigIssue, ModuleLoadError
 from agent.extras import require
-from agent.registry import resolve_module
+from agent.registry import resolve_module, resolve_source
 from agent.sources.payload.config import Format, PayloadConfig
 from agent.topics import validate_filter
-from agent.units import Duration, PositiveDuration, Size
+from agent.units import Duration, Name, PositiveDuration, Size
 
 ENV_PREFIX = "EDGE_AGENT__"
 
-def _check_name(value: str) -> str:
-    if not _NAME.fullmatch(value):
-        raise ValueError(f"{value!r}: use 1 to 64 letters, digits, '_' or '-'")
-    return value
-
-
-_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
-Name = Annotated[str, AfterValidator(_check_name)]
 DeviceId = Name
 TopicFilter = Annotated[str, AfterValidator(validate_filter)]
 
@@ -123,7 +115,7 @@ class BrokerLogin(_Section):
         return urlsplit(self.url).scheme == "mqtts" or self.tls_ca is not None
 
 
-class MqttSourceConfig(BrokerLogin):
+class MqttSourceConfig(BrokerLogin, SourceConfig):
     """Readings from an MQTT broker, normally the gateway's local one."""
 
     type: Literal["mqtt"]
@@ -174,7 +166,7 @@ class MqttSourceConfig(BrokerLogin):
         return self
 
 
-class SimulatorSourceConfig(_Section):
+class SimulatorSourceConfig(SourceConfig):
     """Synthetic readings, for trying the agent with no hardware."""
 
     type: Literal["simulator"]
@@ -186,7 +178,42 @@ class SimulatorSourceConfig(_Section):
     seed: int | None = None
 
 
-SourceConfig = Annotated[MqttSourceConfig | SimulatorSourceConfig, Field(discriminator="type")]
+def _validate_source(raw: Any, info: ValidationInfo) -> SourceConfig:
+    """A ``[[sources]]`` entry, checked against the ``Config`` of the source its ``type`` names
+    (registered or ``path/to/file.py:Class``); the errors keep their place in the entry."""
+    if isinstance(raw, SourceConfig):
+        return raw
+    if not isinstance(raw, dict):
+        raise ValueError("each [[sources]] entry is a table")
+    kind = raw.get("type")
+    if not isinstance(kind, str):
+        raise _type_error("required" if kind is None else "a source type name", kind)
+    resolve: SourceResolver = (info.context or {}).get("resolve_source") or resolve_source
+    try:
+        cls = resolve(kind)
+    except ModuleLoadError as exc:
+        raise _type_error(exc.reason, kind) from None
+    config = cls.Config.model_validate(raw, context=info.context)
+    _SOURCE_CLASSES[type(config)] = cls
+    return config
+
+
+_SOURCE_CLASSES: dict[type[SourceConfig], type[Source[Any]]] = {}
+
+
+def source_class(config: SourceConfig) -> type[Source[Any]]:
+    """The source class whose ``Config`` validated ``config`` (nothing is imported again)."""
+    return _SOURCE_CLASSES[type(config)]
+
+
+def _type_error(reason: str, value: Any) -> ValidationError:
+    return ValidationError.from_exception_data("source", [
+        {"type": "value_error", "loc": ("type",), "input": value, "ctx": {"error": ValueError(reason)}}
+    ])
+
+
+SourceEntry = Annotated[SourceConfig, PlainValidator(_validate_source)]
+"""A ``[[sources]]`` entry, validated as the ``Config`` of its ``type``."""
 
 
 class ModuleSpec(_Section):
@@ -333,7 +360,7 @@ class AgentConfig(_Section):
     max_clock_skew: Duration = 86400.0
     """A reading time further than this ahead of the gateway's clock is refused as ``bad_ts``
     (a millisecond timestamp read as seconds is a date in the year 55,800)."""
-    sources: list[SourceConfig] = Field(default_factory=list)
+    sources: list[SourceEntry] = Field(default_factory=list)
     modules: list[ModuleSpec] = Field(default_factory=list)
     buffer: BufferConfig = BufferConfig()
     cloud: CloudConfig | None = None
@@ -400,22 +427,27 @@ def validate_config(
     environ: Mapping[str, str] | None = None,
     resolve_secrets: bool = True,
     resolve: Resolver | None = None,
+    resolve_type: SourceResolver | None = None,
 ) -> LoadedConfig:
     """Both stages of validation on a parsed config, every issue collected (``edge-agent check``
     and a remote config go through here alike). ``path`` is the operator's file (relative paths
     are relative to its folder); issues name ``label`` (default: the path) as their file.
     ``resolve`` finds each module's class (default: ``resolve_module``, which imports module
-    files): a config from elsewhere passes one that imports nothing it names."""
+    files): a config from elsewhere passes one that imports nothing it names; ``resolve_type``
+    does the same for each source's ``type``."""
     file = label or str(path)
+    base = path.parent
     _apply_env_overrides(raw, os.environ if environ is None else environ)
     issues: list[ConfigIssue] = []
     agent = None
     try:
-        agent = AgentConfig.model_validate(raw, context={"resolve_secrets": resolve_secrets})
+        agent = AgentConfig.model_validate(raw, context={
+            "resolve_secrets": resolve_secrets,
+            "resolve_source": resolve_type or (lambda kind: resolve_source(kind, base)),
+        })
     except ValidationError as exc:
         issues += _issues(file, "", exc)
     if resolve is None:
-        base = path.parent
         resolve = lambda use: resolve_module(use, base)  # noqa: E731
     plans = _validate_modules(file, raw.get("modules"), issues, resolve)
     if issues or agent is None:
@@ -463,6 +495,8 @@ def _env_value(value: str) -> Any:
 
 Resolver = Callable[[str], type[Module[Any]]]
 """A module's class from its ``use`` value, or ``ModuleLoadError`` saying why not."""
+SourceResolver = Callable[[str], type[Source[Any]]]
+"""A source's class from its ``type`` value, or ``ModuleLoadError`` saying why not."""
 
 
 def _validate_modules(
@@ -493,9 +527,6 @@ def _validate_modules(
     return plans
 
 
-_UNION_TAGS = {"mqtt", "simulator"}
-
-
 def _issues(file: str, prefix: str, exc: ValidationError) -> list[ConfigIssue]:
     issues = []
     for error in exc.errors():
@@ -503,8 +534,6 @@ def _issues(file: str, prefix: str, exc: ValidationError) -> list[ConfigIssue]:
         for part in error["loc"]:
             if isinstance(part, int):
                 path += f"[{part}]"
-            elif part in _UNION_TAGS and path.endswith("]"):
-                continue  # pydantic names the union member; the operator knows it as `type`
             else:
                 path += f".{part}" if path else str(part)
         reason = error["msg"].removeprefix("Value error, ")

@@ -279,10 +279,7 @@ class Agent:
             "warnings": self.warnings,
             "clock": CLOCK.summary(),
             "remote": self.remote.summary() if self.remote is not None else None,
-            "sources": {
-                source.name: {"connected": source.connected, "last_error": source.last_error}
-                for source in self.pipeline.sources
-            },
+            "sources": {source.name: source.health() for source in self.pipeline.sources},
         }
 
     def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:

@@ -1,11 +1,11 @@
-"""Durations ("500ms", "60s", "5m") and sizes ("500MB", "1GiB") for config fields."""
+"""Durations ("500ms", "60s", "5m"), sizes ("500MB", "1GiB") and names for config fields."""
 
 from __future__ import annotations
 
 import re
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -48,3 +48,14 @@ Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
 PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
 Size = Annotated[int, BeforeValidator(parse_size), Field(ge=0)]
 """Bytes, written as a number or as "64kB", "500MB", "1GiB"."""
+
+
+def _check_name(value: str) -> str:
+    if not _NAME.fullmatch(value):
+        raise ValueError(f"{value!r}: use 1 to 64 letters, digits, '_' or '-'")
+    return value
+
+
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+Name = Annotated[str, AfterValidator(_check_name)]
+"""A source, module or device name: 1 to 64 letters, digits, '_' or '-'."""

@@ -123,7 +123,7 @@ def test_every_error_of_both_stages_is_reported_at_once(tmp_path):
         ("not toml [", "", "not valid TOML"),
         (VALID.replace('"60s"', "0"), "modules[0].with.every", "greater than 0"),
         (VALID + "\n[[sources]]\nname = 'local'\ntype = 'simulator'\n", "", "used twice"),
-        (VALID.replace('type = "mqtt"', 'type = "pigeon"'), "sources[0]", "pigeon"),
+        (VALID.replace('type = "mqtt"', 'type = "pigeon"'), "sources[0].type", "no source named 'pigeon'"),
     ],
 )
 def test_single_errors_name_their_place(tmp_path, text, path, reason):

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from click.testing import CliRunner
 
 from agent.cli.main import main
 from agent.cli.scaffold import scaffold
+from agent.outbox.store import Outbox
 from tests.conftest import EDGE_AGENT
 
 
@@ -100,6 +103,65 @@ def test_a_new_package_installs_shows_up_runs_by_name_and_its_test_passes(tmp_pa
     out = [json.loads(line) for line in replayed.stdout.splitlines()]
     assert [line["data"]["value"] for line in out if line["stream"] == "peaks"] == [0, 3, 6, 9]
     assert [line["data"]["sum"] for line in out if line["stream"] == "win"] == [18.0]
+
+    tests = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(package / "tests")],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
+    )
+    assert tests.returncode == 0, tests.stdout + tests.stderr
+    assert "2 passed" in tests.stdout
+
+
+@pytest.mark.integration
+def test_a_new_source_package_installs_shows_up_runs_by_name_and_its_test_passes(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        main, ["modules", "new", "file_value", "--kind", "source", "--dir", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    assert 'type = "file_value"' in result.output
+    package = tmp_path / "edge-agent-file-value"
+    site = tmp_path / "site"
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site),
+         str(package)],
+        capture_output=True, text=True, timeout=300,
+    )
+    if install.returncode != 0 and "Could not find a version that satisfies" in install.stderr:
+        pytest.skip(f"pip could not fetch the build backend (offline?): {install.stderr[-300:]}")
+    assert install.returncode == 0, install.stderr
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.getcwd()]), "PYTHONUNBUFFERED": "1"}
+
+    listed = subprocess.run([*EDGE_AGENT, "sources", "--json"], capture_output=True, text=True,
+                            env=env, timeout=60)
+    names = {item["name"]: item for item in json.loads(listed.stdout)}
+    assert names["file_value"]["target"] == "edge_agent_file_value:FileValue"
+    assert "path" in names["file_value"]["config_schema"]["properties"]
+
+    value = tmp_path / "value"
+    value.write_text("21.5\n")
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        'device_id = "gw"\ndata_dir = "data"\n'
+        f'[[sources]]\nname = "fv"\ntype = "file_value"\npath = "{value}"\ninterval = "100ms"\n'
+        '[[modules]]\nname = "win"\nuse = "window"\ninputs = ["sensors/#"]\nsync = true\n'
+        '[modules.with]\nevery = "1h"\nstats = ["count", "min", "max"]\n'
+    )
+    agent = subprocess.Popen([*EDGE_AGENT, "run", "-c", str(config)], env=env,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(3)
+        agent.send_signal(signal.SIGTERM)
+        _, stderr = agent.communicate(timeout=15)
+    finally:
+        agent.kill()
+    assert agent.returncode == 0, stderr
+    box = Outbox.open_readonly(tmp_path / "data")
+    try:
+        rows = [record.data for record in box.unsent()]
+    finally:
+        box.close()
+    assert len(rows) == 1 and rows[0]["sensor"] == "file_value" and rows[0]["count"] >= 5
+    assert rows[0]["min"] == rows[0]["max"] == 21.5
 
     tests = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(package / "tests")],

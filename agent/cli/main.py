@@ -6,6 +6,7 @@ import importlib
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from agent.cli.entry import load_or_exit, run_daemon
 from agent.errors import ModuleLoadError, OutboxError
 from agent.health.status import read_status
 from agent.outbox import Outbox, as_jsonl
-from agent.registry import available_modules, resolve_module
+from agent.registry import available_modules, available_sources, resolve_module, resolve_source
 
 CONFIG_OPTION = click.option(
     "-c", "--config", "config_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
@@ -120,11 +121,23 @@ def modules(ctx: click.Context, as_json: bool) -> None:
         _list_modules(as_json)
 
 
+@main.command()
+@JSON_OPTION
+def sources(as_json: bool) -> None:
+    """The source types available to ``type``, each with its config schema; ``modules new NAME
+    --kind source`` writes a new one."""
+    _list_plugins(available_sources(), resolve_source, as_json)
+
+
 def _list_modules(as_json: bool) -> None:
+    _list_plugins(available_modules(), resolve_module, as_json)
+
+
+def _list_plugins(registered: dict[str, str], resolve: Callable[[str], Any], as_json: bool) -> None:
     listing: list[dict[str, Any]] = []
-    for name, target in sorted(available_modules().items()):
+    for name, target in sorted(registered.items()):
         try:
-            cls = resolve_module(name)
+            cls = resolve(name)
         except ModuleLoadError as exc:
             listing.append({"name": name, "target": target, "error": exc.reason})
             continue

@@ -1,5 +1,6 @@
-"""``edge-agent modules new NAME``: a pip-installable package with a module, a passing test and a
-README, ready to ``pip install -e .`` into the agent's environment and ``use`` by name."""
+"""``edge-agent modules new NAME [--kind source]``: a pip-installable package with a module (or a
+source), a passing test and a README, ready to ``pip install -e .`` into the agent's environment
+and ``use`` (or ``type``) by name."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from string import Template
 import click
 
 from agent import __version__
-from agent.registry import available_modules
+from agent.cli.scaffold_source import SOURCE_FILES
+from agent.registry import available_modules, available_sources
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 
@@ -151,15 +153,16 @@ found at start-up, not on SIGHUP).
 ''')
 
 
-def scaffold(name: str, directory: Path) -> Path:
-    """Write the package for module ``name`` under ``directory``; return the package's folder."""
+def scaffold(name: str, directory: Path, kind: str = "module") -> Path:
+    """Write the package for module (or source) ``name`` under ``directory``; return the
+    package's folder."""
     if not _NAME.match(name):
         raise ScaffoldError(
             f"{name!r}: use 1 to 40 lowercase letters, digits or '_', starting with a letter "
             "(it becomes the `use` name and part of a Python package name)"
         )
-    if name in available_modules():
-        raise ScaffoldError(f"a module named {name!r} is already registered: pick another name")
+    if name in (available_modules() if kind == "module" else available_sources()):
+        raise ScaffoldError(f"a {kind} named {name!r} is already registered: pick another name")
     values = {
         "name": name,
         "package": f"edge_agent_{name}",
@@ -176,6 +179,11 @@ def scaffold(name: str, directory: Path) -> Path:
         "README.md": README,
         f"{values['package']}/__init__.py": MODULE,
         f"tests/test_{name}.py": TEST,
+    } if kind == "module" else {
+        "pyproject.toml": SOURCE_FILES["pyproject"],
+        "README.md": SOURCE_FILES["readme"],
+        f"{values['package']}/__init__.py": SOURCE_FILES["source"],
+        f"tests/test_{name}.py": SOURCE_FILES["test"],
     }
     for relative, template in files.items():
         path = root / relative
@@ -191,10 +199,15 @@ def scaffold(name: str, directory: Path) -> Path:
     "--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
     show_default=True, help="Where to create the package folder.",
 )
-def new_command(name: str, directory: Path) -> None:
-    """Write a pip-installable package with a new module NAME, a passing test and a README."""
+@click.option(
+    "--kind", type=click.Choice(["module", "source"]), default="module", show_default=True,
+    help="A processing module, or a source of readings.",
+)
+def new_command(name: str, directory: Path, kind: str) -> None:
+    """Write a pip-installable package with a new module (or source) NAME, a passing test and a
+    README."""
     try:
-        root = scaffold(name, directory)
+        root = scaffold(name, directory, kind)
     except (ScaffoldError, OSError) as exc:
         click.echo(f"edge-agent modules new: {exc}", err=True)
         sys.exit(2)
@@ -203,5 +216,7 @@ def new_command(name: str, directory: Path) -> None:
         f"  cd {root}\n"
         f"  pip install -e '.[test]'   # into the agent's environment\n"
         f"  pytest\n\n"
-        f'then `use = "{name}"` in a [[modules]] entry; see {root / "README.md"}'
+        + (f'then `use = "{name}"` in a [[modules]] entry' if kind == "module"
+           else f'then `type = "{name}"` in a [[sources]] entry')
+        + f"; see {root / 'README.md'}"
     )

@@ -57,6 +57,13 @@ def _lines(status: dict[str, Any]) -> Iterator[str]:
                            [({"source": name}, s.get(figure, 0)) for name, s in sorted(sources.items())])
     yield from _metric("edge_agent_source_connected", "gauge", "1 while the source is connected",
                        [({"source": name}, s.get("connected")) for name, s in sorted(sources.items())])
+    for figure in ("restarts", "skipped_polls"):
+        yield from _metric(f"edge_agent_source_{figure}_total", "counter", f"{figure}, by source",
+                           [({"source": name}, s.get(figure, 0)) for name, s in sorted(sources.items())])
+    for table, what in (("dropped", "inputs dropped"), ("errors", "device and link faults")):
+        yield from _metric(f"edge_agent_source_{table}_total", "counter", f"{what}, by source and reason",
+                           [({"source": name, "reason": reason}, n) for name, s in sorted(sources.items())
+                            for reason, n in sorted(s.get(table, {}).items())])
     modules = sorted(status["modules"].items())
     yield from _metric("edge_agent_module_running", "gauge", "1 while the module runs normally",
                        [({"module": name}, m.get("status") == "running") for name, m in modules])

@@ -58,10 +58,10 @@ def read_status(data_dir: Path, now: float | None = None) -> dict[str, Any]:
         "dropped": counters.get("dropped", {}),
         "quarantined": quarantined,
         "sources": {
-            name.removeprefix("source:"): values
+            name.removeprefix("source:"): _source_figures(values)
             for name, values in counters.items() if name.startswith("source:")
         } | {
-            name: {**counters.get(f"source:{name}", {}), **state}
+            name: {**_source_figures(counters.get(f"source:{name}", {})), **state}
             for name, state in agent.get("sources", {}).items()
         },
         "outbox": {"commit_errors": counters.get("outbox", {}).get("commit_errors", 0),
@@ -71,6 +71,18 @@ def read_status(data_dir: Path, now: float | None = None) -> dict[str, Any]:
         "warnings": agent.get("warnings", []),
         "clock": {**(agent.get("clock") or {}), "steps": counters.get("clock", {}).get("steps", 0)},
     }
+
+
+def _source_figures(counters: dict[str, int]) -> dict[str, Any]:
+    """A source's counters, with ``dropped.<reason>`` and ``errors.<reason>`` as two tables."""
+    figures: dict[str, Any] = {"dropped": {}, "errors": {}}
+    for key, value in counters.items():
+        group, dot, reason = key.partition(".")
+        if dot and group in figures:
+            figures[group][reason] = value
+        else:
+            figures[key] = value
+    return figures
 
 
 def _sync_state(

@@ -13,7 +13,8 @@
   again), or if the document is signed and the operator's file sets ``[remote]
   allow_module_files`` (then an absolute path, imported on the device). Any other value naming
   a file is refused *before* anything is resolved: no file named by an unchecked document is
-  ever opened, let alone imported, and the refusal says nothing about the file system.
+  ever opened, let alone imported, and the refusal says nothing about the file system. A
+  source ``type`` follows the same rule.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from agent.api import Module
+from agent.api import Module, Source
 from agent.config import (
     AgentConfig,
     BrokerLogin,
@@ -34,11 +35,20 @@ from agent.config import (
     MqttSourceConfig,
     RemoteSettings,
     Resolver,
+    SourceResolver,
     parse_config_text,
+    source_class,
     validate_config,
 )
 from agent.errors import ConfigError, ConfigIssue, ModuleLoadError
-from agent.registry import names_a_file, parse_file_use, resolve_module, resolve_registered
+from agent.registry import (
+    names_a_file,
+    parse_file_use,
+    resolve_module,
+    resolve_registered,
+    resolve_registered_source,
+    resolve_source,
+)
 from cloud_sync.protocol import DesiredConfig
 
 LOCAL_ONLY = ("device_id", "data_dir", "remote", "metrics", "buffer")
@@ -63,7 +73,10 @@ def validate_remote(
     raw.setdefault("data_dir", str(local.data_dir))
     loaded = None
     try:
-        loaded = validate_config(raw, file_loaded.path, where, environ, resolve=module_resolver(file_loaded))
+        loaded = validate_config(
+            raw, file_loaded.path, where, environ, resolve=module_resolver(file_loaded),
+            resolve_type=source_resolver(file_loaded),
+        )
     except ConfigError as exc:
         issues = exc.issues + issues
     if loaded is not None:
@@ -124,6 +137,28 @@ def module_resolver(file_loaded: LoadedConfig) -> Resolver:
         raise ModuleLoadError(use, MODULE_FILE_REASON)
 
     return resolve
+
+
+def source_resolver(file_loaded: LoadedConfig) -> SourceResolver:
+    """How a remote config's source ``type`` values are resolved: as ``use`` values are."""
+    operator = {source.type: source_class(source) for source in file_loaded.agent.sources}
+    remote = file_loaded.agent.remote
+    files_allowed = bool(remote and remote.allow_module_files and remote.public_key_file is not None)
+
+    def resolve(kind: str) -> type[Source[Any]]:
+        if kind in operator:
+            return operator[kind]
+        if not names_a_file(kind):
+            return resolve_registered_source(kind)
+        file_use = parse_file_use(kind)
+        if files_allowed and file_use is not None and Path(file_use.file).is_absolute():
+            return resolve_source(kind)
+        raise ModuleLoadError(kind, SOURCE_FILE_REASON)
+
+    return resolve
+
+
+SOURCE_FILE_REASON = MODULE_FILE_REASON.replace("modules", "sources").replace("module", "source")
 
 
 def _binding(login: BrokerLogin) -> _Binding:

@@ -16,13 +16,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.api import SourceConfig
 from agent.bus import Bus
-from agent.config import LoadedConfig, ModulePlan, SourceConfig, SupervisorConfig
+from agent.config import LoadedConfig, ModulePlan, SupervisorConfig, source_class
 from agent.counters import CounterSet
 from agent.outbox.committer import Committer
 from agent.runtime.loopwatch import LoopWatch
 from agent.runtime.module_runner import ModuleRunner
-from agent.sources import Source, build_source
+from agent.runtime.source_runner import SourceRunner
 from agent.topics import matches
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ class Change:
 
 @dataclass
 class _Running:
-    source: Source
+    source: SourceRunner
     config: SourceConfig
     task: asyncio.Task[None]
 
@@ -76,7 +77,7 @@ class Pipeline:
         self._supervisor: SupervisorConfig | None = None
 
     @property
-    def sources(self) -> list[Source]:
+    def sources(self) -> list[SourceRunner]:
         return [running.source for running in self._sources.values()]
 
     async def apply(self, loaded: LoadedConfig, group: asyncio.TaskGroup) -> Change:
@@ -134,9 +135,10 @@ class Pipeline:
             if name in self._sources:
                 change.kept.append(name)
                 continue
-            source = build_source(
-                source_config, config.device_id, self.bus, self._counters,
-                data_dir=config.data_dir, max_clock_skew=config.max_clock_skew,
+            cls = source_class(source_config)
+            source = SourceRunner(
+                cls, source_config, config.device_id, self.bus, self._counters,
+                data_dir=config.data_dir / "sources", max_clock_skew=config.max_clock_skew,
             )
             task = group.create_task(source.run(), name=f"source:{name}")
             self._sources[name] = _Running(source, source_config, task)
@@ -177,8 +179,7 @@ class Pipeline:
 
     async def _stop_source(self, name: str) -> None:
         running = self._sources.pop(name)
-        running.source.stop()
-        running.task.cancel()
+        running.task.cancel()  # the runner awaits the source's own stop
         await asyncio.gather(running.task, return_exceptions=True)
 
     async def _finish(self, runners: Iterable[ModuleRunner]) -> None:

@@ -6,17 +6,15 @@ import asyncio
 import logging
 import ssl
 import time
-from pathlib import Path
 
-from agent.api import Record
+from agent.api import Record, Source, SourceContext
 from agent.backoff import Backoff
-from agent.bus import Bus
 from agent.config import MqttSourceConfig
-from agent.counters import CounterSet, ThrottledLog
+from agent.counters import ThrottledLog
 from agent.health.clock import CLOCK
 from agent.sources.mqtt_wire import Message, MqttProtocolError, Session, SubscriberProtocol
 from agent.sources.payload import Tally, build_mapper
-from agent.sources.readings import DEFAULT_MAX_CLOCK_SKEW, OVERSIZED, Rejected, decode_reading
+from agent.sources.readings import OVERSIZED, Rejected, decode_reading
 from agent.sources.retained import RetainedMemory
 from agent.topics import fixed_prefix, matches
 
@@ -27,7 +25,7 @@ SAVE_RETAINED_EVERY = 5.0
 """Seconds between saves of the retained-message memory (and once at stop)."""
 
 
-class MqttSource:
+class MqttSource(Source[MqttSourceConfig]):
     """Subscribes to the configured topics with a persistent session and publishes each batch
     of readings on the bus; malformed payloads are counted by reason and dropped.
 
@@ -36,19 +34,17 @@ class MqttSource:
     (a repeat counted as ``retained_repeat``, a skipped one as ``retained_skipped``); the
     payload is then decoded as ``format`` says."""
 
-    def __init__(
-        self, config: MqttSourceConfig, device_id: str, bus: Bus, counters: CounterSet,
-        data_dir: Path | None = None, max_clock_skew: float | None = None,
-    ) -> None:
-        self.config = config
+    Config = MqttSourceConfig
+    description = "Readings from an MQTT broker (normally the gateway's local one)."
+
+    def __init__(self, config: MqttSourceConfig, context: SourceContext) -> None:
+        super().__init__(config, context)
         self.name = config.name
-        self._bus = bus
-        self._counters = counters
-        self._scope = f"source:{config.name}"
-        self._log = log.getChild(config.name)
+        self._counters = context.counters
+        self._log = context.log
         self._bad_input = ThrottledLog(self._log)
         self._session = Session(
-            client_id=config.client_id or f"{device_id}-{config.name}",
+            client_id=config.client_id or f"{context.device_id}-{config.name}",
             subscriptions=tuple((topic, config.qos) for topic in config.topics),
             clean_session=not config.persistent_session,
             keepalive=max(1, round(config.keepalive)),
@@ -58,22 +54,18 @@ class MqttSource:
         )
         self._prefixes = [(topic, fixed_prefix(topic)) for topic in config.topics]
         self._sensors: dict[str, str] = {}
-        self._max_skew = DEFAULT_MAX_CLOCK_SKEW if max_clock_skew is None else max_clock_skew
+        self._max_skew = context.max_clock_skew
         self._mapper = build_mapper(config.format, config.payload, self._max_skew)
         self._excluded: dict[str, bool] = {}
         self._filtering = bool(config.exclude) or self._mapper is not None
         self._memory: RetainedMemory | None = None
         if config.retained == "once":
-            path = data_dir / "sources" / f"{config.name}.retained.json" if data_dir else None
+            path = context.data_dir / f"{config.name}.retained.json" if context.data_dir else None
             self._memory = RetainedMemory(path)
         self._save_due = 0.0
         self._saving: asyncio.Task[None] | None = None
         self._protocol: SubscriberProtocol | None = None
         self._resuming: asyncio.Task[None] | None = None
-        self.connected = False
-        self.last_error: str | None = None
-        self.attempted = asyncio.Event()
-        """Set once the first connection attempt has ended, either way."""
 
     async def run(self) -> None:
         """Stay connected until cancelled, reconnecting with backoff."""
@@ -86,9 +78,8 @@ class MqttSource:
                 )
                 self._protocol = protocol
                 session_present = await asyncio.wait_for(protocol.ready, self.config.keepalive)
-                self.connected, self.last_error = True, None
+                self.context.report_ok()
                 backoff.reset()
-                self.attempted.set()
                 self._log.info(
                     "subscribed to %s on %s (session %s)", ", ".join(self.config.topics),
                     self.config.url, "resumed" if session_present else "new",
@@ -98,20 +89,18 @@ class MqttSource:
             except (OSError, TimeoutError, MqttProtocolError, ssl.SSLError) as exc:
                 if self._protocol:
                     self._protocol.abort()
-                self.connected = False
-                self.last_error = f"{self.config.url}: {exc}"
-                self._counters.incr(self._scope, "connect_errors")
-                self.attempted.set()
+                error = f"{self.config.url}: {exc}"
+                self.context.report_error(error)
+                self._counters.incr("connect_errors")
                 delay = backoff.next_delay()
-                self._log.warning("%s; reconnecting in %.1f s", self.last_error, delay)
+                self._log.warning("%s; reconnecting in %.1f s", error, delay)
                 await asyncio.sleep(delay)
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
         """Disconnect cleanly, so the broker keeps the session for our return; remember the
         retained messages taken."""
         if self._protocol:
             self._protocol.disconnect()
-        self.connected = False
         if self._memory is not None and self._memory.dirty:
             self._memory.save(self._memory.snapshot())  # small, once, at shutdown
 
@@ -133,18 +122,16 @@ class MqttSource:
             self._readings(messages, now, records)
         else:
             self._mapped(messages, now, records)
-        self._counters.incr(self._scope, "received", len(messages))
+        self._counters.incr("received", len(messages))
         if not CLOCK.synchronised:
             _mark_unsynced(records, now)
         if self._memory is not None and self._memory.dirty and now >= self._save_due:
             self._save_retained(now)
-        if records:
-            self._counters.incr(self._scope, "accepted", len(records))
-            if self._bus.publish(records) and self._protocol:
-                self._counters.incr(self._scope, "paused")
-                self._protocol.pause_reading()
-                if self._resuming is None or self._resuming.done():
-                    self._resuming = asyncio.create_task(self._resume_when_room(self._protocol))
+        if records and self.context.publish_nowait(records) and self._protocol:
+            self._counters.incr("paused")
+            self._protocol.pause_reading()
+            if self._resuming is None or self._resuming.done():
+                self._resuming = asyncio.create_task(self._resume_when_room(self._protocol))
 
     def _readings(self, messages: list[Message], now: float, records: list[Record]) -> None:
         """The agent's own payload shape: the hot path, kept lean."""
@@ -195,24 +182,24 @@ class MqttSource:
         self._count_tally(tally, excluded)
 
     def _count_tally(self, tally: Tally, excluded: int) -> None:
-        counters, scope = self._counters, self._scope
+        counters = self._counters
         for name, count in (
             ("excluded", excluded + tally.excluded), ("fields_ignored", tally.fields_ignored),
             ("no_fields", tally.empty),
         ):
             if count:
-                counters.incr(scope, name, count)
+                counters.incr(name, count)
         for reason, count in tally.dropped.items():
-            counters.incr("dropped", reason, count)
+            self.context.reject(reason, count=count, received=False)  # logged by _log_drop
 
     def _retained_taken(self, topic: str, payload: bytes) -> bool:
         """Whether a retained message is to be skipped (and counted so)."""
         mode = self.config.retained
         if mode == "skip":
-            self._counters.incr(self._scope, "retained_skipped")
+            self._counters.incr("retained_skipped")
             return True
         if mode == "once" and self._memory is not None and self._memory.repeat(topic, payload):
-            self._counters.incr(self._scope, "retained_repeat")
+            self._counters.incr("retained_repeat")
             return True
         return False
 
@@ -237,15 +224,15 @@ class MqttSource:
         )
 
     async def _resume_when_room(self, protocol: SubscriberProtocol) -> None:
-        await self._bus.wait_room()
+        await self.context.wait_room()
         protocol.resume_reading()
 
     def _on_oversized(self, topic: str, size: int) -> None:
-        self._counters.incr(self._scope, "received")
+        self._counters.incr("received")
         self._reject(OVERSIZED, topic, f"<{size} bytes>".encode())
 
     def _reject(self, reason: str, topic: str, payload: bytes) -> None:
-        self._counters.incr("dropped", reason)
+        self.context.reject(reason, received=False)  # received is counted per message here
         self._log_drop(reason, topic, payload)
 
     def _log_drop(self, reason: str, topic: str, payload: bytes) -> None:

@@ -8,32 +8,26 @@ import math
 import random
 import time
 
-from agent.api import Record
-from agent.bus import Bus
+from agent.api import Record, Source, SourceContext
 from agent.config import SimulatorSourceConfig
-from agent.counters import CounterSet
 
 TICK = 0.1
 
 
-class SimulatorSource:
-    def __init__(self, config: SimulatorSourceConfig, bus: Bus, counters: CounterSet) -> None:
-        self.config = config
-        self.name = config.name
-        self._bus = bus
-        self._counters = counters
-        self._scope = f"source:{config.name}"
+class SimulatorSource(Source[SimulatorSourceConfig]):
+    Config = SimulatorSourceConfig
+    description = "Synthetic readings, for trying the agent with no hardware."
+
+    def __init__(self, config: SimulatorSourceConfig, context: SourceContext) -> None:
+        super().__init__(config, context)
         self._rng = random.Random(config.seed)
         self._sensors = [
             (f"{config.topic_prefix}sim-{index}", f"sim-{index}", 15 + self._rng.uniform(0, 10))
             for index in range(config.sensors)
         ]
-        self.connected = True
-        self.last_error: str | None = None
-        self.attempted = asyncio.Event()
-        self.attempted.set()
 
     async def run(self) -> None:
+        self.context.report_ok()
         due = 0.0  # readings owed per sensor, carried between ticks so any rate comes out right
         started = time.monotonic()
         ticks = 0
@@ -44,14 +38,7 @@ class SimulatorSource:
             whole = int(due)
             due -= whole
             if whole:
-                records = self._readings(whole, time.time())
-                self._counters.incr(self._scope, "received", len(records))
-                self._counters.incr(self._scope, "accepted", len(records))
-                if self._bus.publish(records):
-                    await self._bus.wait_room()
-
-    def stop(self) -> None:
-        self.connected = False
+                await self.context.publish(self._readings(whole, time.time()))
 
     def _readings(self, per_sensor: int, now: float) -> list[Record]:
         gauss = self._rng.gauss
