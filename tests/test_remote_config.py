@@ -170,6 +170,17 @@ def test_a_module_file_only_where_the_operator_loads_it(local: LoadedConfig, tmp
     validate_remote(doc('[[modules]]\nname = "m2"\nuse = "mine.py:Mine"\ninputs = ["a/#"]\n'), local)
 
 
+def test_a_source_file_is_never_imported_from_a_remote_config(local: LoadedConfig, tmp_path: Path) -> None:
+    (tmp_path / "evil.py").write_text("raise SystemExit('imported')\n")
+    text = f'[[sources]]\nname = "e"\ntype = "{tmp_path}/evil.py:Evil"\n'
+    assert issues(local, text) == [
+        "config v2: sources[0].type: a remote config names sources by their registered name; "
+        "a source file only where the operator's file loads the same one (or, signed, with [remote] "
+        "allow_module_files)"
+    ]
+    validate_remote(doc('[[sources]]\nname = "s"\ntype = "simulator"\n'), local)
+
+
 def test_not_toml_is_one_clear_issue(local: LoadedConfig) -> None:
     [found] = issues(local, "[[modules]\nname = ")
     assert found.startswith("config v2: : not valid TOML:")

@@ -158,7 +158,10 @@ def source_resolver(file_loaded: LoadedConfig) -> SourceResolver:
     return resolve
 
 
-SOURCE_FILE_REASON = MODULE_FILE_REASON.replace("modules", "sources").replace("module", "source")
+SOURCE_FILE_REASON = (
+    "a remote config names sources by their registered name; a source file only where the "
+    "operator's file loads the same one (or, signed, with [remote] allow_module_files)"
+)
 
 
 def _binding(login: BrokerLogin) -> _Binding:
