@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from agent.cli.main import main
 from agent.cli.scaffold import scaffold
-from agent.outbox.store import Outbox
+from agent.outbox import Outbox
 from tests.conftest import EDGE_AGENT
 
 

@@ -19,7 +19,7 @@ from agent.cli.main import main
 from agent.config import load_config
 from agent.errors import ConfigError
 from agent.health.status import read_status
-from agent.outbox.store import Outbox
+from agent.outbox import Outbox
 from agent.source_harness import run_source, run_source_async
 from tests.conftest import AgentProcess, free_port
 
