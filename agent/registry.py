@@ -107,7 +107,10 @@ def _load_entry_point(
     if use not in registered:
         names = ", ".join(sorted(registered)) or "none"
         raise ModuleLoadError(use, f"no {what} named {use!r} is registered (available: {names})")
-    (entry_point,) = entry_points(group=group, name=use)
+    found = {ep.value: ep for ep in entry_points(group=group, name=use)}
+    if len(found) > 1:  # the same class seen twice (a stale egg-info beside the install) is fine
+        raise ModuleLoadError(use, f"registered by several packages: {', '.join(sorted(found))}")
+    (entry_point,) = found.values()
     try:
         cls = entry_point.load()
     except Exception as exc:  # a broken plugin must not stop the others being listed
