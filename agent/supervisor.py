@@ -17,7 +17,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent import __version__
 from agent.config import LoadedConfig, load_config
@@ -29,6 +29,10 @@ from agent.outbox import Changes
 from agent.outbox.committer import Committer
 from agent.runtime.loopwatch import LoopWatch
 from agent.runtime.pipeline import Change, Pipeline
+
+if TYPE_CHECKING:  # loaded only when configured (a device without [cloud] never imports sync)
+    from agent.remote.link import Remote
+    from cloud_sync.uploader.uploader import Uploader
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +57,11 @@ class Agent:
         self._last_health = 0.0
         self._group: asyncio.TaskGroup | None = None
         self._committer_task: asyncio.Task[None] | None = None
-        self.uploader: Any = None  # cloud_sync.uploader.uploader.Uploader when [cloud] is configured
+        self.uploader: Uploader | None = None
         self._uploader_task: asyncio.Task[None] | None = None
         self.file_loaded = loaded
         """The operator's file, as last read (``loaded`` may be a remote config instead)."""
-        self.remote: Any = None  # agent.remote.link.Remote when [remote] is configured
+        self.remote: Remote | None = None
         self.apply_lock = asyncio.Lock()
         """Held while a config is applied (and, for a remote one, on trial)."""
         self._pipeline_lock = asyncio.Lock()  # one change of the pipeline at a time

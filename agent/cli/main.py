@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from agent import __version__
-from agent.cli.entry import load_or_exit, run_daemon
+from agent.cli.daemon import load_or_exit, run_daemon
 from agent.errors import ModuleLoadError, OutboxError
 from agent.health.status import read_status
 from agent.outbox import Outbox, as_jsonl

@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from agent import __version__
-from agent.cli.entry import load_or_exit, setup_logging
+from agent.cli.daemon import load_or_exit, setup_logging
 from agent.cli.main import CONFIG_OPTION
 from agent.config import AgentConfig, CloudConfig
 from agent.counters import CounterSet

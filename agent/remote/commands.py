@@ -34,7 +34,7 @@ from cloud_sync import protocol
 from cloud_sync.protocol import Command, ProtocolError
 
 if TYPE_CHECKING:
-    from agent.supervisor import Agent
+    from agent.remote.control import AgentControl
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ Handler = Callable[[Any], Awaitable[Any]]
 class Commands:
     """The device's command handler (one per agent, when ``[remote] allow_commands`` is on)."""
 
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: AgentControl) -> None:
         self.agent = agent
         self.device_id = agent.file_loaded.agent.device_id
         self._handlers: dict[str, tuple[type[_Args], Handler]] = {

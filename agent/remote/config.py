@@ -37,8 +37,8 @@ from cloud_sync import protocol
 from cloud_sync.protocol import ConfigReport, DesiredConfig, ProtocolError
 
 if TYPE_CHECKING:
+    from agent.remote.control import AgentControl
     from agent.runtime.pipeline import Change
-    from agent.supervisor import Agent
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ POISONED_KEPT = 32
 class RemoteConfig:
     """The device's handler for desired configs (one per agent, when ``allow_config`` is on)."""
 
-    def __init__(self, agent: Agent, settings: RemoteSettings) -> None:
+    def __init__(self, agent: AgentControl, settings: RemoteSettings) -> None:
         self.agent = agent
         self.settings = settings
         self.path = agent.file_loaded.agent.data_dir / STATE_FILE
@@ -370,7 +370,7 @@ def file_digest(path: Path) -> str:
         return ""
 
 
-def _crashes(agent: Agent, name: str) -> int:
+def _crashes(agent: AgentControl, name: str) -> int:
     totals = agent.counters.totals
     scope = f"module:{name}"
     return totals.get((scope, "restarts"), 0) + totals.get((scope, "hangs"), 0)

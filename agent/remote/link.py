@@ -18,13 +18,13 @@ from cloud_sync import protocol
 from cloud_sync.protocol import ProtocolError
 
 if TYPE_CHECKING:
-    from agent.supervisor import Agent
+    from agent.remote.control import AgentControl
 
 log = logging.getLogger(__name__)
 
 
 class Remote:
-    def __init__(self, agent: Agent, settings: RemoteSettings) -> None:
+    def __init__(self, agent: AgentControl, settings: RemoteSettings) -> None:
         self.agent = agent
         self.settings = settings
         self.config = RemoteConfig(agent, settings) if settings.allow_config else None
