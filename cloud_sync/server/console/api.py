@@ -29,6 +29,7 @@ from cloud_sync.server.store.fleet_query import FleetQuery
 from cloud_sync.server.store.summary import lag
 
 if TYPE_CHECKING:
+    from cloud_sync.server.auth import Guard
     from cloud_sync.server.console.app import Console
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -39,7 +40,8 @@ class ConsoleApi:
         self.console = console
         self.store = console.store
 
-    def routes(self, guard: Callable[[Handler], Handler]) -> list[Route]:
+    def routes(self, guards: Guard) -> list[Route]:
+        guard = guards.api
         return [
             Route("/api/fleet", guard(self.fleet)),
             Route("/api/events", guard(self.events)),

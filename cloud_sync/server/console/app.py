@@ -18,8 +18,6 @@ import jinja2
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
-from starlette.routing import BaseRoute, Mount
-from starlette.staticfiles import StaticFiles
 
 from cloud_sync.server.console import format as fmt
 from cloud_sync.server.console.security import SecurityMiddleware, cookie_secure
@@ -72,29 +70,6 @@ class Console:
             self.remote = RemoteDesk(ingest)  # desired configs and commands (remote_pages.py)
 
     # -- wiring ---------------------------------------------------------------------------------
-
-    def routes(self, api_guard: Any, bearer_only: Any = None) -> list[BaseRoute]:
-        """The pages, sign-in, static files and the console's JSON routes (``api_guard`` wraps
-        each of these in the API's own check: a session or a bearer token; ``bearer_only``, the
-        check of the JSON routes that change something: a bearer token alone)."""
-        from cloud_sync.server.console.api import ConsoleApi
-        from cloud_sync.server.console.pages import Pages
-        from cloud_sync.server.console.signin import SignIn
-
-        static = StaticFiles(packages=[("cloud_sync.server.console", "static")])
-        pages = Pages(self)
-        remote: list[BaseRoute] = []
-        if self.remote is not None and bearer_only is not None:
-            from cloud_sync.server.console.remote_pages import RemotePanel
-
-            remote = list(RemotePanel(self, self.remote).routes(pages.signed_in, api_guard, bearer_only))
-        return [
-            *SignIn(self).routes(),
-            *pages.routes(),
-            *remote,
-            *ConsoleApi(self).routes(api_guard),
-            Mount("/static", app=static, name="static"),
-        ]
 
     def middleware(self) -> list[Middleware]:
         return [Middleware(SecurityMiddleware, allowed_hosts=self.settings.allowed_hosts)]

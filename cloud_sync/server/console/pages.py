@@ -21,11 +21,11 @@ from starlette.routing import Route
 
 from cloud_sync.protocol import DEVICE_ID
 from cloud_sync.server.console.device_view import load_device
-from cloud_sync.server.console.signin import signin_url
 from cloud_sync.server.store.fleet_query import FILTERS, MAX_PAGE, SORTS, FleetQuery, QueryError
 from cloud_sync.server.store.summary import api_object, lag
 
 if TYPE_CHECKING:
+    from cloud_sync.server.auth import Guard
     from cloud_sync.server.console.app import Console
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -50,24 +50,12 @@ class Pages:
     def __init__(self, console: Console) -> None:
         self.console = console
 
-    def routes(self) -> list[Route]:
+    def routes(self, guard: Guard) -> list[Route]:
         return [
-            Route("/", self.signed_in(self.home)),
-            Route("/fleet", self.signed_in(self.fleet)),
-            Route("/devices/{device_id}", self.signed_in(self.device)),
+            Route("/", guard.page(self.home)),
+            Route("/fleet", guard.page(self.fleet)),
+            Route("/devices/{device_id}", guard.page(self.device)),
         ]
-
-    def signed_in(self, handler: Handler) -> Handler:
-        async def page(request: Request) -> Response:
-            if self.console.signed_in(request):
-                return await handler(request)
-            gone = request.cookies.get(self.console.cookie_name(request, "edge_session"))
-            target = signin_url(request, "gone" if gone else "")
-            if request.headers.get("hx-request"):
-                return Response("sign in first", 401, headers={"HX-Redirect": target})
-            return RedirectResponse(target, 303)
-
-        return page
 
     async def home(self, request: Request) -> Response:
         return RedirectResponse("/fleet", 303)

@@ -34,6 +34,7 @@ from cloud_sync.server.console.sessions import same_token
 from cloud_sync.server.console.signin import read_form
 
 if TYPE_CHECKING:
+    from cloud_sync.server.auth import Guard
     from cloud_sync.server.console.app import Console
 
 log = logging.getLogger(__name__)
@@ -48,8 +49,8 @@ class RemotePanel:
         self.console = console
         self.desk = desk
 
-    def routes(self, signed_in: Callable[[Handler], Handler], api_guard: Callable[[Handler], Handler],
-               bearer_only: Callable[[Handler], Handler]) -> list[Route]:
+    def routes(self, guard: Guard) -> list[Route]:
+        signed_in, api_guard, bearer_only = guard.page, guard.api, guard.bearer
         return [
             Route("/devices/{device_id}/remote", signed_in(self.panel), methods=["GET"]),
             Route("/devices/{device_id}/config", signed_in(self.push_config), methods=["POST"]),
