@@ -55,7 +55,6 @@ class Acks:
         self._wake = wake
         self._errors = ThrottledLog(log, interval=30)
         self._changed = asyncio.Event()
-        self._last_seq_seen = 0
         self._probes: dict[int, float] = {}
         self.epoch = ""
         self.target = 0
@@ -101,24 +100,30 @@ class Acks:
             await self.take(ack)
 
     async def take(self, ack: protocol.Ack) -> None:
-        if ack.epoch and ack.epoch != self.epoch:
+        if not ack.epoch:
+            self._refuse("an ack that names no outbox (epoch)")
+            return
+        if ack.epoch != self.epoch:
             await self._foreign(ack)
             return
         tracker = self._tracker
+        if ack.seq > tracker.highest_sent:
+            # a forged or stale retained ack must not delete what the cloud never had; after a
+            # restart the records are sent again and the ingest's next ack covers them
+            self._refuse(f"an ack of seq {ack.seq}, beyond the highest sent ({tracker.highest_sent})")
+            return
         if ack.probe in self._probes:
             self.echoed_at = max(self.echoed_at, self._probes[ack.probe])
-        if ack.seq <= tracker.acked:
-            tracker.on_ack(ack.seq, ack.max_seq)
-            return
-        if ack.seq > self._last_seq_seen:
-            self._last_seq_seen = await self._reader.call(self._reader.last_seq)
-        ack_seq = min(ack.seq, self._last_seq_seen)  # never trust an ack beyond our own seqs
         before = tracker.acked
-        if tracker.on_ack(ack_seq, ack.max_seq):
-            self._rate.acked(ack_seq - before)
-            self.target = ack_seq
+        if tracker.on_ack(ack.seq, ack.max_seq):
+            self._rate.acked(ack.seq - before)
+            self.target = ack.seq
             self._changed.set()
             self._wake()
+
+    def _refuse(self, what: str) -> None:
+        self._counters.incr(SCOPE, "acks_refused")
+        self._errors.warning("ack-refused", "refused %s: nothing is released", what)
 
     async def _foreign(self, ack: protocol.Ack) -> None:
         """An ack for another outbox of this device id: the cloud has seen seqs up to

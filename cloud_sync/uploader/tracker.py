@@ -51,6 +51,9 @@ class SendTracker:
         self.unacked_limit = unacked_records
         self.resend_after = resend_after
         self.acked = 0
+        self.highest_sent = 0
+        """The highest seq this process has sent (or announced, or let go): an ack beyond it
+        acknowledges what the cloud cannot have, so it is refused."""
         self.max_seen = 0
         self.live_from = 0
         self.backlog_cursor = 0
@@ -67,6 +70,7 @@ class SendTracker:
     def start(self, acked: int, last_seq: int) -> None:
         """A new connection: what is waiting now is backlog, what comes later is live."""
         self.acked = max(self.acked, acked)
+        self.highest_sent = max(self.highest_sent, self.acked)
         self.live_from = max(last_seq, self.acked)
         self.backlog_cursor = self.acked
         self.live_cursor = self.live_from
@@ -87,9 +91,11 @@ class SendTracker:
             self.backlog_cursor = max(self.backlog_cursor, last)
         self._sent[live].append(Sent(first, last, count, now, live, size))
         self.unacked += count
+        self.highest_sent = max(self.highest_sent, last)
 
     def skip(self, up_to: int, live: bool) -> None:
         """Records up to ``up_to`` need no sending (set aside, or gone from the outbox)."""
+        self.highest_sent = max(self.highest_sent, up_to)
         if live:
             self.live_cursor = max(self.live_cursor, up_to)
         else:
