@@ -91,7 +91,7 @@ def test_a_document_that_stopped_the_agent_while_checked_is_refused_after_the_re
     cloud.desired(DEVICE, doc)  # retained: the agent gets it again as soon as it subscribes
     agent = _start(config, agents, "restarted")
     report = cloud.wait_report(DEVICE, 7, "rejected", timeout=10)
-    assert "stopped the agent" in json.dumps(report)
+    assert "stopped" in json.dumps(report), report  # at start-up, or when the document comes again
     agent.wait_for_log("refused remote config v7: this document stopped the agent")
     assert agent.process is not None and agent.process.poll() is None
     # a newer document is taken as usual
