@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent import __version__, codec
+from agent.health.lognames import current_names
 from agent.health.status import read_status
 from agent.remote.seen import SeenCommands
 from cloud_sync import protocol
@@ -247,12 +248,13 @@ class Commands:
         return {"module": args.name, "status": status}
 
     async def _set_log_level(self, args: _LogLevelArgs) -> dict[str, Any]:
-        logger = logging.getLogger(args.logger)
-        before = logger.level
-        previous = logging.getLevelName(logger.getEffectiveLevel())
-        logger.setLevel(args.level)
-        if args.duration is not None:
-            asyncio.get_running_loop().call_later(args.duration, logger.setLevel, before)
+        loggers = [logging.getLogger(name) for name in current_names(args.logger)]
+        previous = logging.getLevelName(loggers[-1].getEffectiveLevel())
+        for logger in loggers:
+            before = logger.level
+            logger.setLevel(args.level)
+            if args.duration is not None:
+                asyncio.get_running_loop().call_later(args.duration, logger.setLevel, before)
         log.warning("log level of %s set to %s by a command%s", args.logger or "the agent", args.level,
                     f" for {args.duration:g} s" if args.duration else "")
         return {"logger": args.logger or "root", "level": args.level, "previous": previous,

@@ -3,11 +3,13 @@ named, and where its reading time is. Validated before any I/O, so a typo is a c
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from agent.sources.payload.paths import split_path
+from agent.sources.payload.template import compile_template
 
 FORMATS = (
     "reading", "json", "zigbee2mqtt", "tasmota", "esphome", "shelly", "homeassistant",
@@ -19,20 +21,6 @@ TsFormat = Literal["unix", "unix_ms", "unix_us", "unix_ns", "iso8601"]
 TS_SCALE = {"unix": 1.0, "unix_ms": 1e-3, "unix_us": 1e-6, "unix_ns": 1e-9, "iso8601": 1.0}
 """Seconds per unit of a numeric reading time, by ``ts_format``."""
 
-_LEVEL = re.compile(r"[^.*{}]+|\*")
-
-
-def split_path(path: str, wildcards: bool = True) -> tuple[str, ...]:
-    """``"params.temperature:0.tC"`` as its levels; ``ValueError`` naming what is wrong."""
-    levels = tuple(path.split("."))
-    for level in levels:
-        if not level:
-            raise ValueError(f"{path!r}: an empty level (two dots, or a dot at an end)")
-        if not _LEVEL.fullmatch(level):
-            raise ValueError(f"{path!r}: {level!r} is not a key; '*' must be a whole level")
-        if level == "*" and not wildcards:
-            raise ValueError(f"{path!r}: no '*' here, name one field")
-    return levels
 
 
 def _check_field(path: str) -> str:
@@ -55,8 +43,6 @@ def _check_zone(name: str) -> str:
 
 
 def _check_template(template: str) -> str:
-    from agent.sources.payload.template import compile_template  # no cycle at import
-
     compile_template(template)
     return template
 

@@ -13,7 +13,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from agent.api import Record
-from agent.sources.payload.config import TS_SCALE, PayloadConfig, split_path
+from agent.sources.payload.config import TS_SCALE, PayloadConfig
+from agent.sources.payload.paths import split_path
 from agent.sources.payload.template import compile_template
 from agent.sources.payload.values import to_value
 from agent.sources.readings import (

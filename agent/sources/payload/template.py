@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from agent.sources.payload.config import split_path
+from agent.sources.payload.paths import split_path
 
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _SLICE = re.compile(r"^(topic|field)(?:\[(-?\d+)\]|\[(-?\d*):(-?\d*)\])?$")
