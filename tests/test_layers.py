@@ -45,8 +45,9 @@ def _imports(name: str, path: Path) -> list[tuple[str, int]]:
             found += [(alias.name, node.lineno) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
-            if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + [base]).strip(".")
+            if node.level:  # relative: up from this package, one level per dot after the first
+                parents = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parents, base]).strip(".")
             for alias in node.names:
                 submodule = f"{base}.{alias.name}"
                 found.append((submodule if submodule in SOURCES else base, node.lineno))
@@ -91,7 +92,10 @@ def test_only_the_cli_imports_click():
 
 def _cycles() -> list[list[str]]:
     """Strongly connected components of more than one module (Tarjan's algorithm)."""
-    edges = {name: sorted({t for t, _ in imports if t in SOURCES and t != name}) for name, imports in GRAPH.items()}
+    edges = {
+        name: sorted({target for target, _ in imports if target in SOURCES and target != name})
+        for name, imports in GRAPH.items()
+    }
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
