@@ -181,6 +181,23 @@ def test_a_source_file_is_never_imported_from_a_remote_config(local: LoadedConfi
     validate_remote(doc('[[sources]]\nname = "s"\ntype = "simulator"\n'), local)
 
 
+def test_an_exec_source_only_with_a_command_the_operator_runs(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("LOCAL_PASS", "x")
+    (tmp_path / "mine.py").write_text(MINE)
+    (tmp_path / "cloud.pass").write_text("x\n")
+    path = tmp_path / "agent.toml"
+    path.write_text(LOCAL.replace("/etc/edge-agent/cloud.pass", str(tmp_path / "cloud.pass"))
+                    + '[[sources]]\nname = "cmd"\ntype = "exec"\ncommand = ["/usr/bin/read-sensors"]\n')
+    local = load_config(path)
+    same = '[[sources]]\nname = "c2"\ntype = "exec"\ncommand = ["/usr/bin/read-sensors"]\n'
+    validate_remote(doc(same), local)
+    other = same.replace("read-sensors", "curl").replace('"c2"', '"c3"')
+    assert issues(local, other) == [
+        "config v2: sources[0].command: a remote config may run only a command the operator's file "
+        "runs (same command, env and cwd)"
+    ]
+
+
 def test_not_toml_is_one_clear_issue(local: LoadedConfig) -> None:
     [found] = issues(local, "[[modules]\nname = ")
     assert found.startswith("config v2: : not valid TOML:")

@@ -15,6 +15,8 @@
   a file is refused *before* anything is resolved: no file named by an unchecked document is
   ever opened, let alone imported, and the refusal says nothing about the file system. A
   source ``type`` follows the same rule.
+* An ``exec`` source runs only a command (with its environment and folder) that an ``exec``
+  source of the operator's file runs: a document cannot make the device run a program.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from agent.registry import (
     resolve_registered_source,
     resolve_source,
 )
+from agent.sources.exec import ExecConfig
 from cloud_sync.protocol import DesiredConfig
 
 LOCAL_ONLY = ("device_id", "data_dir", "remote", "metrics", "buffer")
@@ -80,7 +83,7 @@ def validate_remote(
     except ConfigError as exc:
         issues = exc.issues + issues
     if loaded is not None:
-        issues += _credentials(loaded.agent, local, where)
+        issues += _credentials(loaded.agent, local, where) + _commands(loaded.agent, local, where)
     if issues or loaded is None:
         raise ConfigError(issues)
     agent = loaded.agent.model_copy(update={key: getattr(local, key) for key in LOCAL_ONLY})
@@ -162,6 +165,19 @@ SOURCE_FILE_REASON = (
     "a remote config names sources by their registered name; a source file only where the "
     "operator's file loads the same one (or, signed, with [remote] allow_module_files)"
 )
+
+
+COMMAND_REASON = "a remote config may run only a command the operator's file runs (same command, env and cwd)"
+
+
+def _commands(remote: AgentConfig, local: AgentConfig, where: str) -> list[ConfigIssue]:
+    def runs(config: AgentConfig) -> list[tuple[int, Any]]:
+        return [(index, (tuple(source.command), tuple(sorted(source.env.items())), source.cwd))
+                for index, source in enumerate(config.sources) if isinstance(source, ExecConfig)]
+
+    allowed = {command for _, command in runs(local)}
+    return [ConfigIssue(where, f"sources[{index}].command", COMMAND_REASON)
+            for index, command in runs(remote) if command not in allowed]
 
 
 def _binding(login: BrokerLogin) -> _Binding:
