@@ -22,12 +22,14 @@ from pydantic import (
     Field,
     PlainValidator,
     SecretStr,
+    StrictBool,
     ValidationError,
     ValidationInfo,
     model_validator,
 )
 
 from agent.api import Module, ModuleConfig, Source, SourceConfig
+from agent.config_errors import cross_checks, issues_from, named
 from agent.errors import ConfigError, ConfigIssue, ModuleLoadError
 from agent.extras import require
 from agent.registry import resolve_module, resolve_source
@@ -125,7 +127,7 @@ class MqttSourceConfig(BrokerLogin, SourceConfig):
     qos: Literal[0, 1] = 1
     client_id: str | None = None
     """Defaults to ``<device_id>-<source name>``; keep it stable so the session persists."""
-    persistent_session: bool = True
+    persistent_session: StrictBool = True
     """Keep the broker session across restarts, so QoS 1 readings sent meanwhile arrive later."""
     max_payload: Size = 65536
     """Readings with a larger payload are dropped and counted as ``oversized``."""
@@ -222,7 +224,7 @@ class ModuleSpec(_Section):
     name: Name
     use: Annotated[str, Field(min_length=1)]
     inputs: Annotated[list[TopicFilter], Field(min_length=1)]
-    sync: bool = False
+    sync: StrictBool = False
     with_: dict[str, Any] = Field(default_factory=dict, alias="with")
     queue: Annotated[int, Field(ge=1, le=10_000_000)] = 20_000
     """Records that may wait for this module; when full, the sources wait (backpressure)."""
@@ -331,16 +333,16 @@ class RemoteSettings(_Section):
     """Control from the cloud over the ``[cloud]`` connection (off unless this section is
     present). Only the operator's file sets it: a remote config cannot change it."""
 
-    allow_config: bool = False
+    allow_config: StrictBool = False
     """Run the desired config the cloud publishes (validated, persisted, rolled back if it fails)."""
-    allow_commands: bool = True
+    allow_commands: StrictBool = True
     """Answer commands (ping, status, sync-now, restart-module, set-log-level)."""
     public_key_file: Annotated[Path, AfterValidator(_check_public_key)] | None = None
     """An Ed25519 public key (PEM): with it, only configs signed by its private key are run."""
     grace_period: PositiveDuration = 30.0
     """A new remote config whose modules crash, or whose [cloud] cannot connect, within this
     long is rolled back to the last good config."""
-    allow_module_files: bool = False
+    allow_module_files: StrictBool = False
     """With ``public_key_file``: a signed config may name module files by absolute path
     (``/opt/x.py:Class``), imported on the device. Unsigned configs never may."""
 
@@ -367,27 +369,6 @@ class AgentConfig(_Section):
     supervisor: SupervisorConfig = SupervisorConfig()
     metrics: MetricsConfig | None = None
     remote: RemoteSettings | None = None
-
-    @model_validator(mode="after")
-    def _names_unique(self) -> AgentConfig:
-        seen: set[str] = set()
-        for kind, items in (("sources", self.sources), ("modules", self.modules)):
-            for item in items:
-                if item.name in seen:
-                    raise ValueError(f"{kind}: name {item.name!r} is used twice")
-                seen.add(item.name)
-        self._client_ids_unique()
-        return self
-
-    def _client_ids_unique(self) -> None:
-        """Two connections with one client id throw each other off the broker, endlessly."""
-        taken = {self.device_id: "the [cloud] uploader"} if self.cloud else {}
-        for index, source in enumerate(self.sources):
-            if isinstance(source, MqttSourceConfig):
-                client_id = source.client_id or f"{self.device_id}-{source.name}"
-                if client_id in taken:
-                    raise ValueError(f"sources[{index}]: client id {client_id!r} is {taken[client_id]}'s too")
-                taken[client_id] = f"sources[{index}]"
 
 
 @dataclass(frozen=True)
@@ -438,7 +419,7 @@ def validate_config(
     file = label or str(path)
     base = path.parent
     _apply_env_overrides(raw, os.environ if environ is None else environ)
-    issues: list[ConfigIssue] = []
+    issues = cross_checks(file, raw)
     agent = None
     try:
         agent = AgentConfig.model_validate(raw, context={
@@ -446,12 +427,12 @@ def validate_config(
             "resolve_source": resolve_type or (lambda kind: resolve_source(kind, base)),
         })
     except ValidationError as exc:
-        issues += _issues(file, "", exc)
+        issues += issues_from(file, "", exc, AgentConfig)
     if resolve is None:
         resolve = lambda use: resolve_module(use, base)  # noqa: E731
     plans = _validate_modules(file, raw.get("modules"), issues, resolve)
     if issues or agent is None:
-        raise ConfigError(issues)
+        raise ConfigError(named(issues, raw))
     if not agent.data_dir.is_absolute():
         agent = agent.model_copy(update={"data_dir": path.parent / agent.data_dir})
     return LoadedConfig(path=path, agent=agent, modules=plans)
@@ -517,7 +498,7 @@ def _validate_modules(
         try:
             config = cls.Config.model_validate(entry.get("with", {}))
         except ValidationError as exc:
-            issues += _issues(file, f"{where}.with", exc)
+            issues += issues_from(file, f"{where}.with", exc, cls.Config)
             continue
         try:
             spec = ModuleSpec.model_validate(entry)
@@ -525,21 +506,3 @@ def _validate_modules(
             continue  # reported by stage one
         plans.append(ModulePlan(spec=spec, cls=cls, config=config))
     return plans
-
-
-def _issues(file: str, prefix: str, exc: ValidationError) -> list[ConfigIssue]:
-    issues = []
-    for error in exc.errors():
-        path = prefix
-        for part in error["loc"]:
-            if isinstance(part, int):
-                path += f"[{part}]"
-            else:
-                path += f".{part}" if path else str(part)
-        reason = error["msg"].removeprefix("Value error, ")
-        if error["type"] == "extra_forbidden":
-            reason = "unknown key"
-        elif error["type"] == "missing":
-            reason = "required"
-        issues.append(ConfigIssue(file, path, reason))
-    return issues

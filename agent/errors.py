@@ -12,9 +12,12 @@ class ConfigIssue:
     file: str
     path: str
     reason: str
+    shown: str = ""
+    """The path as printed, naming the entry it is in (``modules[2](climate).with.every``)."""
 
     def __str__(self) -> str:
-        return f"{self.file}: {self.path}: {self.reason}" if self.path else f"{self.file}: {self.reason}"
+        where = self.shown or self.path
+        return f"{self.file}: {where}: {self.reason}" if where else f"{self.file}: {self.reason}"
 
 
 class EdgeAgentError(Exception):

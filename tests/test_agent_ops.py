@@ -30,7 +30,7 @@ def test_sighup_refuses_a_bad_config_and_applies_a_good_one(tmp_path, broker: Br
     config.write_text(good.replace('every = "1s"', 'every = "whenever"'))
     agent.signal(signal.SIGHUP)
     agent.wait_for_log("the new config is refused")
-    assert "modules[0].with.every" in agent.output()
+    assert "modules[0](win).with.every" in agent.output()
 
     config.write_text(good.replace('name = "win"', 'name = "win2"'))
     agent.signal(signal.SIGHUP)

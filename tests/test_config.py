@@ -122,7 +122,7 @@ def test_every_error_of_both_stages_is_reported_at_once(tmp_path):
         ("device_id = 'a'\n", "data_dir", "required"),
         ("not toml [", "", "not valid TOML"),
         (VALID.replace('"60s"', "0"), "modules[0].with.every", "greater than 0"),
-        (VALID + "\n[[sources]]\nname = 'local'\ntype = 'simulator'\n", "", "used twice"),
+        (VALID + "\n[[sources]]\nname = 'local'\ntype = 'simulator'\n", "sources[1].name", "used twice"),
         (VALID.replace('type = "mqtt"', 'type = "pigeon"'), "sources[0].type", "no source named 'pigeon'"),
     ],
 )
@@ -198,7 +198,7 @@ def test_check_exits_2_and_prints_file_key_reason(tmp_path):
         [sys.executable, "-m", "agent", "check", "-c", str(path)], capture_output=True, text=True
     )
     assert result.returncode == 2
-    assert result.stderr.startswith(f"{path}: modules[0].with.every: 'often' is not a duration")
+    assert result.stderr.startswith(f"{path}: modules[0](climate_1m).with.every: 'often' is not a duration")
 
 
 def test_a_module_file_path_is_relative_to_the_config_file(tmp_path, monkeypatch):
@@ -217,5 +217,39 @@ def test_a_module_file_path_is_relative_to_the_config_file(tmp_path, monkeypatch
     (plan,) = load_config(write(tmp_path, text)).modules
     assert plan.cls.__name__ == "Double"
     missing = text.replace("plugins/double.py", "plugins/absent.py")
-    with pytest.raises(ConfigError, match=r"modules\[0\]\.use: file .*absent\.py not found"):
+    with pytest.raises(ConfigError, match=r"modules\[0\]\(climate_1m\)\.use: file .*absent\.py not found"):
         load_config(write(tmp_path, missing))
+
+
+def test_every_error_of_every_kind_at_once_each_naming_its_entry(tmp_path):
+    """A duplicate name beside field errors, a string where a boolean goes, unknown keys with the
+    nearest known one: all in one run, each printed with the module's or source's name."""
+    path = write(tmp_path, VALID.replace('topics = ["sensors/#"]', 'topicz = ["sensors/#"]')
+                 .replace("sync = true", 'sync = "yes"').replace('every = "60s"', 'evry = "60s"')
+                 + '\n[[modules]]\nname = "climate_1m"\nuse = "window"\ninputs = ["a"]\n'
+                 + '[modules.with]\nevery = "often"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    printed = str(caught.value).splitlines()
+    assert sorted(line.removeprefix(f"{path}: ") for line in printed) == [
+        "modules[0](climate_1m).sync: use true or false (a TOML boolean), not 'yes'",
+        "modules[0](climate_1m).with.evry: unknown key; did you mean 'every'?",
+        "modules[1](climate_1m).name: name 'climate_1m' is used twice (first by modules[0])",
+        "modules[1](climate_1m).with.every: 'often' is not a duration: use '500ms', '60s', '5m', '1h', "
+        "'1d' or a number of seconds",
+        "sources[0](local).topicz: unknown key; did you mean 'topics'?",
+    ]
+    # scripts and the console read the key path itself, without the name
+    assert {issue.path for issue in caught.value.issues} >= {"modules[0].sync", "sources[0].topicz"}
+
+
+@pytest.mark.parametrize("value", ['"yes"', '"true"', "1", '"on"'])
+def test_booleans_are_booleans(tmp_path, value):
+    with pytest.raises(ConfigError, match=r"sync: use true or false"):
+        load_config(write(tmp_path, VALID.replace("sync = true", f"sync = {value}")))
+
+
+def test_a_far_fetched_key_gets_no_suggestion(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, VALID + '\ncolour = "red"\n'))
+    assert [issue.reason for issue in caught.value.issues] == ["unknown key"]

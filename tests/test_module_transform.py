@@ -180,5 +180,5 @@ def test_a_config_error_in_an_expression_names_file_key_and_column(tmp_path) -> 
     with pytest.raises(ConfigError) as caught:
         load_config(config)
     assert str(caught.value).startswith(
-        f"{config}: modules[0].with.sensors.t1.where: column 11: '&&' is not part of the language"
+        f"{config}: modules[0](f).with.sensors.t1.where: column 11: '&&' is not part of the language"
     )

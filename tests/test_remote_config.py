@@ -371,4 +371,4 @@ def test_no_two_connections_share_a_client_id(local: LoadedConfig) -> None:
     text = ('[[sources]]\nname = "x"\ntype = "mqtt"\nclient_id = "gw-01"\n'
             '[cloud]\nurl = "mqtts://cloud.example:8883"\n')
     assert issues(local, text) == [
-        "config v2: : sources[0]: client id 'gw-01' is the [cloud] uploader's too"]
+        "config v2: sources[0].client_id: client id 'gw-01' is the [cloud] uploader's too"]

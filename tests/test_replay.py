@@ -132,7 +132,7 @@ def test_an_invalid_config_exits_2_naming_file_and_key(tmp_path: Path) -> None:
         """)
     result = CliRunner().invoke(main, ["replay", "-c", str(config), "--input", "-"], input="")
     assert result.exit_code == 2
-    assert f"{config}: modules[0].with.every: " in result.stderr
+    assert f"{config}: modules[0](w).with.every: " in result.stderr
 
 
 def test_a_module_that_cannot_start_fails_the_replay(tmp_path: Path) -> None:

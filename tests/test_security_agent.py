@@ -74,4 +74,4 @@ def test_an_expression_nested_thousands_deep_is_a_config_error(tmp_path: Path) -
                          timeout=60)
     assert out.returncode == 2, out.stderr
     assert "Traceback" not in out.stderr and "RecursionError" not in out.stderr
-    assert "modules[0].with.where" in out.stderr and "modules[1].with.where" in out.stderr, out.stderr
+    assert "modules[0](t).with.where" in out.stderr and "modules[1](u).with.where" in out.stderr, out.stderr
