@@ -427,7 +427,7 @@ def validate_config(
             "resolve_source": resolve_type or (lambda kind: resolve_source(kind, base)),
         })
     except ValidationError as exc:
-        issues += issues_from(file, "", exc, AgentConfig)
+        issues += issues_from(file, "", exc, AgentConfig, raw, _source_model(base))
     if resolve is None:
         resolve = lambda use: resolve_module(use, base)  # noqa: E731
     plans = _validate_modules(file, raw.get("modules"), issues, resolve)
@@ -480,6 +480,18 @@ SourceResolver = Callable[[str], type[Source[Any]]]
 """A source's class from its ``type`` value, or ``ModuleLoadError`` saying why not."""
 
 
+def _source_model(base: Path) -> Callable[[Any, Any], Any]:
+    """For an error's nearest-key hint: a source entry's own ``Config``, by its ``type``."""
+    def narrow(node: Any, raw: Any) -> Any:
+        if node is not SourceEntry or not isinstance(raw, dict) or not isinstance(raw.get("type"), str):
+            return node
+        try:
+            return resolve_source(raw["type"], base).Config
+        except ModuleLoadError:
+            return node
+    return narrow
+
+
 def _validate_modules(
     file: str, raw_modules: Any, issues: list[ConfigIssue], resolve: Resolver
 ) -> list[ModulePlan]:
@@ -498,7 +510,7 @@ def _validate_modules(
         try:
             config = cls.Config.model_validate(entry.get("with", {}))
         except ValidationError as exc:
-            issues += issues_from(file, f"{where}.with", exc, cls.Config)
+            issues += issues_from(file, f"{where}.with", exc, cls.Config, entry.get("with"))
             continue
         try:
             spec = ModuleSpec.model_validate(entry)

@@ -15,7 +15,7 @@ import difflib
 import re
 import types
 import typing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ValidationError
@@ -24,9 +24,17 @@ from agent.errors import ConfigIssue
 
 _ENTRY = re.compile(r"^(sources|modules)\[(\d+)\]")
 
+Narrow = Callable[[Any, Any], Any]
+"""The model that really validated a raw value where the declared type is a base class (a
+source's ``Config``, found by its ``type``); the declared type when it cannot tell."""
 
-def issues_from(file: str, prefix: str, exc: ValidationError, model: type[BaseModel]) -> list[ConfigIssue]:
-    """One issue per pydantic error of validating ``model``; ``prefix`` is where it sits."""
+
+def issues_from(
+    file: str, prefix: str, exc: ValidationError, model: type[BaseModel],
+    raw: Any = None, narrow: Narrow | None = None,
+) -> list[ConfigIssue]:
+    """One issue per pydantic error of validating ``raw`` against ``model``; ``prefix`` is where
+    it sits."""
     issues = []
     for error in exc.errors():
         loc = error["loc"]
@@ -40,7 +48,7 @@ def issues_from(file: str, prefix: str, exc: ValidationError, model: type[BaseMo
                 path += f".{part}" if path else str(part)
         reason = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
-            reason = "unknown key" + _did_you_mean(model, loc)
+            reason = "unknown key" + _did_you_mean(model, loc, raw, narrow)
         elif error["type"] == "missing":
             reason = "required"
         elif error["type"] in ("bool_type", "bool_parsing"):  # strict: "yes" and 1 are not booleans
@@ -129,16 +137,25 @@ def _tags(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[bool]:
     return skips
 
 
-def _did_you_mean(model: type[BaseModel], loc: tuple[int | str, ...]) -> str:
+def _did_you_mean(model: type[BaseModel], loc: tuple[int | str, ...], raw: Any, narrow: Narrow | None) -> str:
     node: Any = model
     for part in loc[:-1]:
         node, _ = _step(node, part)
+        raw = _raw_step(raw, part)
+        if narrow is not None:
+            node = narrow(node, raw)
     node = _unwrap(node)
     if not (isinstance(node, type) and issubclass(node, BaseModel)) or not isinstance(loc[-1], str):
         return ""
     known = [field.alias or name for name, field in node.model_fields.items()]
     close = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.75)
     return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _raw_step(raw: Any, part: int | str) -> Any:
+    if isinstance(part, int):
+        return raw[part] if isinstance(raw, list) and part < len(raw) else None
+    return raw.get(part) if isinstance(raw, dict) else None
 
 
 def _step(node: Any, part: int | str) -> tuple[Any, bool]:
