@@ -258,7 +258,7 @@ class CloudConfig(BrokerLogin):
     session_expiry: Duration = 7 * 86400.0
     """MQTT 5: how long the broker keeps the device's session while it is away."""
     batch_records: Annotated[int, Field(ge=1, le=100_000)] = 1000
-    batch_bytes: Annotated[Size, Field(ge=1024)] = 512_000
+    batch_bytes: Annotated[Size, Field(ge=1024, le=8 << 20)] = 512_000
     """Bound on a batch's records before compression."""
     batch_delay: Duration = 0.5
     """A batch that is not full waits at most this long for more records."""

@@ -18,6 +18,9 @@ MAX_RECORDS = 100_000
 MAX_DROPPED = 1_000
 """At most this many dropped ranges announced in one data message."""
 MAX_SEQ = (1 << 63) - 1
+MAX_RECORD_DATA = 1 << 20
+"""A record whose ``data`` is longer than this as JSON is a bad record (kept aside, 4 KiB of it):
+one message may not make the cloud store megabytes a record out of a few compressed bytes."""
 
 
 @dataclass(frozen=True)
@@ -173,11 +176,12 @@ def _records(batch: DataBatch, records: list[Any]) -> None:
                 and (type(ts) is float or type(ts) is int)
                 and isfinite(ts)
                 and type(data) is dict
+                and len(text := dumps(data)) <= MAX_RECORD_DATA
             ):
-                keep((seq, stream, ts if type(ts) is float else float(ts), dumps(data)))
+                keep((seq, stream, ts if type(ts) is float else float(ts), text))
                 continue
-        except OverflowError:  # an integer ts beyond any float (the stdlib parser allows one)
-            pass
+        except (OverflowError, TypeError, ValueError):
+            pass  # a ts beyond any float, data nested or numbered beyond what JSON text holds
         batch.bad.append(_bad_record(index, item, seq))
 
 
@@ -198,7 +202,13 @@ def _bad_record(index: int, item: dict[str, Any], seq: int) -> BadRecord:
         return BadRecord(seq, f"records[{index}].stream: not a name of 1 to {STREAM_MAX} characters", item)
     if not isinstance(ts, int | float) or isinstance(ts, bool) or not _finite(ts):
         return BadRecord(seq, f"records[{index}].ts: not a finite number", item)
-    return BadRecord(seq, f"records[{index}].data: not an object", item)
+    data = item.get("data")
+    if type(data) is not dict:
+        return BadRecord(seq, f"records[{index}].data: not an object", item)
+    # too large, or not writable as JSON text: kept without it (it could be megabytes)
+    kept = {"seq": seq, "stream": stream, "ts": ts, "data": None}
+    return BadRecord(seq, f"records[{index}].data: over {MAX_RECORD_DATA} bytes as JSON, or nested or "
+                     "numbered beyond what JSON text holds", kept)
 
 
 def _dropped(index: int, item: Any) -> DroppedRange:

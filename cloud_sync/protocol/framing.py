@@ -27,8 +27,10 @@ JSON, ZLIB, ZSTD = b"j", b"z", b"s"
 Encoding = Literal["json", "zlib", "zstd"]
 _ENCODING_BYTE: dict[str, bytes] = {"json": JSON, "zlib": ZLIB, "zstd": ZSTD}
 
-MAX_DECODED = 64 << 20
-"""A payload that inflates beyond this is refused (a compression bomb)."""
+MAX_DECODED = 16 << 20
+"""A payload that inflates beyond this is refused (a compression bomb). The device's batches
+stay below it: ``batch_bytes`` (before compression) is at most ``MAX_BATCH_BYTES``."""
+MAX_BATCH_BYTES = 8 << 20
 
 
 class Framer:

@@ -14,6 +14,7 @@ from cloud_sync.protocol.data import _is_seq
 from cloud_sync.protocol.errors import ProtocolError
 from cloud_sync.protocol.framing import VERSION
 from cloud_sync.protocol.topics import DEVICE_ID
+from cloud_sync.protocol.values import check_values
 
 # -- cloud to device: desired config, its reported result, commands and replies -----------------
 # (docs/protocol.md, "Remote configuration and commands"). Both ends use these; the device's
@@ -43,6 +44,7 @@ def _json_object(payload: bytes, what: str, limit: int) -> dict[str, Any]:
         raise ProtocolError("bad_json", f"{what} is not JSON: {str(exc)[:200]}") from None
     if not isinstance(doc, dict):
         raise ProtocolError("bad_body", f"{what} is not a JSON object")
+    check_values(doc, what)
     return doc
 
 

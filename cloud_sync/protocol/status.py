@@ -7,6 +7,7 @@ from typing import Any
 from agent import codec
 from cloud_sync.protocol.errors import ProtocolError
 from cloud_sync.protocol.framing import VERSION
+from cloud_sync.protocol.values import check_values
 
 MAX_STATUS = 64 << 10
 
@@ -27,4 +28,5 @@ def decode_status(payload: bytes) -> dict[str, Any]:
         raise ProtocolError("bad_json", f"status is not JSON: {exc}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("online"), bool):
         raise ProtocolError("bad_status", "a status is an object with a boolean 'online'")
+    check_values(doc, "status")
     return doc

@@ -29,7 +29,7 @@ from agent.config import BrokerLogin
 from agent.counters import ThrottledLog
 from cloud_sync import protocol
 from cloud_sync.mqtt import Client, make_client, ssl_context, wrong_protocol
-from cloud_sync.protocol import ProtocolError
+from cloud_sync.protocol import DataBatch, ProtocolError
 from cloud_sync.server import isolate
 from cloud_sync.server.isolate import QUARANTINE_BYTES, Message
 from cloud_sync.server.ledger import DeviceState, Flush, Incoming, Quarantined, Status
@@ -78,6 +78,7 @@ class Ingest:
         flush_bytes: int = 8 << 20,
         flush_messages: int = 25,
         max_pending_bytes: int = 256 << 20,
+        flush_decoded_bytes: int = 64 << 20,
         mqtt_kinds: tuple[protocol.Kind, ...] = ("data", "status"),
     ) -> None:
         self.store = store
@@ -89,6 +90,9 @@ class Ingest:
         self.flush_bytes = flush_bytes
         self.flush_messages = flush_messages
         self.max_pending_bytes = max_pending_bytes
+        self.flush_decoded_bytes = flush_decoded_bytes
+        """Decoded records one flush holds in memory at most (compressed messages inflate up to
+        ``protocol.MAX_DECODED`` each): past it, what is held is written, and the flush goes on."""
         self.mqtt_kinds = mqtt_kinds
         """What this worker reads over MQTT; data may come from elsewhere through ``feed``."""
         self.health_extra: dict[str, Any] = {}
@@ -249,11 +253,20 @@ class Ingest:
         """Decode and validate a flush's messages, then store them in one transaction."""
         now = time.time()
         decoded: list[Message] = []
+        held = 0
+        written: tuple[Flush, dict[str, DeviceState]] | None = None
         for topic, payload in items:
             item = self._decode(topic, payload, now)
-            if item is not None:
-                decoded.append(Message(topic, payload, item))
-        return isolate.write(self.store, decoded, now)
+            if item is None:
+                continue
+            decoded.append(Message(topic, payload, item))
+            held += _decoded_size(item, payload)
+            if held >= self.flush_decoded_bytes:  # bounded memory: write what is held so far
+                written = isolate.combine(written, isolate.write(self.store, decoded, now))
+                decoded, held = [], 0
+        if decoded or written is None:
+            written = isolate.combine(written, isolate.write(self.store, decoded, now))
+        return written
 
     def _decode(self, topic: str, payload: bytes, now: float) -> Incoming | None:
         device_id: str | None = None
@@ -267,9 +280,13 @@ class Ingest:
                 return Status(device_id, protocol.decode_status(payload), now)
             return None  # acks are ours
         except ProtocolError as exc:
-            self._errors.warning(exc.reason, "quarantined a message on %s: %s", topic[:200], exc)
-            kept = payload[:QUARANTINE_BYTES]
-            return Quarantined(topic[:1024], exc.reason, exc.detail, kept, len(payload), device_id)
+            reason, detail = exc.reason, exc.detail
+        except Exception as exc:  # a decoder bug must cost one message, never the ingest
+            log.exception("decoding a message on %s failed", topic[:200])
+            reason, detail = "undecodable", f"{type(exc).__name__}: {exc}"[:500]
+        self._errors.warning(reason, "quarantined a message on %s: %s", topic[:200], detail)
+        kept = payload[:QUARANTINE_BYTES]
+        return Quarantined(topic[:1024], reason, detail, kept, len(payload), device_id)
 
     def _account(self, flush: Flush) -> None:
         stats = self.stats
@@ -354,3 +371,9 @@ class Ingest:
             "counters": dict(stats.counters),
             **self.health_extra,
         }
+
+
+def _decoded_size(item: Incoming, payload: bytes) -> int:
+    if isinstance(item, DataBatch):
+        return sum(len(record[3]) for record in item.records) + 64 * len(item.records)
+    return len(payload)

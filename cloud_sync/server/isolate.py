@@ -62,6 +62,16 @@ def _quarantined(message: Message, exc: BaseException) -> Quarantined:
                        len(message.payload), device_id)
 
 
+Written = tuple[Flush, dict[str, DeviceState]]
+
+
+def combine(before: Written | None, after: Written) -> Written:
+    """Two writes of one flush, one after the other, as one."""
+    if before is None:
+        return after
+    return merge(before[0], after[0]), {**before[1], **after[1]}
+
+
 def merge(first: Flush, second: Flush) -> Flush:
     """Two flushes written one after the other, as one (for the acks and the counters)."""
     merged = Flush(
