@@ -15,7 +15,7 @@ import click
 from agent import __version__
 from agent.cli.daemon import load_or_exit, run_daemon
 from agent.errors import ModuleLoadError, OutboxError
-from agent.health.status import read_status
+from agent.health.status import SOURCE_NOISE, read_status
 from agent.outbox import Outbox, as_jsonl
 from agent.registry import available_modules, available_sources, resolve_module, resolve_source
 
@@ -179,8 +179,11 @@ def _format_status(state: dict[str, Any]) -> str:
         "dropped     " + (", ".join(f"{k} {v}" for k, v in sorted(state["dropped"].items())) or "none"),
     ]
     for name, source in state["sources"].items():
+        noise = ", ".join(f"{key} {source[key]}" for key in SOURCE_NOISE if source.get(key))
         lines.append(
             f"source      {name}: accepted {source.get('accepted', 0)} of {source.get('received', 0)}"
+            + (f", dropped {source['dropped']}" if source.get("dropped") else "")
+            + (f"; not readings: {noise}" if noise else "")
             + (f", last error: {source['last_error']}" if source.get("last_error") else "")
         )
     lines += [f"warning     {warning}" for warning in state.get("warnings") or []]

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from agent.health.status import MODULE_FIGURES, read_status
+from agent.health.status import MODULE_FIGURES, SOURCE_NOISE, read_status
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +52,17 @@ def _lines(status: dict[str, Any]) -> Iterator[str]:
     yield from _metric("edge_agent_outbox_commit_errors_total", "counter", "failed outbox commits",
                        [({}, status["outbox"]["commit_errors"])])
     sources = status["sources"]
-    for figure in ("received", "accepted"):
-        yield from _metric(f"edge_agent_source_{figure}_total", "counter", f"readings {figure}, by source",
+    for figure, what in (("received", "messages received"), ("accepted", "readings accepted"),
+                         ("dropped", "readings dropped")):
+        yield from _metric(f"edge_agent_source_{figure}_total", "counter", f"{what}, by source",
                            [({"source": name}, s.get(figure, 0)) for name, s in sorted(sources.items())])
+    yield from _metric(
+        "edge_agent_source_not_readings_total", "counter",
+        "messages and fields that are not readings (excluded topics, retained repeats, ignored "
+        "fields), by source and kind",
+        [({"source": name, "kind": kind}, s.get(kind, 0))
+         for name, s in sorted(sources.items()) for kind in SOURCE_NOISE],
+    )
     yield from _metric("edge_agent_source_connected", "gauge", "1 while the source is connected",
                        [({"source": name}, s.get("connected")) for name, s in sorted(sources.items())])
     for figure in ("restarts", "skipped_polls"):

@@ -14,6 +14,9 @@ from agent.outbox import Outbox
 STALE_AFTER = 10.0
 # Cumulative since the data directory was made; a module's own counters are listed beside them.
 MODULE_FIGURES = ("processed", "emitted", "errors", "quarantined", "hangs", "restarts")
+# A source's messages and fields that are not readings, by design rather than by fault; kept
+# apart from ``dropped`` so that the drop counters stay about faults.
+SOURCE_NOISE = ("excluded", "retained_repeat", "retained_skipped", "fields_ignored", "no_fields")
 
 
 def read_status(data_dir: Path, now: float | None = None) -> dict[str, Any]:
