@@ -75,11 +75,12 @@ CASES: dict[str, tuple[str, list[str], list[Message], dict[str, float], dict[str
             ("shellies/shellyht-6F2C39/sensor/humidity", "51", False),
             ("shellyplusht-c049ef8e2f28/events/rpc", json.dumps({
                 "src": "shellyplusht-c049ef8e2f28", "dst": "shellyplusht-c049ef8e2f28/events",
-                "method": "NotifyStatus", "params": {"ts": NOW - 5, "temperature:0": {"id": 0, "tC": 19.8,
-                                                                                        "tF": 67.6}}}), False),
+                "method": "NotifyStatus",
+                "params": {"ts": NOW - 5, "temperature:0": {"id": 0, "tC": 19.8, "tF": 67.6}}}), False),
             ("shellyplusht-c049ef8e2f28/events/rpc", json.dumps({
                 "src": "shellyplusht-c049ef8e2f28", "method": "NotifyEvent",
-                "params": {"ts": NOW - 5, "events": [{"component": "sys", "event": "ota_progress"}]}}), False),
+                "params": {"ts": NOW - 5, "events": [{"component": "sys", "event": "ota_progress"}]},
+            }), False),
         ],
         {"shelly1-B929CC/relay/0": 1, "shellyht-6F2C39/sensor/temperature": 22.25,
          "shellyht-6F2C39/sensor/humidity": 51, "shellyplusht-c049ef8e2f28/temperature:0/tC": 19.8,
