@@ -155,6 +155,8 @@ class MqttSourceConfig(BrokerLogin, SourceConfig):
     def _payload_fits_format(self) -> MqttSourceConfig:
         from agent.sources.payload import PRESET_KEYS  # import cycle
 
+        if self.format == "sparkplug_b":
+            require("sparkplug", 'format = "sparkplug_b"', ("google.protobuf",))
         if self.payload is None or self.format == "json":
             return self
         if self.format == "reading":

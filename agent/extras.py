@@ -24,6 +24,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "ml": ("onnxruntime", "numpy"),
     "zstd": ("zstandard",),
     "fast": ("orjson",),
+    "sparkplug": ("google.protobuf",),
 }
 
 

@@ -288,3 +288,54 @@ def test_a_preset_subscribes_to_its_firmware_topics_unless_told(tmp_path: Path) 
     z, t = loaded.agent.sources
     assert z.topics == ["zigbee2mqtt/#"] and t.topics == ["tasmota/tele/+/SENSOR"]
     assert loaded.agent.max_clock_skew == 3600.0
+
+
+# -- Sparkplug B ---------------------------------------------------------------------------------
+
+def test_sparkplug_births_name_aliases_that_data_then_uses() -> None:
+    from tests.sparkplug_helpers import BOOLEAN, DOUBLE, INT32, INT64, STRING, payload
+
+    mapper = build_mapper("sparkplug_b")
+    assert mapper is not None
+    out: list[Record] = []
+    tally = Tally()
+    ms = int(NOW * 1000) - 5000
+    birth = payload(ms,
+                    {"name": "bdSeq", "datatype": INT64, "value": 0},
+                    {"name": "Node Control/Rebirth", "datatype": BOOLEAN, "value": False},
+                    {"name": "Inputs/Temperature", "alias": 1, "datatype": DOUBLE, "value": 20.5},
+                    {"name": "Inputs/Offset", "alias": 2, "datatype": INT32, "value": -3})
+    mapper.handle("spBv1.0/plant1/NBIRTH/edge7", birth, NOW, out, tally)
+    data = payload(ms + 1000,
+                   {"alias": 1, "datatype": DOUBLE, "value": 21.25, "timestamp": ms + 900},
+                   {"alias": 2, "datatype": INT32, "value": -7},
+                   {"alias": 9, "datatype": DOUBLE, "value": 1.0},
+                   {"name": "Status", "datatype": STRING, "value": "running"})
+    mapper.handle("spBv1.0/plant1/NDATA/edge7", data, NOW, out, tally)
+    got = [(r.data["sensor"], r.data["value"], r.ts) for r in out]
+    assert got == [
+        ("plant1/edge7/Inputs/Temperature", 20.5, ms / 1000), ("plant1/edge7/Inputs/Offset", -3, ms / 1000),
+        ("plant1/edge7/Inputs/Temperature", 21.25, (ms + 900) / 1000),
+        ("plant1/edge7/Inputs/Offset", -7, (ms + 1000) / 1000),
+    ]
+    assert tally.dropped == {"unknown_alias": 1} and tally.fields_ignored == 3
+
+
+def test_sparkplug_device_metrics_and_what_is_not_a_reading() -> None:
+    from tests.sparkplug_helpers import DOUBLE, INT64, payload
+
+    ms = int(NOW * 1000)
+    birth = payload(ms, {"name": "Level", "alias": 5, "datatype": DOUBLE, "value": 1.5})
+    out, _ = run("sparkplug_b", "spBv1.0/g/DBIRTH/edge/tank1", birth)
+    assert readings(out) == {"g/edge/tank1/Level": 1.5}
+    for topic in ("spBv1.0/g/NDEATH/edge", "spBv1.0/g/DCMD/edge/tank1", "spBv1.0/STATE/host1", "other/x"):
+        _, tally = run("sparkplug_b", topic, birth)
+        assert tally.excluded == 1, topic
+    with pytest.raises(Rejected, match="not_protobuf"):
+        run("sparkplug_b", "spBv1.0/g/NDATA/edge", b"\xff\xff\xff")
+    mapper = build_mapper("sparkplug_b")
+    assert mapper is not None
+    tally = Tally()
+    micro = payload(ms * 1000, {"name": "x", "datatype": INT64, "value": 1})  # microseconds: far ahead
+    mapper.handle("spBv1.0/g/NDATA/edge", micro, NOW, [], tally)
+    assert tally.dropped == {"bad_ts": 1}

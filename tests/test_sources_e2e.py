@@ -14,10 +14,12 @@ import pytest
 
 from tests.conftest import Broker
 from tests.mapping_helpers import Message, publish, run_once, source_config, summaries, values
+from tests.sparkplug_helpers import BOOLEAN, DOUBLE, INT32, INT64, payload
 
 pytestmark = pytest.mark.integration
 
 NOW = time.time()
+MS = int(NOW * 1000) - 5000
 ISO_UTC = datetime.fromtimestamp(NOW - 5, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 LOCAL = datetime.fromtimestamp(NOW - 5).strftime("%Y-%m-%dT%H:%M:%S")  # Tasmota: local, no offset
 
@@ -99,6 +101,24 @@ CASES: dict[str, tuple[str, list[str], list[Message], dict[str, float], dict[str
         {"sensor.outside_temperature": 21.5, "binary_sensor.front_door": 0},
         {"excluded": 2, "fields_ignored": 1},
     ),
+    "sparkplug_b": (
+        'format = "sparkplug_b"', ["spBv1.0/#"],
+        [
+            ("spBv1.0/plant1/NBIRTH/edge7", payload(
+                MS, {"name": "bdSeq", "datatype": INT64, "value": 0},
+                {"name": "Node Control/Rebirth", "datatype": BOOLEAN, "value": False},
+                {"name": "Supply/Voltage", "alias": 1, "datatype": DOUBLE, "value": 229.5}), False),
+            ("spBv1.0/plant1/DBIRTH/edge7/pump1", payload(
+                MS, {"name": "Speed", "alias": 2, "datatype": INT32, "value": -120},
+                {"name": "Running", "alias": 3, "datatype": BOOLEAN, "value": True}), False),
+            ("spBv1.0/plant1/DDATA/edge7/pump1", payload(
+                MS + 1500, {"alias": 2, "datatype": INT32, "value": -118}), False),
+            ("spBv1.0/plant1/NDEATH/edge7", payload(None, {"name": "bdSeq", "datatype": INT64, "value": 0}),
+             False),
+        ],
+        {},
+        {"excluded": 1, "fields_ignored": 2},
+    ),
     "json (ThingsBoard-style)": (
         """
         format = "json"
@@ -122,13 +142,22 @@ def test_a_preset_gives_exact_sensor_ids_and_values(case: str, tmp_path, broker:
     source, inputs, messages, expected, counted = CASES[case]
     config = source_config(tmp_path, broker, source, inputs)
     status = run_once(config, broker, agents, messages)
-    assert values(tmp_path / "data") == pytest.approx(expected)
     counters: dict[str, Any] = status["sources"]["dev"]
-    assert counters["accepted"] == len(expected)
+    if case == "sparkplug_b":  # the pump's speed has two readings: by birth, then by alias
+        assert summaries(tmp_path / "data") == {
+            "plant1/edge7/Supply/Voltage": {"count": 1, "min": 229.5, "max": 229.5},
+            "plant1/edge7/pump1/Speed": {"count": 2, "min": -120, "max": -118},
+            "plant1/edge7/pump1/Running": {"count": 1, "min": 1, "max": 1},
+        }
+        assert counters["accepted"] == 4
+    else:
+        assert values(tmp_path / "data") == pytest.approx(expected)
+        assert counters["accepted"] == len(expected)
     for name, count in counted.items():
         assert counters.get(name, 0) == count, (name, counters)
     if "dropped" not in counted:
         assert status["dropped"] == {}
+
 
 def test_a_retained_reading_is_taken_once_across_a_restart(tmp_path, broker: Broker, agents) -> None:
     """One retained before the agent starts, one published retained while it runs: after a

@@ -45,6 +45,7 @@ DEFAULT_TOPICS: dict[str, list[str]] = {
     "esphome": ["+/sensor/+/state", "+/binary_sensor/+/state"],
     "shelly": ["shellies/#", "+/events/rpc"],
     "homeassistant": ["homeassistant/+/+/state"],
+    "sparkplug_b": ["spBv1.0/#"],
 }
 """The topics a preset subscribes to when the source names none (each firmware's default)."""
 
@@ -70,6 +71,10 @@ def build_mapper(
         return Shelly(PayloadMapping(preset_config(SHELLY_GEN2_TABLE, payload), max_skew))
     if format == "homeassistant":
         return HomeAssistant()
+    if format == "sparkplug_b":
+        from agent.sources.payload.sparkplug import SparkplugB  # needs protobuf
+
+        return SparkplugB(max_skew)
     raise ValueError(f"unknown format {format!r}; known: {', '.join(FORMATS)}")
 
 

@@ -12,10 +12,10 @@ from agent.sources.payload.paths import split_path
 from agent.sources.payload.template import compile_template
 
 FORMATS = (
-    "reading", "json", "zigbee2mqtt", "tasmota", "esphome", "shelly", "homeassistant",
+    "reading", "json", "zigbee2mqtt", "tasmota", "esphome", "shelly", "homeassistant", "sparkplug_b",
 )
 Format = Literal[
-    "reading", "json", "zigbee2mqtt", "tasmota", "esphome", "shelly", "homeassistant",
+    "reading", "json", "zigbee2mqtt", "tasmota", "esphome", "shelly", "homeassistant", "sparkplug_b",
 ]
 TsFormat = Literal["unix", "unix_ms", "unix_us", "unix_ns", "iso8601"]
 TS_SCALE = {"unix": 1.0, "unix_ms": 1e-3, "unix_us": 1e-6, "unix_ns": 1e-9, "iso8601": 1.0}
