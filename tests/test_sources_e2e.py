@@ -23,7 +23,7 @@ MS = int(NOW * 1000) - 5000
 ISO_UTC = datetime.fromtimestamp(NOW - 5, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 LOCAL = datetime.fromtimestamp(NOW - 5).strftime("%Y-%m-%dT%H:%M:%S")  # Tasmota: local, no offset
 
-CASES: dict[str, tuple[str, list[str], list[Message], dict[str, float], dict[str, int]]] = {
+CASES: dict[str, tuple[str, list[str], list[Message], dict[str, float], dict[str, Any]]] = {
     "zigbee2mqtt": (
         'format = "zigbee2mqtt"', ["zigbee2mqtt/#"],
         [
@@ -66,7 +66,7 @@ CASES: dict[str, tuple[str, list[str], list[Message], dict[str, float], dict[str
             ("livingroom/switch/relay/command", "OFF", False),
         ],
         {"livingroom/temperature": 21.5, "livingroom/window": 1},
-        {"excluded": 2, "dropped": 1},
+        {"excluded": 2, "dropped": {"value_not_finite": 1}},
     ),
     "shelly": (
         'format = "shelly"', ["shellies/#", "+/events/rpc"],

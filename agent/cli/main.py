@@ -182,7 +182,8 @@ def _format_status(state: dict[str, Any]) -> str:
         noise = ", ".join(f"{key} {source[key]}" for key in SOURCE_NOISE if source.get(key))
         lines.append(
             f"source      {name}: accepted {source.get('accepted', 0)} of {source.get('received', 0)}"
-            + (f", dropped {source['dropped']}" if source.get("dropped") else "")
+            + (", dropped " + ", ".join(f"{k} {v}" for k, v in sorted(source["dropped"].items()))
+               if source.get("dropped") else "")
             + (f"; not readings: {noise}" if noise else "")
             + (f", last error: {source['last_error']}" if source.get("last_error") else "")
         )

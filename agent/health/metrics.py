@@ -52,8 +52,7 @@ def _lines(status: dict[str, Any]) -> Iterator[str]:
     yield from _metric("edge_agent_outbox_commit_errors_total", "counter", "failed outbox commits",
                        [({}, status["outbox"]["commit_errors"])])
     sources = status["sources"]
-    for figure, what in (("received", "messages received"), ("accepted", "readings accepted"),
-                         ("dropped", "readings dropped")):
+    for figure, what in (("received", "messages received"), ("accepted", "readings accepted")):
         yield from _metric(f"edge_agent_source_{figure}_total", "counter", f"{what}, by source",
                            [({"source": name}, s.get(figure, 0)) for name, s in sorted(sources.items())])
     yield from _metric(
