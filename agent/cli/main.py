@@ -47,7 +47,10 @@ class LazyGroup(click.Group):
 
 @click.group(
     cls=LazyGroup,
-    lazy={"sync": "agent.cli.sync:sync", "replay": "agent.cli.replay:replay_command"},
+    lazy={
+        "sync": "agent.cli.sync:sync", "replay": "agent.cli.replay:replay_command",
+        "backup": "agent.cli.backup:backup", "restore": "agent.cli.backup:restore",
+    },
 )
 @click.version_option(__version__, prog_name="edge-agent")
 def main() -> None:
