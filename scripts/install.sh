@@ -16,6 +16,7 @@ PREFIX="$ROOT/opt/edge-agent"
 CONF_DIR="$ROOT/etc/edge-agent"
 STATE_DIR="$ROOT/var/lib/edge-agent"
 UNIT_DIR="$ROOT/etc/systemd/system"
+BIN_DIR="$ROOT/usr/local/bin"
 SERVICE_USER=edge-agent
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 SOURCE="$HERE[fast]"
@@ -77,7 +78,7 @@ install() {
   rm -rf "$PREFIX/docs" && cp -r "$HERE/docs" "$PREFIX/docs"
   if [ ! -e "$CONF_DIR/agent.toml" ]; then
     sed -e "s#^data_dir = .*#data_dir = \"/var/lib/edge-agent\"#" "$HERE/configs/pi.toml" > "$CONF_DIR/agent.toml"
-    say "wrote $CONF_DIR/agent.toml: set device_id and [cloud] before starting"
+    say "wrote $CONF_DIR/agent.toml from the template: set device_id, sources and [cloud]"
   else
     say "kept $CONF_DIR/agent.toml"
   fi
@@ -88,14 +89,25 @@ install() {
     chown -R "$SERVICE_USER:$SERVICE_USER" "$STATE_DIR"
   fi
   cp "$HERE/configs/edge-agent.service" "$UNIT_DIR/edge-agent.service"
-  "$PREFIX/venv/bin/edge-agent" check -c "$CONF_DIR/agent.toml" || say "the config needs fixing before the service can start"
+  # On PATH for every user (sudo's secure_path has /usr/local/bin too).
+  mkdir -p "$BIN_DIR" && ln -sfn "$PREFIX/venv/bin/edge-agent" "$BIN_DIR/edge-agent"
+  # The unit runs the same check before every start (ExecStartPre): a config that is invalid, or
+  # still the template's placeholders, keeps the service stopped with the reason in the journal.
+  ready=1
+  "$PREFIX/venv/bin/edge-agent" check --deployable -c "$CONF_DIR/agent.toml" || ready=0
   if use_systemd; then
     systemctl daemon-reload
     systemctl enable edge-agent.service >/dev/null
-    systemctl restart edge-agent.service || say "the service did not start: journalctl -u edge-agent"
-    say "running: systemctl status edge-agent; edge-agent status -c $CONF_DIR/agent.toml"
+    if [ "$ready" -eq 1 ]; then
+      systemctl restart edge-agent.service || say "the service did not start: journalctl -u edge-agent"
+      say "running: systemctl status edge-agent; sudo -u $SERVICE_USER edge-agent status -c $CONF_DIR/agent.toml"
+    fi
   else
     say "installed; no running systemd here, so the service was not started"
+  fi
+  if [ "$ready" -eq 0 ]; then
+    say "the service is enabled but NOT started: edit $CONF_DIR/agent.toml (sudoedit) until"
+    say "  edge-agent check --deployable -c $CONF_DIR/agent.toml  passes, then: sudo systemctl restart edge-agent"
   fi
   say "version $("$PREFIX/venv/bin/edge-agent" --version)"
 }
@@ -108,6 +120,10 @@ uninstall() {
   rm -f "$UNIT_DIR/edge-agent.service"
   use_systemd && systemctl daemon-reload
   rm -rf "$PREFIX"
+  # only our own link: an edge-agent that something else put there stays
+  if [ "$(readlink "$BIN_DIR/edge-agent" 2>/dev/null)" = "$PREFIX/venv/bin/edge-agent" ]; then
+    rm -f "$BIN_DIR/edge-agent"
+  fi
   if [ "$PURGE" -eq 1 ]; then
     rm -rf "$CONF_DIR" "$STATE_DIR"
     [ -z "$ROOT" ] && id -u "$SERVICE_USER" >/dev/null 2>&1 && userdel "$SERVICE_USER"

@@ -253,3 +253,16 @@ def test_a_far_fetched_key_gets_no_suggestion(tmp_path):
     with pytest.raises(ConfigError) as caught:
         load_config(write(tmp_path, VALID + '\ncolour = "red"\n'))
     assert [issue.reason for issue in caught.value.issues] == ["unknown key"]
+
+
+@pytest.mark.parametrize(("host", "placeholder"), [
+    ("broker.example.com", True), ("example.org", True), ("gw.test", True), ("mqtt.example", True),
+    ("myexample.com", False), ("broker.example.company", False), ("10.0.0.5", False),
+])
+def test_check_deployable_refuses_only_reserved_example_names(tmp_path, host, placeholder):
+    path = write(tmp_path, VALID.replace("broker.example.com", host))
+    result = subprocess.run([sys.executable, "-m", "agent", "check", "--deployable", "-c", str(path)],
+                            capture_output=True, text=True)
+    assert result.returncode == (2 if placeholder else 0), result.stderr
+    if placeholder:
+        assert f"cloud.url: {host} is a placeholder" in result.stderr

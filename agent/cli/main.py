@@ -66,11 +66,22 @@ def run(config_path: Path) -> None:
 
 @main.command()
 @CONFIG_OPTION
-def check(config_path: Path) -> None:
+@click.option(
+    "--deployable", is_flag=True,
+    help="Also refuse what a template leaves in place (an example.com broker): the service runs this "
+    "before it starts.",
+)
+def check(config_path: Path, deployable: bool) -> None:
     """Validate a config; exit 2 naming every problem as FILE: key.path: reason."""
     loaded = load_or_exit(config_path)
+    from agent.config_errors import placeholders
     from agent.secret_files import check_secret_files
 
+    if deployable and (found := placeholders(str(config_path), loaded.agent)):
+        for issue in found:
+            click.echo(str(issue), err=True)
+        click.echo(f"{config_path}: still the template: set these, then start the service", err=True)
+        sys.exit(2)
     for warning in check_secret_files(loaded.agent):
         click.echo(f"warning: {warning}", err=True)
     click.echo(
