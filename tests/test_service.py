@@ -84,3 +84,32 @@ def test_notify_messages_and_metrics_from_a_running_agent(tmp_path, broker: Brok
     assert "STOPPING=1" in rest
     listener.close()
     os.unlink(notify_path)
+
+
+CLOUD_UNIT = ROOT / "configs" / "edge-cloud.service"
+
+
+def test_the_cloud_unit_names_only_options_edge_cloud_serve_has():
+    from cloud_sync.server.cli import main as edge_cloud
+
+    serve = edge_cloud.commands["serve"]  # type: ignore[attr-defined]
+    known = {opt for param in serve.params for opt in param.opts}
+    exec_start = unit_keys(CLOUD_UNIT)["ExecStart"]
+    assert exec_start.split()[:2] == ["/opt/edge-cloud/venv/bin/edge-cloud", "serve"]
+    used = {word for word in exec_start.split() if word.startswith("--")}
+    assert used and used <= known, used - known
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
+def test_the_cloud_unit_file_verifies(tmp_path):
+    unit = tmp_path / "edge-cloud.service"
+    unit.write_text(CLOUD_UNIT.read_text().replace("/opt/edge-cloud/venv/bin/edge-cloud", "/bin/true"))
+    result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def unit_keys(path: Path) -> dict[str, str]:
+    """The unit's keys, with continued lines joined."""
+    joined = path.read_text().replace("\\\n", " ")
+    return {key: value.strip() for key, _, value in
+            (line.partition("=") for line in joined.splitlines() if "=" in line and not line.startswith("#"))}
