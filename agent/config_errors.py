@@ -134,7 +134,7 @@ RESERVED = ("example", "invalid", "test", "example.com", "example.net", "example
 
 def placeholders(file: str, config: AgentConfig) -> list[ConfigIssue]:
     """Addresses a config copied from a template still has: a valid config that cannot work."""
-    where = [("cloud.url", config.cloud.url)] if config.cloud else []
+    where: list[tuple[str, Any]] = [("cloud.url", config.cloud.url)] if config.cloud else []
     where += [(f"sources[{i}].url", getattr(s, "url", None)) for i, s in enumerate(config.sources)]
     issues = []
     for path, url in where:
