@@ -25,6 +25,10 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "zstd": ("zstandard",),
     "fast": ("orjson",),
     "sparkplug": ("google.protobuf",),
+    "modbus": ("pymodbus", "serial"),
+    "serial": ("serial", "serial_asyncio_fast"),
+    "http": ("httpx",),
+    "opcua": ("asyncua",),
 }
 
 

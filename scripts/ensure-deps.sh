@@ -8,6 +8,8 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(
 [ -x /usr/bin/chromium ] || missing+=(chromium fonts-dejavu-core)
 # libfaketime steps the wall clock under a running agent in the clock tests.
 command -v faketime >/dev/null 2>&1 || missing+=(faketime)
+# socat makes the pseudo-terminal pairs of the serial and Modbus RTU source tests.
+command -v socat >/dev/null 2>&1 || missing+=(socat)
 # The scale tests' other brokers: a NATS cluster and RabbitMQ's MQTT plugin, started by fixtures.
 command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
 [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || missing+=(rabbitmq-server)
