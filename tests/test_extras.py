@@ -16,7 +16,10 @@ from agent.extras import DISTRIBUTION, EXTRAS, MissingExtra, require
 ROOT = Path(__file__).resolve().parent.parent
 
 # distributions whose import name is not their own
-IMPORT_NAME = {"argon2-cffi": "argon2", "psycopg": "psycopg", "protobuf": "google.protobuf"}
+IMPORT_NAME = {
+    "argon2-cffi": "argon2", "psycopg": "psycopg", "protobuf": "google.protobuf", "pyserial": "serial",
+    "pyserial-asyncio-fast": "serial_asyncio_fast",
+}
 
 
 def test_every_extra_of_the_package_is_mapped_to_what_it_provides():
