@@ -19,8 +19,15 @@ context. The runtime guarantees, for every module instance:
 * An exception out of ``process`` is logged with the module's name and counted, the record that
   caused it is quarantined, and the next record is processed as usual. A module that keeps
   failing is restarted (``stop``, a new instance, ``start``) with a growing delay.
-* What the module emits is routed on the bus under the module instance's name; if that stream is
-  marked ``sync``, it is committed to the outbox and reaches the cloud exactly once.
+* What the module emits is routed on the bus under the module instance's name (an output named
+  in ``outputs`` goes on ``<name>.<output>``); a stream marked ``sync`` is committed to the
+  outbox and reaches the cloud exactly once.
+* ``process`` and ``process_batch`` may be ``async def``: while one awaits I/O, the other
+  modules and the sources run. Blocking calls go through ``context.run_blocking``. Records a
+  module has taken and not finished when the agent stops are finished within the stop budget,
+  or quarantined and counted as ``abandoned``; none is dropped silently.
+* ``context.every`` calls a function at a fixed interval of the monotonic clock, never
+  concurrently with the module's other hooks, and unmoved by wall-clock jumps.
 
 Sources
 -------
@@ -56,13 +63,15 @@ source instance:
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
 from pathlib import Path
 from typing import Any, ClassVar, Generic, NamedTuple, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
 from agent.units import Name
+
+T = TypeVar("T")
 
 
 class Record(NamedTuple):
@@ -84,7 +93,11 @@ class ModuleConfig(BaseModel):
 
     # defer_build: a nested section is validated inside its parent and never needs a validator
     # (and serializer) of its own, which would stay in the daemon's memory for nothing.
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+    # use_attribute_docstrings: a field's docstring is its description, shown by
+    # ``edge-agent modules`` and in the JSON schema.
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, defer_build=True, use_attribute_docstrings=True
+    )
 
 
 class Counters(Protocol):
@@ -115,8 +128,22 @@ class Context(Protocol):
     def clock(self) -> float:
         """Now, in Unix seconds."""
 
-    def emit(self, data: dict[str, Any], ts: float | None = None) -> None:
-        """Emit one record on this module's stream; ``ts`` defaults to ``clock()``."""
+    def emit(self, data: dict[str, Any], ts: float | None = None, output: str | None = None) -> None:
+        """Emit one record on this module's stream; ``ts`` defaults to ``clock()``. ``output``
+        (one of the module's ``outputs``) emits on the stream ``<name>.<output>`` instead."""
+
+    def run_blocking(self, fn: Callable[..., T], /, *args: Any) -> Awaitable[T]:
+        """Run a blocking call (a request, a lookup, a device read) on this module's own small
+        thread pool; await the result in an ``async def`` hook."""
+
+    def every(self, interval: float, fn: Callable[[], object]) -> Timer:
+        """Call ``fn`` every ``interval`` seconds of the monotonic clock (an ``async def`` too),
+        first ``interval`` from now; the other hooks are never running meanwhile."""
+
+
+class Timer(Protocol):
+    def cancel(self) -> None:
+        """No more calls."""
 
 
 ConfigT = TypeVar("ConfigT", bound=ModuleConfig)
@@ -132,6 +159,9 @@ class Module(Generic[ConfigT]):
     Config: ClassVar[type[ModuleConfig]] = ModuleConfig
     description: ClassVar[str] = ""
     tick_interval: ClassVar[float] = 1.0
+    outputs: ClassVar[tuple[str, ...]] = ()
+    """Named outputs besides the default one: ``emit(..., output="alerts")`` goes on the stream
+    ``<instance name>.alerts``, which other modules read and ``sync`` can select by name."""
 
     def __init__(self, config: ConfigT, context: Context) -> None:
         self.config = config
@@ -140,16 +170,17 @@ class Module(Generic[ConfigT]):
     async def start(self) -> None:
         """Open resources, restore state from ``context.state``."""
 
-    def process(self, record: Record) -> None:
-        """Handle one record; call ``context.emit`` for any output."""
+    def process(self, record: Record) -> Awaitable[None] | None:
+        """Handle one record; call ``context.emit`` for any output. May be ``async def``."""
         raise NotImplementedError
 
-    def process_batch(self, records: Iterable[Record]) -> None:
+    def process_batch(self, records: Iterable[Record]) -> Awaitable[None] | None:
         """Handle records in arrival order. Override only to vectorise; the runtime falls back
         to ``process`` per record when a batch raises, so it can quarantine the culprit."""
         process = self.process
         for record in records:
             process(record)
+        return None
 
     def tick(self, now: float) -> None:
         """Time passes with no record: flush what is due at ``now``."""
@@ -279,4 +310,5 @@ __all__ = [
     "Source",
     "SourceConfig",
     "SourceContext",
+    "Timer",
 ]

@@ -118,6 +118,7 @@ async def test_a_hanging_module_is_interrupted_reported_and_the_next_record_proc
     await run_until_idle(runner, [readings(1, 13, 2)])
     assert time.monotonic() - started < 5
     assert counters.totals[("module:m", "hangs")] == 1
+    assert counters.totals[("module:m", "errors")] == 1  # a hang is an error: status says so
     await committer.commit()
     assert [r.data["value"] for r in outbox.unsent()] == [1, 2]
     assert "ModuleHung" in outbox.quarantined()[0]["error"]

@@ -172,6 +172,14 @@ def _list_plugins(registered: dict[str, str], resolve: Callable[[str], Any], as_
         for key, prop in item["config_schema"].get("properties", {}).items():
             default = f" (default {json.dumps(prop['default'])})" if "default" in prop else ""
             click.echo(f"{'':<18}{key}{default}")
+            if prop.get("description"):
+                click.echo(f"{'':<20}{_first_sentence(prop['description'])}")
+
+
+def _first_sentence(text: str) -> str:
+    line = " ".join(text.split())
+    end = line.find(". ")
+    return line if end < 0 else line[: end + 1]
 
 
 def _format_status(state: dict[str, Any]) -> str:
@@ -206,9 +214,20 @@ def _format_status(state: dict[str, Any]) -> str:
         lines.append(
             f"module      {name} [{module['status']}]: processed {module['processed']}, "
             f"emitted {module['emitted']}, errors {module['errors']}, quarantined {module['quarantined']}"
+            + "".join(f", {key} {value}" for key, value in _module_extras(module))
             + (f", last error: {module['last_error']}" if module.get("last_error") else "")
         )
     return "\n".join(lines)
+
+
+def _module_extras(module: dict[str, Any]) -> list[tuple[str, Any]]:
+    """A module's figures beyond the four every module has: in flight, hangs, restarts and the
+    module's own counters, in name order."""
+    shown = {"processed", "emitted", "errors", "quarantined"}
+    extras = [("in flight", module["in_flight"])] if module.get("in_flight") else []
+    counters = module.get("counters") or {}
+    return extras + [(key, counters[key]) for key in sorted(counters)
+                     if key not in shown and counters[key]]
 
 
 def _sync_lines(sync: dict[str, Any] | None) -> list[str]:

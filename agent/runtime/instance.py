@@ -11,6 +11,7 @@ do with a quarantined record or an error (commit it, log it, fail a test) is the
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -76,6 +77,9 @@ class ModuleInstance:
         self.events = events
         self.watch = watch or _NoWatch()
         self.batched = cls.process_batch is not Module.process_batch
+        self.is_async = inspect.iscoroutinefunction(cls.process_batch if self.batched else cls.process)
+        self.in_flight: list[Record] = []
+        """Records of the step in progress that the module has not finished (async steps)."""
         self.status = "created"
         self.errors_in_a_row = 0
         self.last_error: str | None = None
@@ -106,23 +110,26 @@ class ModuleInstance:
         self.status = "running"
         return True
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = START_TIMEOUT) -> None:
         """``stop`` the running instance (it emits what is open); a failed one has nothing to
-        stop. The instance is ``stopped`` afterwards either way."""
+        stop. The instance is ``stopped`` afterwards either way, its timers gone."""
         if self.status in ("running", "restarting"):
             try:
-                await self._guarded("stop", self.module.stop)
+                await self._guarded("stop", self.module.stop, timeout)
             except Exception as exc:
                 self.failed("stop", exc)
+        self.context.close()
         self.status = "stopped"
 
-    async def _guarded(self, hook: str, fn: Callable[[], Any]) -> None:
+    async def _guarded(
+        self, hook: str, fn: Callable[[], Any], timeout: float = START_TIMEOUT
+    ) -> None:
         self.watch.enter(self.name, hook)
         try:
-            async with asyncio.timeout(START_TIMEOUT):  # not wait_for: it can drop a cancel (3.11)
+            async with asyncio.timeout(max(timeout, 0.001)):  # not wait_for: it can drop a cancel (3.11)
                 await fn()
         except TimeoutError:
-            raise TimeoutError(f"{hook} did not finish within {START_TIMEOUT:.0f} s") from None
+            raise TimeoutError(f"{hook} did not finish within {timeout:.1f} s") from None
         finally:
             self.watch.leave()
 
@@ -172,6 +179,67 @@ class ModuleInstance:
                     self.events.requeue(batch[start:])
                     return
 
+    async def aprocess(self, batch: list[Record]) -> None:
+        """``process`` for an ``async def`` module: the loop is free while it awaits, and the
+        records not finished yet stay in ``in_flight``."""
+        if self.status != "running":
+            why = "failed" if self.status == "failed" else "not_running"
+            self.events.dropped(f"module_{why}:{self.name}", len(batch))
+            return
+        # no try/finally: records of a step cancelled at stop stay in ``in_flight`` for
+        # ``abandon`` to account for
+        self.in_flight = list(batch)
+        if self.batched:
+            try:
+                await self.module.process_batch(batch)  # type: ignore[misc]
+                self.errors_in_a_row = 0
+            except Exception as exc:
+                for record in batch:
+                    self._quarantine(record, "process_batch", exc)
+                self.failed("process_batch", exc)
+        else:
+            await self._aprocess_each()
+        self.in_flight = []
+        self.events.count("processed", len(batch))
+
+    async def _aprocess_each(self) -> None:
+        process = self.module.process
+        while self.in_flight:
+            record = self.in_flight[0]
+            try:
+                await process(record)  # type: ignore[misc]
+                self.errors_in_a_row = 0
+            except Exception as exc:
+                self._quarantine(record, "process", exc)
+                self.failed("process", exc)
+            del self.in_flight[0]
+
+    def abandon(self, why: str) -> int:
+        """Quarantine, counted as ``abandoned``, the records of an unfinished step (the agent
+        stops and cannot wait longer); how many there were."""
+        records, self.in_flight = self.in_flight, []
+        for record in records:
+            self.events.quarantine(record, "stop", Abandoned(why))
+        if records:
+            self.events.count("abandoned", len(records))
+        return len(records)
+
+    async def run_timers(self, now: float) -> None:
+        """Call the timers due at ``now`` (monotonic), each error counted like any other."""
+        if self.status != "running":
+            return
+        for timer in self.context.due_timers(now):
+            self.watch.enter(self.name, "timer")
+            try:
+                result = timer.fn()
+                if inspect.isawaitable(result):
+                    self.watch.leave()  # awaiting frees the loop: not a hang
+                    await result
+            except Exception as exc:
+                self.failed("timer", exc)
+            finally:
+                self.watch.leave()
+
     def tick(self, now: float) -> None:
         if self.status != "running":
             return
@@ -192,10 +260,16 @@ class ModuleInstance:
     def failed(self, hook: str, exc: BaseException) -> None:
         """Count and report an error of ``hook``."""
         self.errors_in_a_row += 1
-        self.events.count("hangs" if isinstance(exc, ModuleHung) else "errors")
+        self.events.count("errors")  # a hang is an error too; it is also counted on its own
+        if isinstance(exc, ModuleHung):
+            self.events.count("hangs")
         self.last_error = f"{hook}: {describe(exc)}"
         self.last_error_at = time.time()
         self.events.error(hook, exc)
+
+
+class Abandoned(Exception):
+    """Why a record was set aside unfinished: the agent was stopping."""
 
 
 class RestartPolicy:

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 import traceback
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Coroutine, MutableMapping
 from typing import Any
 
 from agent.api import Module, Record
@@ -75,10 +76,14 @@ class ModuleRunner:
         self._watch = watch
         self._scope = f"module:{self.name}"
         self._counters = counters
-        self.context = ModuleContext(self.name, state, counters.scoped(self._scope), clock)
+        self.context = ModuleContext(
+            self.name, state, counters.scoped(self._scope), clock,
+            monotonic=time.monotonic, outputs=plan.cls.outputs,
+        )
         self.instance = ModuleInstance(plan.cls, plan.config, self.context, self, watch)
         self._restarts = RestartPolicy(supervisor.restart_after_errors, supervisor.restart_backoff_max)
         self._errors_log = ThrottledLog(self.context.log, interval=30)
+        self._step: asyncio.Future[None] | None = None  # an async step, shielded from cancel
 
     @property
     def module(self) -> Module[Any]:
@@ -99,17 +104,18 @@ class ModuleRunner:
         return await self.instance.start()
 
     async def run(self) -> None:
-        """Process batches and ticks until cancelled."""
+        """Process batches, ticks and timers until cancelled."""
         interval = self.plan.cls.tick_interval
         next_tick = time.monotonic() + interval
         ticks = TickGate(interval)
         due: float | None = None  # when a postponed tick was first due
         instance = self.instance
+        context = self.context
         while True:
             ticks.turn(time.monotonic(), self._stalled)
             batch = self.queue.get_nowait()
             if batch is None:
-                wait = next_tick - time.monotonic()
+                wait = min(next_tick, context.next_timer()) - time.monotonic()
                 if wait > 0:
                     # asyncio.timeout, not wait_for: on 3.11 wait_for drops a cancel that lands in
                     # the loop step a batch arrives in, and a restart then waits for ever
@@ -119,13 +125,15 @@ class ModuleRunner:
                     continue
             try:
                 if batch is not None:
-                    instance.process(batch)
+                    await self._process(batch)
                 now = time.monotonic()
+                if context.timers and context.next_timer() <= now:
+                    await self._shielded(instance.run_timers(now))
                 if now >= next_tick:
                     later = ticks.postpone(now, due or next_tick, self.queue.size)
                     if later is None:
                         next_tick, due = now + interval, None
-                        instance.tick(self.context.clock())
+                        instance.tick(context.clock())
                     else:
                         next_tick, due = later, due or next_tick
             except ModuleHung:
@@ -135,13 +143,64 @@ class ModuleRunner:
                 await self._restart()
             await asyncio.sleep(0)  # let the sources and other modules have the loop
 
-    async def finish(self) -> None:
-        """Process what is queued, then stop the module (it emits what is open) and deliver."""
-        while (batch := self.queue.get_nowait()) is not None:
+    async def _process(self, batch: list[Record]) -> None:
+        if self.instance.is_async:
+            await self._shielded(self.instance.aprocess(batch))
+        else:
             self.instance.process(batch)
+
+    async def _shielded(self, step: Coroutine[Any, Any, None]) -> None:
+        """Run an async step so that cancelling ``run`` (the agent stops) does not cut it off:
+        ``finish`` waits for it, or abandons its records, counted."""
+        self._step = asyncio.ensure_future(step)
+        await asyncio.shield(self._step)
+        self._step = None
+
+    async def finish(self, deadline: float = math.inf) -> None:
+        """Finish the step in progress, process what is queued, then stop the module (it emits
+        what is open) and deliver; by ``deadline`` (monotonic). What cannot be finished by then
+        is quarantined and counted as ``abandoned``, and the module is left behind."""
+        await self._finish_step(deadline)
+        while (batch := self.queue.get_nowait()) is not None:
+            await self._process_until(batch, deadline)
             await self._deliver()
-        await self.instance.stop()
+        await self.instance.stop(timeout=max(deadline - time.monotonic(), 0.1))
         await self._deliver()
+
+    async def _finish_step(self, deadline: float) -> None:
+        step, self._step = self._step, None
+        if step is None or step.done():
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(step), max(deadline - time.monotonic(), 0.001))
+        except TimeoutError:
+            step.cancel()
+            await asyncio.gather(step, return_exceptions=True)
+            count = self.instance.abandon("the agent stopped before the module finished them")
+            self.context.log.warning("abandoned %d records the module had not finished", count)
+        await self._deliver()
+
+    async def _process_until(self, batch: list[Record], deadline: float) -> None:
+        """``batch`` in chunks sized to what is left of the budget: a module that blocks cannot
+        hold the shutdown past it (its first record measures how slow it is)."""
+        done, size = 0, 1
+        while done < len(batch):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._hand_back(batch[done:])
+                return
+            chunk = batch[done : done + size]
+            started = time.monotonic()
+            await self._process(chunk)
+            cost = (time.monotonic() - started) / len(chunk)
+            done += len(chunk)
+            size = len(batch) if cost <= 0 else max(1, int(left * 0.25 / cost))
+
+    def _hand_back(self, records: list[Record]) -> None:
+        """Records left in the queue when the budget ran out: quarantined, counted."""
+        self.instance.in_flight = records + [r for b in iter(self.queue.get_nowait, None) for r in b]
+        count = self.instance.abandon("the agent stopped before the module could take them")
+        self.context.log.warning("abandoned %d queued records at stop", count)
 
     async def _restart(self) -> None:
         """A module failing again and again gets a fresh instance, at most once per backoff."""
@@ -208,6 +267,7 @@ class ModuleRunner:
             "status": "hung" if step and step.module == self.name else self.status,
             "use": self.plan.spec.use,
             "queue": self.queue.size,
+            "in_flight": len(self.instance.in_flight),
             "last_error": self.instance.last_error,
             "last_error_at": self.instance.last_error_at,
         }

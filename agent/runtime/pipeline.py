@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,8 @@ from agent.topics import matches
 log = logging.getLogger(__name__)
 
 READY_WAIT = 2.0  # ready once every source has connected or failed once, or after this
+STOP_BUDGET = 8.0  # modules' flush at stop, when no supervisor config says otherwise
+RESERVE = 0.25  # seconds kept for each module still to flush while one finishes
 
 
 @dataclass
@@ -170,11 +173,12 @@ class Pipeline:
         self._tasks[name] = group.create_task(fresh.run(), name=f"module:{name}")
         return fresh.status
 
-    async def stop(self) -> None:
-        """Stop every source, then let every module drain its queue and flush, upstream first."""
+    async def stop(self, budget: float | None = None) -> None:
+        """Stop every source, then let every module drain its queue and flush, upstream first,
+        within ``budget`` seconds (the supervisor's ``stop_timeout`` by default)."""
         for name in list(self._sources):
             await self._stop_source(name)
-        await self._finish(self.runners)
+        await self._finish(self.runners, budget)
         # the runners stay listed, stopped: the final commit saves their state and health
 
     async def _stop_source(self, name: str) -> None:
@@ -182,14 +186,18 @@ class Pipeline:
         running.task.cancel()  # the runner awaits the source's own stop
         await asyncio.gather(running.task, return_exceptions=True)
 
-    async def _finish(self, runners: Iterable[ModuleRunner]) -> None:
+    async def _finish(self, runners: Iterable[ModuleRunner], budget: float | None = None) -> None:
         runners = list(runners)
+        if budget is None:
+            budget = self._supervisor.stop_timeout if self._supervisor else STOP_BUDGET
+        deadline = time.monotonic() + budget
         tasks = [self._tasks.pop(runner.name) for runner in runners if runner.name in self._tasks]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for runner in runners:  # upstream first, so flushed output reaches what is downstream
-            await runner.finish()
+        for index, runner in enumerate(runners):  # upstream first: flushed output goes down
+            # a blocked module must leave the ones after it a little time to flush
+            await runner.finish(deadline - RESERVE * (len(runners) - 1 - index))
 
 
 def upstream_first(plans: list[ModulePlan]) -> list[ModulePlan]:

@@ -36,20 +36,41 @@ _SHOWN = frozenset({"errors", "hangs", "quarantined", "restarts"})
 
 
 class ManualClock:
-    """A clock that moves only when told: ``clock()`` is now, in Unix seconds."""
+    """A clock that moves only when told: ``clock()`` is now, in Unix seconds.
+
+    Beside the wall time it keeps a monotonic time (``monotonic``), which timers
+    (``context.every``) follow: time passing (``advance``, readings moving the clock) moves
+    both; ``set``, a jump of the wall clock, moves only the wall time.
+    """
 
     def __init__(self, now: float = 0.0) -> None:
-        self.now = float(now)
+        self._now = float(now)
+        self.elapsed = 0.0
+        """The monotonic time: seconds that have passed since the clock was made."""
 
     def __call__(self) -> float:
-        return self.now
+        return self._now
+
+    @property
+    def now(self) -> float:
+        return self._now
+
+    @now.setter
+    def now(self, value: float) -> None:
+        """Time passes up to ``value`` (time never passes backwards: going back is a jump)."""
+        self.elapsed += max(0.0, value - self._now)
+        self._now = float(value)
+
+    def monotonic(self) -> float:
+        return self.elapsed
 
     def set(self, now: float) -> None:
-        """Move to ``now``, backwards too (an NTP correction, a board with no RTC)."""
-        self.now = float(now)
+        """Jump to ``now``, backwards too (an NTP correction, a board with no RTC); timers
+        do not notice."""
+        self._now = float(now)
 
     def advance(self, seconds: float) -> None:
-        self.now += seconds
+        self.now = self._now + seconds
 
 
 class RecordingCounters:
@@ -101,7 +122,10 @@ class Stage:
         self.inputs = tuple(plan.spec.inputs)
         self.totals = RecordingCounters()
         """Every count of the instance, as the daemon keeps them (``processed``, ``emitted``...)."""
-        self.context = ModuleContext(self.name, state, _Counting(self.totals), stepper.clock)
+        self.context = ModuleContext(
+            self.name, state, _Counting(self.totals), stepper.clock,
+            monotonic=stepper.clock.monotonic, outputs=plan.cls.outputs,
+        )
         self.instance = ModuleInstance(plan.cls, plan.config, self.context, self)
         self.restarts = RestartPolicy(
             stepper.supervisor.restart_after_errors, stepper.supervisor.restart_backoff_max
@@ -224,14 +248,14 @@ class Stepper:
         if await stage.instance.start():
             stage.next_tick = self.clock.now + stage.instance.cls.tick_interval
         self._collect(stage)
-        self._drain()
+        await self._drain()
 
     async def _stop(self, stage: Stage) -> None:
         if stage.instance.status in ("stopped", "created"):
             return  # never started, or stopped already
         await stage.instance.stop()
         self._collect(stage)
-        self._drain()
+        await self._drain()
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run one of the ``a...`` steps to its end on the stepper's own event loop."""
@@ -312,12 +336,21 @@ class Stepper:
     # -- internals -------------------------------------------------------------------------
 
     def _next_due(self) -> float:
-        return min((stage.next_tick for stage in self.stages if stage.instance.running),
-                   default=float("inf"))
+        """The wall time at which the next tick or timer is due, were time to pass."""
+        now, elapsed = self.clock.now, self.clock.elapsed
+        return min(
+            (min(stage.next_tick, now + stage.context.next_timer() - elapsed)
+             for stage in self.stages if stage.instance.running),
+            default=float("inf"),
+        )
 
     async def _tick_due(self) -> None:
         now = self.clock.now
         for stage in self.stages:
+            if stage.instance.running and stage.context.next_timer() <= self.clock.elapsed:
+                await stage.instance.run_timers(self.clock.elapsed)
+                self._collect(stage)
+                await self._drain()
             if stage.instance.running and now >= stage.next_tick:
                 await self._tick(stage)
 
@@ -328,24 +361,27 @@ class Stepper:
         stage.next_tick = now + stage.instance.cls.tick_interval
         stage.instance.tick(now)
         self._collect(stage)
-        self._drain()
+        await self._drain()
         await self._restart_if_due(stage)
 
     async def _dispatch(self, records: list[Record]) -> None:
         """Route records from outside (the sources) and everything they cause downstream."""
         self._route(records, None)
-        self._drain()
+        await self._drain()
         for stage in self.stages:
             await self._restart_if_due(stage)
 
-    def _drain(self) -> None:
+    async def _drain(self) -> None:
         for _ in range(_MAX_ROUNDS):
             busy = False
             for stage in self.stages:
                 if stage.inbox:
                     busy = True
                     batch, stage.inbox = stage.inbox, []
-                    stage.instance.process(batch)
+                    if stage.instance.is_async:
+                        await stage.instance.aprocess(batch)
+                    else:
+                        stage.instance.process(batch)
                     self._collect(stage)
             if not busy:
                 return
