@@ -36,6 +36,7 @@ from agent.registry import resolve_module, resolve_source
 from agent.sources.payload.config import Format, PayloadConfig
 from agent.topics import validate_filter
 from agent.units import Duration, Name, PositiveDuration, Size
+from agent.wiring import check_wiring
 
 ENV_PREFIX = "EDGE_AGENT__"
 
@@ -225,8 +226,12 @@ class ModuleSpec(_Section):
 
     name: Name
     use: Annotated[str, Field(min_length=1)]
-    inputs: Annotated[list[TopicFilter], Field(min_length=1)]
-    sync: StrictBool = False
+    inputs: list[TopicFilter]
+    """Topic filters of sources and module streams to read; ``[]`` for a producer, a module
+    that makes its records itself (from ``context.every`` or ``start``)."""
+    sync: StrictBool | list[Name] = False
+    """Commit the module's output to the outbox: ``true`` for every output, or the outputs to
+    sync by name (``["alerts"]``; ``"default"`` is the module's own stream)."""
     with_: dict[str, Any] = Field(default_factory=dict, alias="with")
     queue: Annotated[int, Field(ge=1, le=10_000_000)] = 20_000
     """Records that may wait for this module; when full, the sources wait (backpressure)."""
@@ -433,6 +438,8 @@ def validate_config(
     if resolve is None:
         resolve = lambda use: resolve_module(use, base)  # noqa: E731
     plans = _validate_modules(file, raw.get("modules"), issues, resolve)
+    if agent is not None and len(plans) == len(agent.modules):  # else names would be missing
+        issues += check_wiring(file, agent.sources, plans)
     if issues or agent is None:
         raise ConfigError(named(issues, raw))
     if not agent.data_dir.is_absolute():

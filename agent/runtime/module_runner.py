@@ -21,6 +21,7 @@ from agent.outbox.committer import Committer
 from agent.runtime.context import ModuleContext
 from agent.runtime.instance import ModuleInstance, RestartPolicy, describe
 from agent.runtime.loopwatch import LoopWatch
+from agent.wiring import synced_streams
 
 
 class TickGate:
@@ -84,6 +85,8 @@ class ModuleRunner:
         self._restarts = RestartPolicy(supervisor.restart_after_errors, supervisor.restart_backoff_max)
         self._errors_log = ThrottledLog(self.context.log, interval=30)
         self._step: asyncio.Future[None] | None = None  # an async step, shielded from cancel
+        self._synced = synced_streams(self.name, plan.cls.outputs, plan.spec.sync)
+        self._sync_all = plan.spec.sync is True
 
     @property
     def module(self) -> Module[Any]:
@@ -227,8 +230,9 @@ class ModuleRunner:
         self._counters.incr(self._scope, "emitted", len(out))
         if self._bus.publish(out):
             await self._bus.wait_room()
-        if self.plan.spec.sync and self._committer is not None:
-            self._committer.add(out)
+        if self._synced and self._committer is not None:
+            synced = self._synced
+            self._committer.add(out if self._sync_all else [r for r in out if r.topic in synced])
             if self._committer.full:
                 await self._committer.wait_room()
 
