@@ -197,10 +197,10 @@ class ModuleInstance:
                 for record in batch:
                     self._quarantine(record, "process_batch", exc)
                 self.failed("process_batch", exc)
+            self.in_flight = []
+            self.events.count("processed", len(batch))
         else:
             await self._aprocess_each()
-        self.in_flight = []
-        self.events.count("processed", len(batch))
 
     async def _aprocess_each(self) -> None:
         process = self.module.process
@@ -213,6 +213,7 @@ class ModuleInstance:
                 self._quarantine(record, "process", exc)
                 self.failed("process", exc)
             del self.in_flight[0]
+            self.events.count("processed")  # one by one: a step cut off at stop counts right
 
     def abandon(self, why: str) -> int:
         """Quarantine, counted as ``abandoned``, the records of an unfinished step (the agent
