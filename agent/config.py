@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PlainValidator,
@@ -221,6 +222,13 @@ SourceEntry = Annotated[SourceConfig, PlainValidator(_validate_source)]
 """A ``[[sources]]`` entry, validated as the ``Config`` of its ``type``."""
 
 
+def _sync_shape(value: Any) -> Any:
+    """One error for a ``sync`` that is neither a boolean nor a list, not one per union member."""
+    if type(value) is bool or isinstance(value, list):
+        return value
+    raise ValueError(f"use true or false (a TOML boolean), not {value!r}")
+
+
 class ModuleSpec(_Section):
     """One ``[[modules]]`` entry: which module to run, on what, and where its output goes."""
 
@@ -229,7 +237,7 @@ class ModuleSpec(_Section):
     inputs: list[TopicFilter]
     """Topic filters of sources and module streams to read; ``[]`` for a producer, a module
     that makes its records itself (from ``context.every`` or ``start``)."""
-    sync: StrictBool | list[Name] = False
+    sync: Annotated[StrictBool | list[Name], BeforeValidator(_sync_shape)] = False
     """Commit the module's output to the outbox: ``true`` for every output, or the outputs to
     sync by name (``["alerts"]``; ``"default"`` is the module's own stream)."""
     with_: dict[str, Any] = Field(default_factory=dict, alias="with")
