@@ -113,6 +113,13 @@ class LineDecoder:
             body = codec.loads(line)
         except (ValueError, UnicodeDecodeError):
             raise Rejected(NOT_JSON) from None
+        if type(body) is list:  # several readings in one document (an HTTP endpoint's reply)
+            for item in body:
+                self._one(item, now, out)
+            return
+        self._one(body, now, out)
+
+    def _one(self, body: Any, now: float, out: list[Record]) -> None:
         sensor = body.get("sensor") if type(body) is dict else None
         if type(sensor) is not str or not sensor:
             raise Rejected(NO_SENSOR)

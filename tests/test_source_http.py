@@ -1,0 +1,99 @@
+"""The http source against a local HTTP server that answers, answers slowly, fails and sends
+what is not JSON: exact readings, faults counted by reason, the next poll as usual."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from agent.source_harness import run_source
+from tests.source_helpers import run_agent
+
+T0 = 1_700_000_000.0
+
+
+class Endpoint(BaseHTTPRequestHandler):
+    answers: ClassVar[dict[str, list[tuple[int, bytes, float]]]] = {}
+
+    def do_GET(self) -> None:  # the name http.server calls
+        queue = self.answers.get(self.path, [])
+        status, body, delay = queue.pop(0) if len(queue) > 1 else queue[0]
+        time.sleep(delay)
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def endpoint() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Endpoint)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def reading(sensor: str, value: float, n: int) -> dict[str, object]:
+    return {"sensor": sensor, "value": value, "ts": T0 + n, "unit": "C"}
+
+
+def test_readings_then_slow_failing_and_garbage_replies_are_counted(endpoint: str) -> None:
+    Endpoint.answers = {"/r": [
+        (200, json.dumps([reading("a", 1.5, 1), reading("b", 2.5, 1)]).encode(), 0),
+        (200, b"[]", 0.6),  # too slow: a timeout
+        (503, b"busy", 0),
+        (200, b"<html>", 0),
+        (200, json.dumps(reading("a", 3.5, 2)).encode(), 0),
+    ]}
+    run = run_source("http", {"url": f"{endpoint}/r", "interval": 0.1, "timeout": 0.3},
+                     until=lambda run: len(run.records) >= 4, timeout=10)
+    assert [(r.data["sensor"], r.data["value"], r.ts) for r in run.records[:3]] == [
+        ("a", 1.5, T0 + 1), ("b", 2.5, T0 + 1), ("a", 3.5, T0 + 2)]
+    assert run.records[0].data["unit"] == "C" and run.records[0].topic == "sensors/a"
+    assert run.counters["errors.timeout"] == 1 and run.counters["errors.status_503"] == 1
+    assert run.dropped == {"not_json": 1}
+    assert run.health["connected"] is True
+
+
+def test_a_reply_mapped_by_a_payload_table_and_a_server_that_is_not_there(endpoint: str) -> None:
+    Endpoint.answers = {"/m": [(200, json.dumps(
+        {"station": "roof", "readings": {"temp": 21.25, "rh": 40}, "time": "2023-11-14T22:13:20Z"}
+    ).encode(), 0)]}
+    config = {"url": f"{endpoint}/m", "interval": 0.1, "payload": {
+        "fields": ["readings.*"], "sensor": "{item.station}/{name}", "ts": "time"}}
+    run = run_source("http", config, until=lambda run: len(run.records) >= 2, timeout=5)
+    assert [(r.topic, r.data, r.ts) for r in run.records[:2]] == [
+        ("sensors/roof/temp", {"sensor": "roof/temp", "value": 21.25}, T0),
+        ("sensors/roof/rh", {"sensor": "roof/rh", "value": 40}, T0),
+    ]
+    gone = run_source("http", {"url": "http://127.0.0.1:9/x", "interval": 0.05, "timeout": 0.2}, timeout=0.5)
+    assert gone.counters["errors.connect"] >= 2 and gone.health["connected"] is False
+
+
+@pytest.mark.integration
+def test_http_readings_reach_window_summaries(endpoint: str, tmp_path: Path) -> None:
+    Endpoint.answers = {"/r": [(200, json.dumps([reading("h", n, n) for n in range(10)]).encode(), 0),
+                               (503, b"", 0)]}
+    sources = f"""
+    [[sources]]
+    name = "api"
+    type = "http"
+    url = "{endpoint}/r"
+    interval = "200ms"
+    """
+    windows, status = run_agent(tmp_path, sources, lambda agent: time.sleep(1.5))
+    assert windows["h"]["count"] == 10 and windows["h"]["sum"] == sum(range(10))
+    assert status["sources"]["api"]["errors"]["status_503"] >= 2
