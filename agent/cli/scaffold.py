@@ -30,7 +30,7 @@ build-backend = "setuptools.build_meta"
 [project]
 name = "$dist"
 version = "0.1.0"
-description = "$title: a processing module for Edge Agent."
+description = "$title: $what for Edge Agent."
 readme = "README.md"
 requires-python = ">=3.11"
 dependencies = ["tidegate>=$agent_version"]
@@ -38,8 +38,8 @@ dependencies = ["tidegate>=$agent_version"]
 [project.optional-dependencies]
 test = ["pytest>=8"]
 
-# This line is what makes `use = "$name"` work once the package is installed.
-[project.entry-points."edge_agent.modules"]
+# This line is what makes `$key = "$name"` work once the package is installed.
+[project.entry-points."$group"]
 $name = "$package:$cls"
 
 [tool.setuptools]
@@ -170,6 +170,9 @@ def scaffold(name: str, directory: Path, kind: str = "module") -> Path:
         "cls": "".join(part.capitalize() for part in name.split("_") if part),
         "title": name.replace("_", " ").capitalize(),
         "agent_version": __version__,
+        "what": "a processing module" if kind == "module" else "a source of readings",
+        "group": f"edge_agent.{kind}s",
+        "key": "use" if kind == "module" else "type",
     }
     root = directory / values["dist"]
     if root.exists() and any(root.iterdir()):
@@ -180,7 +183,7 @@ def scaffold(name: str, directory: Path, kind: str = "module") -> Path:
         f"{values['package']}/__init__.py": MODULE,
         f"tests/test_{name}.py": TEST,
     } if kind == "module" else {
-        "pyproject.toml": SOURCE_FILES["pyproject"],
+        "pyproject.toml": PYPROJECT,
         "README.md": SOURCE_FILES["readme"],
         f"{values['package']}/__init__.py": SOURCE_FILES["source"],
         f"tests/test_{name}.py": SOURCE_FILES["test"],

@@ -4,33 +4,6 @@ from __future__ import annotations
 
 from string import Template
 
-PYPROJECT = Template('''\
-[build-system]
-requires = ["setuptools>=61"]
-build-backend = "setuptools.build_meta"
-
-[project]
-name = "$dist"
-version = "0.1.0"
-description = "$title: a source of readings for Edge Agent."
-readme = "README.md"
-requires-python = ">=3.11"
-dependencies = ["edge-agent>=$agent_version"]
-
-[project.optional-dependencies]
-test = ["pytest>=8"]
-
-# This line is what makes `type = "$name"` work once the package is installed.
-[project.entry-points."edge_agent.sources"]
-$name = "$package:$cls"
-
-[tool.setuptools]
-packages = ["$package"]
-
-[tool.pytest.ini_options]
-testpaths = ["tests"]
-''')
-
 SOURCE = Template('''\
 """$title: a source of readings for Edge Agent."""
 
@@ -136,4 +109,4 @@ into the agent's environment; then restart the agent (a new package is found at 
 on SIGHUP).
 ''')
 
-SOURCE_FILES = {"pyproject": PYPROJECT, "source": SOURCE, "test": TEST, "readme": README}
+SOURCE_FILES = {"source": SOURCE, "test": TEST, "readme": README}
