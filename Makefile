@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test check bench demo clean
+.PHONY: test check bench demo screenshots clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,9 +26,23 @@ bench: $(VENV)/.installed
 	scripts/ensure-deps.sh
 	$(PY) -m bench $(BENCH_ARGS)
 
-demo: $(VENV)/.installed
-	scripts/ensure-deps.sh
+# The demo needs the cloud side (console) and nothing of the test tools: .venv/.demo installs
+# only that, and only Mosquitto from Debian.
+$(VENV)/.demo: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip uninstall -q -y edge-agent 2>/dev/null || true
+	$(PY) -m pip install -q -e ".[cloud,fast]"
+	touch $@
+
+demo: $(VENV)/.demo
+	scripts/ensure-deps.sh demo
 	$(VENV)/bin/edge-sim demo $(DEMO_ARGS)
+
+# The README's screenshots, taken from the demo itself (during the link cut and after it).
+screenshots: $(VENV)/.installed
+	scripts/ensure-deps.sh
+	$(PY) -m simulators.screenshots docs/screenshots
 
 clean:
 	rm -rf $(VENV) .demo build *.egg-info

@@ -451,7 +451,7 @@ def validate_config(
     if issues or agent is None:
         raise ConfigError(named(issues, raw))
     if not agent.data_dir.is_absolute():
-        agent = agent.model_copy(update={"data_dir": path.parent / agent.data_dir})
+        agent = agent.model_copy(update={"data_dir": Path(os.path.normpath(path.parent / agent.data_dir))})
     return LoadedConfig(path=path, agent=agent, modules=plans)
 
 

@@ -68,12 +68,18 @@ def test_status_and_outbox_commands_while_running_and_after(tmp_path, broker: Br
     stopped = json.loads(cli("status", "-c", str(config), "--json").stdout)
     assert stopped["daemon"]["running"] is False
     text = cli("status", "-c", str(config)).stdout
-    assert "not running" in text and "not_json 1" in text and "last sync   none yet" in text
+    assert "not running (last report 20" in text and "not_json 1" in text
+    assert "last sync   no [cloud] configured: records stay in the outbox, which may grow to 500 MB" in text
+    assert "module      win [stopped when the daemon last ran]" in text or (
+        "module      win [running when the daemon last ran]" in text)
+    assert f"data        {config.parent / 'data'}" in text
 
     lines = cli("outbox", "-c", str(config), "--limit", "4").stdout.splitlines()
     assert len(lines) == 4
     first = json.loads(lines[0])
-    assert set(first) == {"seq", "stream", "ts", "data"} and first["seq"] == 1
+    assert set(first) == {"seq", "stream", "ts", "data", "time"} and first["seq"] == 1
+    assert first["time"] == time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(first["ts"])) + (
+        f".{int(first['ts'] % 1 * 1000):03d}Z")
     everything = [json.loads(line) for line in cli("outbox", "-c", str(config)).stdout.splitlines()]
     assert sum(record["data"]["count"] for record in everything) == 600
     assert len(everything) == stopped["backlog"]["rows"]

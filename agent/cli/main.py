@@ -12,11 +12,11 @@ from typing import Any
 
 import click
 
-from agent import __version__
+from agent import __version__, codec
 from agent.cli.daemon import load_or_exit, run_daemon
 from agent.errors import ModuleLoadError, OutboxError
 from agent.health.status import SOURCE_NOISE, read_status
-from agent.outbox import Outbox, as_jsonl
+from agent.outbox import Outbox
 from agent.registry import available_modules, available_sources, resolve_module, resolve_source
 
 CONFIG_OPTION = click.option(
@@ -103,7 +103,9 @@ def status(config_path: Path, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(state, indent=2))
     else:
-        click.echo(_format_status(state))
+        cloud, max_bytes = loaded.agent.cloud is not None, loaded.agent.buffer.max_bytes
+        state = {**state, "data_dir": str(loaded.agent.data_dir.absolute())}
+        click.echo(_format_status(state, cloud=cloud, max_bytes=max_bytes))
 
 
 @main.command()
@@ -119,8 +121,11 @@ def outbox(config_path: Path, as_json: bool, limit: int | None) -> None:
         click.echo(str(exc), err=True)
         sys.exit(1)
     try:
-        for line in as_jsonl(box.unsent(limit)):
-            click.echo(line)
+        for record in box.unsent(limit):
+            # ts stays Unix seconds (the contract); `time` is the same instant for people, UTC
+            line = record.as_dict()
+            line["time"] = _iso(record.ts)
+            click.echo(codec.dumps(line))
     finally:
         box.close()
 
@@ -182,18 +187,31 @@ def _first_sentence(text: str) -> str:
     return line if end < 0 else line[: end + 1]
 
 
-def _format_status(state: dict[str, Any]) -> str:
+def _format_status(state: dict[str, Any], cloud: bool = True, max_bytes: int | None = None) -> str:
     daemon = state["daemon"]
     backlog = state["backlog"]
     age = backlog["oldest_unsent_age_s"]
     sync = state["last_sync"]
+    last_ran = daemon.get("last_report_at")
+    if daemon["running"]:
+        running = f"running, pid {daemon['pid']}"
+    else:
+        running = "not running" + (f" (last report {_when(last_ran)})" if last_ran else "")
+    if not cloud:
+        last_sync = "no [cloud] configured: records stay in the outbox" + (
+            f", which may grow to {_size(max_bytes)} (buffer.max_bytes; then the oldest are dropped)"
+            if max_bytes else "")
+    elif sync is None:
+        last_sync = "none yet"
+    else:
+        last_sync = f"{_ago(sync['at'])} ({_when(sync['at'])}), up to seq {sync['acked_seq']}"
     lines = [
         f"device      {state['device_id'] or '?'}",
-        f"daemon      {'running, pid ' + str(daemon['pid']) if daemon['running'] else 'not running'}",
+        f"daemon      {running}",
+        f"data        {state.get('data_dir') or ''}".rstrip(),
         f"backlog     {backlog['rows']} records, {backlog['bytes']} bytes"
         + (f", oldest {age:.0f} s old" if age is not None else ""),
-        "last sync   "
-        + ("none yet" if sync is None else f"{_ago(sync['at'])}, up to seq {sync['acked_seq']}"),
+        f"last sync   {last_sync}",
         *_sync_lines(state.get("sync")),
         *_remote_lines(state.get("remote")),
         *_clock_lines(state.get("clock")),
@@ -210,9 +228,11 @@ def _format_status(state: dict[str, Any]) -> str:
             + (f", last error: {source['last_error']}" if source.get("last_error") else "")
         )
     lines += [f"warning     {warning}" for warning in state.get("warnings") or []]
+    # a module's status is what the daemon last reported: without a daemon it is history
+    when = "" if daemon["running"] else " when the daemon last ran"
     for name, module in state["modules"].items():
         lines.append(
-            f"module      {name} [{module['status']}]: processed {module['processed']}, "
+            f"module      {name} [{module['status']}{when}]: processed {module['processed']}, "
             f"emitted {module['emitted']}, errors {module['errors']}, quarantined {module['quarantined']}"
             + "".join(f", {key} {value}" for key, value in _module_extras(module))
             + (f", last error: {module['last_error']}" if module.get("last_error") else "")
@@ -270,6 +290,22 @@ def _remote_lines(remote: dict[str, Any] | None) -> list[str]:
                 f"{e['path']}: {e['reason']}" if e["path"] else e["reason"] for e in last["errors"][:5]
             ) + ")"
     return [line]
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
+
+
+def _when(at: float) -> str:
+    """A local date and time, the one time format of the command line."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.0f} {unit}"
+    return f"{n} bytes"
 
 
 def _ago(at: float | None) -> str:
