@@ -42,7 +42,7 @@ demo: $(VENV)/.demo
 # The README's screenshots, taken from the demo itself (during the link cut and after it).
 screenshots: $(VENV)/.installed
 	scripts/ensure-deps.sh
-	$(PY) -m simulators.screenshots docs/screenshots
+	EDGE_SCREENSHOTS=docs/screenshots $(PY) -m pytest tests/test_console_outage.py -q
 
 clean:
 	rm -rf $(VENV) .demo build *.egg-info

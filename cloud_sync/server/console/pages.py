@@ -20,6 +20,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from cloud_sync.protocol import DEVICE_ID
+from cloud_sync.server.console import outage
 from cloud_sync.server.console.device_view import load_device
 from cloud_sync.server.store.fleet_query import FILTERS, MAX_PAGE, SORTS, FleetQuery, QueryError
 from cloud_sync.server.store.summary import api_object, lag
@@ -74,9 +75,12 @@ class Pages:
             rows, total = await run_in_threadpool(store.fleet_page, query)
         totals = await run_in_threadpool(store.fleet_totals, query)
         now = query.now
+        devices = [api_object(row, now, settings.silent_after) for row in rows]
+        hours = await run_in_threadpool(_last_hours, store, [d["device_id"] for d in devices], now)
         return self.console.render(
             request, "fleet.html",
-            devices=[api_object(row, now, settings.silent_after) for row in rows],
+            devices=devices, sparklines={k: outage.sparkline(v, now) for k, v in hours.items()},
+            backlog_estimate=outage.backlog_estimate, is_stale=outage.is_stale,
             total=total, totals=totals, query=query, now=now, columns=COLUMNS, phone_sorts=PHONE_SORTS,
             filters=FILTERS, filter_labels=FILTER_LABELS, page_sizes=(25, 50, 100, MAX_PAGE),
             worst_lag=_worst_lag(totals, now), live_url="/api/events",
@@ -98,6 +102,13 @@ class Pages:
             request, "device.html", view=view, d=view.device, now=now,
             live_url=f"/api/events?device={device_id}",
         )
+
+
+def _last_hours(store: Any, device_ids: list[str], now: float) -> dict[str, list[dict[str, Any]]]:
+    """The last hour of status history of the devices on the page (one page: at most a few
+    hundred short indexed reads)."""
+    return {device_id: store.status_history(device_id, since=now - outage.HOUR, limit=400)
+            for device_id in device_ids}
 
 
 def _worst_lag(totals: dict[str, Any], now: float) -> tuple[str, float] | None:

@@ -9,6 +9,7 @@
   const streamEl = document.getElementById("stream-chart");
   const streamSelect = document.getElementById("stream-select");
   const fieldSelect = document.getElementById("field-select");
+  const sensorSelect = document.getElementById("sensor-select");
   if (!historyEl || !streamEl || !window.uPlot) return;
 
   const device = historyEl.dataset.device;
@@ -74,9 +75,13 @@
       return;
     }
     historyEl.replaceChildren();
+    // On a phone two 60 px axes left the plot about 150 px: narrower axes, no axis titles (the
+    // legend names both series), and a taller chart give it the room.
+    const narrow = width(historyEl) < 520;
+    const axis = narrow ? 42 : 60;
     historyPlot = new window.uPlot({
       width: width(historyEl),
-      height: HEIGHT,
+      height: narrow ? 280 : HEIGHT,
       scales: { x: { time: true, range: timeRange }, rows: { auto: true }, secs: { auto: true } },
       series: [
         {},
@@ -84,9 +89,9 @@
         { label: "Oldest unsent (s)", scale: "secs", stroke: "#d97706", width: 2 },
       ],
       axes: [
-        {},
-        { scale: "rows", label: "rows", size: 60 },
-        { scale: "secs", side: 1, label: "seconds", size: 60, grid: { show: false } },
+        { label: narrow ? undefined : "time (your clock)" },
+        { scale: "rows", label: narrow ? undefined : "rows", size: axis },
+        { scale: "secs", side: 1, label: narrow ? undefined : "seconds", size: axis, grid: { show: false } },
       ],
     }, data, historyEl);
   }
@@ -119,14 +124,23 @@
     fill(fieldSelect, fields, preferred);
   }
 
+  // One series per sensor: a stream mixes sensors (pressure beside temperatures), and one line
+  // through all of them would zigzag between their scales. Records without a sensor are one series.
   async function loadStream() {
     const stream = streamSelect.value;
     const field = fieldSelect.value;
     if (!stream || !field) return;
     const rows = await getJSON(api(`/latest?stream=${encodeURIComponent(stream)}&limit=500`));
     const usable = rows.filter((r) => typeof r.data[field] === "number");
-    const data = [usable.map((r) => r.ts), usable.map((r) => r.data[field])];
-    const key = `${stream}\u0000${field}`;
+    const sensorOf = (r) => (typeof r.data.sensor === "string" ? r.data.sensor : "(all)");
+    const sensors = [...new Set(usable.map(sensorOf))].sort();
+    if (sensorSelect) fill(sensorSelect, sensors, sensorSelect.value);
+    const sensor = sensorSelect ? sensorSelect.value : sensors[0];
+    const mine = usable.filter((r) => sensorOf(r) === sensor);
+    const units = [...new Set(mine.map((r) => r.data.unit).filter((u) => typeof u === "string"))];
+    const unit = units.length === 1 ? units[0] : "";
+    const data = [mine.map((r) => r.ts), mine.map((r) => r.data[field])];
+    const key = `${stream}\u0000${field}\u0000${sensor}\u0000${unit}`;
     if (streamPlot && key === streamKey) {
       streamPlot.setData(data);
       return;
@@ -134,12 +148,16 @@
     if (streamPlot) streamPlot.destroy();
     streamEl.replaceChildren();
     streamKey = key;
+    const axisLabel = unit ? `${field} (${unit})` : field;
     streamPlot = new window.uPlot({
       width: width(streamEl),
       height: HEIGHT,
       scales: { x: { time: true, range: timeRange } },
-      series: [{}, { label: `${stream} · ${field}`, stroke: "#059669", width: 2, points: { show: usable.length < 60 } }],
-      axes: [{}, { size: 60 }],
+      series: [{}, {
+        label: `${stream} · ${field} · ${sensor}${unit ? ` (${unit})` : ""}`,
+        stroke: "#059669", width: 2, points: { show: mine.length < 60 },
+      }],
+      axes: [{ label: "time (your clock)" }, { size: 60, label: axisLabel }],
     }, data, streamEl);
   }
 
@@ -152,6 +170,7 @@
     loadStream().catch(report);
   });
   fieldSelect.addEventListener("change", () => loadStream().catch(report));
+  if (sensorSelect) sensorSelect.addEventListener("change", () => loadStream().catch(report));
   document.body.addEventListener("console:changed", () => {
     loadHistory().catch(report);
     loadStreams().catch(report);
