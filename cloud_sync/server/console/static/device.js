@@ -22,6 +22,9 @@
   let streamPlot = null;
   let streamKey = "";
 
+  // Every time on the console is UTC (tables, tooltips, charts): one format, whoever looks.
+  const utc = (ts) => window.uPlot.tzDate(new Date(ts * 1000), "Etc/UTC");
+
   const api = (path) => `/api/devices/${encodeURIComponent(device)}${path}`;
 
   async function getJSON(url) {
@@ -80,6 +83,7 @@
     const narrow = width(historyEl) < 520;
     const axis = narrow ? 42 : 60;
     historyPlot = new window.uPlot({
+      tzDate: utc,
       width: width(historyEl),
       height: narrow ? 280 : HEIGHT,
       scales: { x: { time: true, range: timeRange }, rows: { auto: true }, secs: { auto: true } },
@@ -89,7 +93,7 @@
         { label: "Oldest unsent (s)", scale: "secs", stroke: "#d97706", width: 2 },
       ],
       axes: [
-        { label: narrow ? undefined : "time (your clock)" },
+        { label: narrow ? undefined : "time (UTC)" },
         { scale: "rows", label: narrow ? undefined : "rows", size: axis },
         { scale: "secs", side: 1, label: narrow ? undefined : "seconds", size: axis, grid: { show: false } },
       ],
@@ -150,6 +154,7 @@
     streamKey = key;
     const axisLabel = unit ? `${field} (${unit})` : field;
     streamPlot = new window.uPlot({
+      tzDate: utc,
       width: width(streamEl),
       height: HEIGHT,
       scales: { x: { time: true, range: timeRange } },
@@ -157,7 +162,7 @@
         label: `${stream} · ${field} · ${sensor}${unit ? ` (${unit})` : ""}`,
         stroke: "#059669", width: 2, points: { show: mine.length < 60 },
       }],
-      axes: [{ label: "time (your clock)" }, { size: 60, label: axisLabel }],
+      axes: [{ label: "time (UTC)" }, { size: 60, label: axisLabel }],
     }, data, streamEl);
   }
 
