@@ -51,7 +51,7 @@ def sparkline(points: list[dict[str, Any]], now: float) -> Markup:
     lags = [float(p.get("oldest_unsent_age_s") or 0.0) for p in recent]
     top = max(max(lags), 1.0)
     # the hour, or what history there is of it (a device seen for ten minutes fills the width)
-    start = recent[0]["at"]
+    start = float(recent[0]["at"])
     span = max(now - start, MIN_SPAN)
 
     def x(at: float) -> float:
