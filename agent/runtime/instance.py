@@ -78,8 +78,8 @@ class ModuleInstance:
         self.watch = watch or _NoWatch()
         self.batched = cls.process_batch is not Module.process_batch
         self.is_async = inspect.iscoroutinefunction(cls.process_batch if self.batched else cls.process)
-        self.in_flight: list[Record] = []
-        """Records of the step in progress that the module has not finished (async steps)."""
+        self._step: list[Record] = []  # the records of the async step in progress...
+        self._done = 0  # ...of which this many are finished
         self.status = "created"
         self.errors_in_a_row = 0
         self.last_error: str | None = None
@@ -179,6 +179,11 @@ class ModuleInstance:
                     self.events.requeue(batch[start:])
                     return
 
+    @property
+    def in_flight(self) -> list[Record]:
+        """Records of the async step in progress that the module has not finished."""
+        return self._step[self._done:]
+
     async def aprocess(self, batch: list[Record]) -> None:
         """``process`` for an ``async def`` module: the loop is free while it awaits, and the
         records not finished yet stay in ``in_flight``."""
@@ -188,7 +193,7 @@ class ModuleInstance:
             return
         # no try/finally: records of a step cancelled at stop stay in ``in_flight`` for
         # ``abandon`` to account for
-        self.in_flight = list(batch)
+        self._step, self._done = batch, 0
         if self.batched:
             try:
                 await self.module.process_batch(batch)  # type: ignore[misc]
@@ -197,28 +202,30 @@ class ModuleInstance:
                 for record in batch:
                     self._quarantine(record, "process_batch", exc)
                 self.failed("process_batch", exc)
-            self.in_flight = []
+            self._done = len(batch)
             self.events.count("processed", len(batch))
         else:
             await self._aprocess_each()
 
     async def _aprocess_each(self) -> None:
         process = self.module.process
-        while self.in_flight:
-            record = self.in_flight[0]
+        records, count = self._step, self.events.count
+        for index, record in enumerate(records):
             try:
                 await process(record)  # type: ignore[misc]
                 self.errors_in_a_row = 0
             except Exception as exc:
                 self._quarantine(record, "process", exc)
                 self.failed("process", exc)
-            del self.in_flight[0]
-            self.events.count("processed")  # one by one: a step cut off at stop counts right
+            self._done = index + 1
+            count("processed")  # one by one: a step cut off at stop counts right
 
-    def abandon(self, why: str) -> int:
-        """Quarantine, counted as ``abandoned``, the records of an unfinished step (the agent
-        stops and cannot wait longer); how many there were."""
-        records, self.in_flight = self.in_flight, []
+    def abandon(self, why: str, records: list[Record] | None = None) -> int:
+        """Quarantine, counted as ``abandoned``, the records of an unfinished step (or
+        ``records``, never handed to the module): the agent stops and cannot wait longer. How
+        many there were."""
+        if records is None:
+            records, self._step = self.in_flight, []
         for record in records:
             self.events.quarantine(record, "stop", Abandoned(why))
         if records:

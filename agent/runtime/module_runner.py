@@ -201,8 +201,9 @@ class ModuleRunner:
 
     def _hand_back(self, records: list[Record]) -> None:
         """Records left in the queue when the budget ran out: quarantined, counted."""
-        self.instance.in_flight = records + [r for b in iter(self.queue.get_nowait, None) for r in b]
-        count = self.instance.abandon("the agent stopped before the module could take them")
+        queued = [record for batch in iter(self.queue.get_nowait, None) for record in batch]
+        count = self.instance.abandon("the agent stopped before the module could take them",
+                                      records + queued)
         self.context.log.warning("abandoned %d queued records at stop", count)
 
     async def _restart(self) -> None:
