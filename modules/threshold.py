@@ -68,6 +68,9 @@ class ThresholdConfig(ModuleConfig):
     rules: Annotated[list[Rule], Field(min_length=1)]
     max_sensors: Annotated[int, Field(ge=1)] = 100_000
     """Readings of further sensors are dropped and counted as ``too_many_sensors``."""
+    triggers: bool = False
+    """Also emit the reading that raised each alert on the ``triggers`` output (the stream
+    ``<name>.triggers``), for a module or the cloud to look at what set it off."""
 
     @field_validator("rules")
     @classmethod
@@ -112,6 +115,7 @@ class Threshold(Module[ThresholdConfig]):
 
     Config = ThresholdConfig
     description = "Alert rules (above, below, outside a band, rate of change) with hysteresis."
+    outputs = ("triggers",)
 
     def __init__(self, config: ThresholdConfig, context: Context) -> None:
         super().__init__(config, context)
@@ -221,6 +225,9 @@ class Threshold(Module[ThresholdConfig]):
             data["rate"] = rate
         if event == "raised":
             data["since"] = alert.since
+            if self.config.triggers:
+                trigger = {"sensor": sensor, "value": value, "rule": rule.name}
+                self.context.emit(trigger, ts, output="triggers")
         else:
             data["raised_at"] = alert.raised_at
             data["duration"] = ts - alert.raised_at

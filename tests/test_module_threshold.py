@@ -88,3 +88,17 @@ def test_rule_names_are_unique() -> None:
     rule = {"name": "r", "above": 1, "hysteresis": 0}
     with pytest.raises(ValidationError, match="used twice"):
         module_harness("threshold", rules=[rule, rule])
+
+
+def test_the_readings_that_raised_alerts_go_on_their_own_output() -> None:
+    harness = module_harness(
+        "threshold", name="alarm", triggers=True,
+        rules=[{"name": "hot", "above": 30.0, "hysteresis": 1.0}],
+    )
+    harness.run([reading("t1", 1, 25.0), reading("t1", 2, 31.5), reading("t1", 3, 32.0),
+                 reading("t1", 4, 20.0), reading("t1", 5, 33.0)])
+    assert [r.data["event"] for r in harness.emitted_by("alarm")] == ["raised", "cleared", "raised"]
+    assert [(r.ts, r.data) for r in harness.emitted_by("alarm.triggers")] == [
+        (2.0, {"sensor": "t1", "value": 31.5, "rule": "hot"}),
+        (5.0, {"sensor": "t1", "value": 33.0, "rule": "hot"}),
+    ]
