@@ -372,3 +372,7 @@ def test_no_two_connections_share_a_client_id(local: LoadedConfig) -> None:
             '[cloud]\nurl = "mqtts://cloud.example:8883"\n')
     assert issues(local, text) == [
         "config v2: sources[0].client_id: client id 'gw-01' is the [cloud] uploader's too"]
+
+
+def test_a_document_without_cloud_keeps_the_operators(local: LoadedConfig) -> None:
+    assert validate_remote(doc(""), local).agent.cloud == local.agent.cloud

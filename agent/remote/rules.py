@@ -8,6 +8,8 @@
   with the broker URL, user name, client certificate and CA the operator's file names it with,
   so a document cannot send the device's password or key to another broker, nor over plain TCP
   (dropping ``tls_ca``), nor to a broker a CA of its choosing vouches for.
+* ``[cloud]`` left out is the operator's ``[cloud]``: a document cannot cut the device off from
+  the cloud (a changed one that does not connect is rolled back).
 * A module is named by its registered name; a module *file* (``path/x.py:Class``) only if the
   operator's file already loads that same ``use`` (its class is reused: nothing is imported
   again), or if the document is signed and the operator's file sets ``[remote]
@@ -86,7 +88,10 @@ def validate_remote(
         issues += _credentials(loaded.agent, local, where) + _commands(loaded.agent, local, where)
     if issues or loaded is None:
         raise ConfigError(issues)
-    agent = loaded.agent.model_copy(update={key: getattr(local, key) for key in LOCAL_ONLY})
+    update = {key: getattr(local, key) for key in LOCAL_ONLY}
+    if loaded.agent.cloud is None:
+        update["cloud"] = local.cloud  # without [cloud] the device would cut itself off for good
+    agent = loaded.agent.model_copy(update=update)
     return LoadedConfig(path=file_loaded.path, agent=agent, modules=loaded.modules)
 
 
