@@ -52,6 +52,8 @@ class SparkplugB:
         if kind in _BIRTHS:
             self._birth(owner, message)
         aliases = self._aliases.get(owner, {})
+        if not message.metrics:  # a birth or data message with no metrics: nothing to take
+            tally.empty += 1
         default_ts = message.timestamp / 1000.0 if message.HasField("timestamp") else now
         for metric in message.metrics:
             name = metric.name if metric.HasField("name") else aliases.get(metric.alias)
