@@ -8,7 +8,6 @@ JSON (the MQTT source, and any source of JSON lines) uses it through ``map``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -73,23 +72,47 @@ def value_at(node: Any, path: Path) -> Any:
     return node
 
 
-def _walk(node: Any, pattern: Path, depth: int, path: Path) -> Iterator[tuple[Path, Any]]:
-    if depth == len(pattern):
-        yield path, node
-        return
+def _expand(node: Any, pattern: Path, depth: int, path: Path, out: list[tuple[Path, Any]]) -> None:
+    """Append to ``out`` every (path, value) that ``pattern`` matches below ``node``. Plain
+    recursion and loops, no generators: this runs for every field of every message."""
     level = pattern[depth]
+    last = depth + 1 == len(pattern)
     kind = type(node)
     if level == "*":
         if kind is dict:
-            for key, child in node.items():
-                yield from _walk(child, pattern, depth + 1, (*path, key))
+            if last:
+                for key, child in node.items():
+                    out.append(((*path, key), child))
+            else:
+                for key, child in node.items():
+                    _expand(child, pattern, depth + 1, (*path, key), out)
         elif kind is list:
             for index, child in enumerate(node):
-                yield from _walk(child, pattern, depth + 1, (*path, str(index)))
+                if last:
+                    out.append(((*path, str(index)), child))
+                else:
+                    _expand(child, pattern, depth + 1, (*path, str(index)), out)
         return
     child = value_at(node, (level,))
-    if child is not _MISSING:
-        yield from _walk(child, pattern, depth + 1, (*path, level))
+    if child is _MISSING:
+        return
+    if last:
+        out.append(((*path, level), child))
+    else:
+        _expand(child, pattern, depth + 1, (*path, level), out)
+
+
+def _depth(path: Path | str) -> int:
+    return 1 if type(path) is str else len(path)
+
+
+_new_record = tuple.__new__
+"""``Record(...)`` without the namedtuple's Python-level ``__new__``: a reading a field."""
+
+
+def _overlap(a: Path, b: Path) -> bool:
+    """Whether two patterns can match one path (then their matches are deduplicated)."""
+    return len(a) == len(b) and all(x == y or "*" in (x, y) for x, y in zip(a, b, strict=True))
 
 
 def _matches(pattern: Path, path: Path) -> bool:
@@ -124,8 +147,12 @@ class PayloadMapping:
         self._field_last = self._template.field_last
         self._top_level = self._patterns == [("*",)]
         self._depth = max(len(pattern) for pattern in self._patterns)
+        self._overlapping = any(
+            _overlap(a, b) for i, a in enumerate(self._patterns) for b in self._patterns[i + 1:]
+        )
+        self._unit_hook = type(self).unit_for is not PayloadMapping.unit_for
         self._heads: dict[str, tuple[str | None, ...]] = {}
-        self._fields: dict[Path, _Field | None] = {}
+        self._fields: dict[Path | str, _Field | None] = {}
 
     # -- the mapping ---------------------------------------------------------------------------
 
@@ -159,12 +186,12 @@ class PayloadMapping:
         head = self._head(topic, item, index)
         produced = len(out)
         ignored, drops = tally.fields_ignored, tally.drops
-        if self._top_level and type(item) is dict:
-            pairs: Any = (((key,), value) for key, value in item.items())
-        else:
-            pairs = self._pairs(item)
+        # Every field of every message passes here: the top-level case iterates the object as
+        # it is, with the key itself (not a one-level path tuple) as the cache key.
+        pairs: Any = item.items() if self._top_level and type(item) is dict else self._pairs(item)
         fields = self._fields
-        field_last, template = self._field_last, self._template
+        field_last, template, unit_hook = self._field_last, self._template, self._unit_hook
+        append = out.append
         for path, raw in pairs:
             entry = fields.get(path, _UNSEEN)
             if entry is _UNSEEN:
@@ -177,16 +204,20 @@ class PayloadMapping:
                 tally.drop(rejected.reason)
                 continue
             if value is None:
-                if len(path) >= self._depth or type(raw) not in (dict, list):
+                if type(raw) not in (dict, list) or _depth(path) >= self._depth:
                     tally.fields_ignored += 1  # (an object a longer path goes into is no loss)
                 continue
             field, name, unit = entry
-            sensor = f"{head[0]}{field}" if field_last else template.sensor(head, path)
-            unit = self.unit_for(name, item, unit)
+            if field_last:
+                sensor = head[0] + field  # type: ignore[operator]
+            else:
+                sensor = template.sensor(head, (path,) if type(path) is str else path)
+            if unit_hook:
+                unit = self.unit_for(name, item, unit)
             data = {"sensor": sensor, "value": value}
             if unit:
                 data["unit"] = unit
-            out.append(Record(topic, ts, data))
+            append(_new_record(Record, (topic, ts, data)))
         if len(out) == produced and tally.fields_ignored == ignored and tally.drops == drops:
             tally.empty += 1
 
@@ -241,19 +272,17 @@ class PayloadMapping:
             self._heads[topic] = head
         return head
 
-    def _pairs(self, item: Any) -> Iterator[tuple[Path, Any]]:
-        if len(self._patterns) == 1:
-            yield from _walk(item, self._patterns[0], 0, ())
-            return
-        seen: set[Path] = set()
+    def _pairs(self, item: Any) -> list[tuple[Path, Any]]:
+        out: list[tuple[Path, Any]] = []
         for pattern in self._patterns:
-            for path, value in _walk(item, pattern, 0, ()):
-                if path not in seen:
-                    seen.add(path)
-                    yield path, value
+            _expand(item, pattern, 0, (), out)
+        if self._overlapping:
+            return list(dict(reversed(out)).items())[::-1]  # each path once, first match first
+        return out
 
-    def _field_entry(self, path: Path) -> _Field | None:
-        """The path's ``_Field``, or None for an ignored path; cached."""
+    def _field_entry(self, key: Path | str) -> _Field | None:
+        """The ``_Field`` of a path (a top-level field: its key), None for an ignored one; cached."""
+        path: Path = (key,) if isinstance(key, str) else key
         entry: _Field | None = None
         if not any(_matches(pattern, path) for pattern in self._ignore):
             units = self.config.units
@@ -261,5 +290,5 @@ class PayloadMapping:
             entry = ("/".join(path), path[-1], unit)
         if len(self._fields) >= _CACHE_LIMIT:
             self._fields.clear()
-        self._fields[path] = entry
+        self._fields[key] = entry
         return entry

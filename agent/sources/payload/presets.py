@@ -15,7 +15,7 @@ from agent.api import Record
 from agent.sources.payload.config import PayloadConfig
 from agent.sources.payload.mapping import PayloadMapping, Tally
 from agent.sources.payload.values import to_value
-from agent.sources.readings import NOT_JSON, Rejected
+from agent.sources.readings import DEFAULT_MAX_CLOCK_SKEW, NOT_JSON, Rejected
 
 NOT_TEXT = "not_text"
 """Drop reason: a plain-text payload that is not UTF-8."""
@@ -77,16 +77,31 @@ class TasmotaMapping(PayloadMapping):
     """Units named in the payload: ``TempUnit`` for temperatures and dew points,
     ``PressureUnit`` for pressures."""
 
+    def __init__(self, config: PayloadConfig, max_skew: float | None = DEFAULT_MAX_CLOCK_SKEW) -> None:
+        super().__init__(config, max_skew)
+        self._unit_keys: dict[str, str | None] = {}
+
     def unit_for(self, name: str, item: Any, unit: str | None) -> str | None:
-        if unit is None and type(item) is dict:
-            if name.startswith(("Temperature", "DewPoint")):
-                found = item.get("TempUnit")
-            elif name.endswith("Pressure"):
-                found = item.get("PressureUnit")
-            else:
-                return None
-            return found if type(found) is str else None
-        return unit
+        if unit is not None or type(item) is not dict:
+            return unit
+        key = self._unit_keys.get(name, "")
+        if key == "":
+            key = _unit_key(name)
+            if len(self._unit_keys) < 10_000:
+                self._unit_keys[name] = key
+        if key is None:
+            return None
+        found = item.get(key)
+        return found if type(found) is str else None
+
+
+def _unit_key(name: str) -> str | None:
+    """Which of Tasmota's unit fields gives the unit of a quantity named ``name``."""
+    if name.startswith(("Temperature", "DewPoint")):
+        return "TempUnit"
+    if name.endswith("Pressure"):
+        return "PressureUnit"
+    return None
 
 
 class Tasmota(JsonMapper):
