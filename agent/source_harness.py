@@ -28,7 +28,7 @@ from agent.runtime.source_runner import SourceRunner
 class SourceRun:
     """What a source did in ``run_source``."""
 
-    records: list[Record] = field(default_factory=list)
+    records: list[Record] = field(default_factory=list, repr=False)
     counters: dict[str, int] = field(default_factory=dict)
     """The source's own counters: ``received``, ``accepted``, ``dropped.<reason>``, ``errors.<reason>``..."""
     dropped: dict[str, int] = field(default_factory=dict)
