@@ -148,13 +148,18 @@ def make_client(
     inflight: int = 20,
     logger: logging.Logger | None = None,
     tls: ssl.SSLContext | None = None,
+    max_packet: int | None = None,
 ) -> Client:
-    """A client with a persistent session (``clean_start`` off, ``session_expiry`` on MQTT 5)."""
+    """A client with a persistent session (``clean_start`` off, ``session_expiry`` on MQTT 5).
+    ``max_packet`` (MQTT 5 Maximum Packet Size) makes the broker withhold anything larger: it
+    never reaches this process's memory."""
     v5 = protocol == "5"
     properties = None
     if v5:
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho
         properties.SessionExpiryInterval = int(min(session_expiry, 0xFFFFFFFF))
+        if max_packet is not None:
+            properties.MaximumPacketSize = max_packet
     secret = login.password()
     return Client(
         login.host,

@@ -75,3 +75,83 @@ def test_an_expression_nested_thousands_deep_is_a_config_error(tmp_path: Path) -
     assert out.returncode == 2, out.stderr
     assert "Traceback" not in out.stderr and "RecursionError" not in out.stderr
     assert "modules[0](t).with.where" in out.stderr and "modules[1](u).with.where" in out.stderr, out.stderr
+
+
+class HostileBroker:
+    """A TCP server speaking just enough MQTT to be subscribed to, then misbehaving: it declares
+    a 256 MB SUBACK, or dribbles a PUBLISH one byte a second."""
+
+    def __init__(self, mode: str) -> None:
+        import socket
+        import threading
+
+        self.mode = mode
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.connections = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import time
+
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            self.connections += 1
+            with conn:
+                try:
+                    conn.recv(4096)  # CONNECT
+                    conn.sendall(b"\x20\x02\x00\x00")
+                    conn.recv(4096)  # SUBSCRIBE
+                    if self.mode == "huge":
+                        conn.sendall(b"\x90\xff\xff\xff\x7f" + b"\x00" * 65536)
+                        conn.recv(1)
+                        continue
+                    conn.sendall(b"\x90\x03\x00\x01\x01")
+                    conn.sendall(b"\x30\xe8\x07")  # a PUBLISH of 1,000 bytes, then a byte a second
+                    for _ in range(60):
+                        conn.sendall(b"x")
+                        time.sleep(1)
+                except OSError:
+                    continue
+
+    def close(self) -> None:
+        self.server.close()
+
+
+@pytest.mark.parametrize(("mode", "expected"), [
+    ("huge", "a control packet (0x90) of 268435455 bytes"),
+    ("dribble", "a packet from the broker took over"),
+])
+def test_the_local_source_drops_a_broker_that_declares_giants_or_dribbles(
+    tmp_path: Path, agents: list[AgentProcess], mode: str, expected: str
+) -> None:
+    hostile = HostileBroker(mode)
+    config = tmp_path / "agent.toml"
+    config.write_text(textwrap.dedent(f"""
+        device_id = "gw"
+        data_dir = "{tmp_path / 'data'}"
+        [[sources]]
+        name = "local"
+        type = "mqtt"
+        url = "mqtt://127.0.0.1:{hostile.port}"
+        keepalive = "2s"
+        [[modules]]
+        name = "win"
+        use = "window"
+        inputs = ["sensors/#"]
+        """))
+    agent = AgentProcess(config)
+    agents.append(agent)
+    try:
+        with agent.log.open("ab") as log:
+            agent.process = subprocess.Popen([*EDGE_AGENT, "run", "-c", str(config)], stdout=log, stderr=log,
+                                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        agent.wait_for_log(expected, timeout=20)
+        assert agent.process.poll() is None
+        peak = Path(f"/proc/{agent.process.pid}/status").read_text().split("VmHWM:")[1].split()[0]
+        assert int(peak) < 150_000, f"the agent's peak memory: {int(peak) // 1024} MiB"
+    finally:
+        hostile.close()

@@ -119,3 +119,19 @@ def test_no_tls_downgrade_and_no_client_id_taken_from_the_uploader(
     cloud.desired(DEVICE, DesiredConfig(2, taken))
     report = cloud.wait_report(DEVICE, 2, "rejected", timeout=10)
     assert "client id 'test-gw' is the [cloud] uploader's too" in json.dumps(report), report
+
+
+def test_a_giant_retained_desired_config_never_reaches_the_agents_memory(
+    tmp_path: Path, cloud_broker: Broker, cloud: CloudClient, agents: list[AgentProcess]
+) -> None:
+    """MQTT 5: the agent's Maximum Packet Size makes the broker withhold it."""
+    cloud.desired(DEVICE, b"{" + b" " * (64 << 20) + b"}")
+    config = remote_config(tmp_path, cloud_broker.url)
+    agent = _start(config, agents, "giant")
+    agent.wait_for_log("(MQTT 5)")
+    cloud.desired(DEVICE, DesiredConfig(1, body(config).replace('every = "1s"', 'every = "2s"')))
+    cloud.wait_report(DEVICE, 1, "applied", timeout=15)  # what comes after it still arrives
+    assert agent.process is not None
+    peak = Path(f"/proc/{agent.process.pid}/status").read_text().split("VmHWM:")[1].split()[0]
+    assert int(peak) < 150_000, f"the agent's peak memory: {int(peak) // 1024} MiB"
+    assert "too_large" not in agent.output() and "refused a desired config" not in agent.output()

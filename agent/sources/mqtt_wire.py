@@ -26,6 +26,10 @@ CONNACK_REASONS = {
     5: "not authorised",
 }
 
+MAX_CONTROL = 64 << 10
+"""A broker's control packets (CONNACK, SUBACK, PUBACK, PINGRESP) are a few bytes: one declared
+larger is refused at once rather than buffered (a hostile broker could declare 256 MB)."""
+
 Message = tuple[str, bytes, int]
 """(topic, payload, retain flag): the broker sets the flag on a retained message it delivers
 because of a subscription, which MQTT sources use to take each retained message once."""
@@ -103,6 +107,9 @@ class SubscriberProtocol(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self._skip = 0
+        self._partial_since: float | None = None
+        """Since when an incomplete packet has been waiting for its rest (a link that dribbles
+        a byte a second keeps ``_last_in`` fresh forever, but not this)."""
         self._last_in = self._last_out = time.monotonic()
         self._keepalive_timer: asyncio.TimerHandle | None = None
         self._session_present = False
@@ -136,6 +143,10 @@ class SubscriberProtocol(asyncio.Protocol):
             del buf[: self._parse(buf, messages, acks)]
         except MqttProtocolError as exc:
             failure = exc
+        if not buf and not self._skip:
+            self._partial_since = None
+        elif self._partial_since is None:
+            self._partial_since = self._last_in
         if messages:  # whole, valid packets before a broken one still count
             self._on_messages(messages)
         if acks:
@@ -152,6 +163,8 @@ class SubscriberProtocol(asyncio.Protocol):
         if self._transport and not self._transport.is_closing() and self._paused:
             self._paused = False
             self._last_in = time.monotonic()  # silence while paused was ours, not the broker's
+            if self._partial_since is not None:
+                self._partial_since = self._last_in
             self._transport.resume_reading()
 
     def disconnect(self) -> None:
@@ -216,6 +229,8 @@ class SubscriberProtocol(asyncio.Protocol):
                     raise MqttProtocolError("a topic is not UTF-8") from None
                 messages.append((topic, bytes(buf[payload_start:stop]), header & 0x01))
             else:
+                if length > MAX_CONTROL:
+                    raise MqttProtocolError(f"a control packet (0x{header:02x}) of {length} bytes")
                 if stop > end:
                     return pos
                 self._control(header, bytes(buf[index:stop]))
@@ -258,6 +273,10 @@ class SubscriberProtocol(asyncio.Protocol):
         keepalive = self.session.keepalive
         if not self._paused and now - self._last_in > keepalive * 1.5:
             self._fail(TimeoutError(f"no data from the broker for {now - self._last_in:.0f} s"))
+            return
+        started = self._partial_since
+        if not self._paused and started is not None and now - started > keepalive * 1.5:
+            self._fail(TimeoutError(f"a packet from the broker took over {now - started:.0f} s to arrive"))
             return
         if now - self._last_out >= keepalive / 2:
             self._write(PINGREQ)

@@ -42,6 +42,11 @@ HEALTH_INTERVAL = 2.0
 _TOPIC_OVERHEAD = 128
 
 
+MAX_INCOMING_PACKET = protocol.MAX_DESIRED + (64 << 10)
+"""MQTT 5 Maximum Packet Size: the largest thing the cloud sends a device is a desired config
+(acks and commands are far smaller); the broker withholds anything larger."""
+
+
 class Uploader:
     """Keeps one connection to the cloud broker and drains the outbox over it until ``stop``."""
 
@@ -204,6 +209,7 @@ class Uploader:
             inflight=self.config.window + 4,
             logger=log.getChild("mqtt"),
             tls=ssl_context(self.config),
+            max_packet=MAX_INCOMING_PACKET,
         )
         self.sender.inflight.clear()
         async with client:
