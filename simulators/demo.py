@@ -118,7 +118,7 @@ async def run_demo(folder: Path, cut_after: float, cut_for: float, http_port: in
             "--db", f"sqlite:///{folder / 'cloud.db'}", "--http", f"127.0.0.1:{http_port}",
             "--users", str(users), "--history-step", "5",
         ])
-        await wait_for_port(http_port, timeout=30)
+        await wait_for_port(http_port, timeout=90)  # a loaded 2-core board takes its time
 
         for index, gateway in enumerate(GATEWAYS):
             cloud = link_port if gateway == CUT_GATEWAY else cloud_port

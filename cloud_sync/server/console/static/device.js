@@ -24,6 +24,10 @@
 
   // Every time on the console is UTC (tables, tooltips, charts): one format, whoever looks.
   const utc = (ts) => window.uPlot.tzDate(new Date(ts * 1000), "Etc/UTC");
+  // The tables' format (24 h, UTC), not uPlot's "12/6/26 10:44pm".
+  const clock = (ts) => (ts == null ? "--" : new Date(ts * 1000).toISOString().slice(11, 19));
+  const timeAxis = (label) => ({ label, space: 90, values: (u, splits) => splits.map(clock) });
+  const timeSeries = { value: (u, ts) => clock(ts) };
 
   const api = (path) => `/api/devices/${encodeURIComponent(device)}${path}`;
 
@@ -88,12 +92,12 @@
       height: narrow ? 280 : HEIGHT,
       scales: { x: { time: true, range: timeRange }, rows: { auto: true }, secs: { auto: true } },
       series: [
-        {},
+        timeSeries,
         { label: "Backlog (rows)", scale: "rows", stroke: "#2563eb", width: 2, fill: "rgba(37,99,235,0.08)" },
         { label: "Oldest unsent (s)", scale: "secs", stroke: "#d97706", width: 2 },
       ],
       axes: [
-        { label: narrow ? undefined : "time (UTC)" },
+        timeAxis(narrow ? undefined : "time (UTC)"),
         { scale: "rows", label: narrow ? undefined : "rows", size: axis },
         { scale: "secs", side: 1, label: narrow ? undefined : "seconds", size: axis, grid: { show: false } },
       ],
@@ -158,11 +162,11 @@
       width: width(streamEl),
       height: HEIGHT,
       scales: { x: { time: true, range: timeRange } },
-      series: [{}, {
+      series: [timeSeries, {
         label: `${stream} · ${field} · ${sensor}${unit ? ` (${unit})` : ""}`,
         stroke: "#059669", width: 2, points: { show: mine.length < 60 },
       }],
-      axes: [{ label: "time (UTC)" }, { size: 60, label: axisLabel }],
+      axes: [timeAxis("time (UTC)"), { size: 60, label: axisLabel }],
     }, data, streamEl);
   }
 
