@@ -87,6 +87,12 @@ class Record(NamedTuple):
     """Unix seconds: when the reading was taken, or the time a module gave its output."""
     data: dict[str, Any]
 
+    @property
+    def input(self) -> str | None:
+        """The named input (``inputs = {temp = "..."}``) the record came through; None for a
+        module whose ``inputs`` is a list."""
+        return None
+
 
 class ModuleConfig(BaseModel):
     """Base for a module's ``Config``: unknown keys are refused, so a typo is an error."""
@@ -124,6 +130,10 @@ class Context(Protocol):
     @property
     def counters(self) -> Counters:
         """Named counters of this instance, shown by ``edge-agent status``."""
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The names of the instance's named inputs, in config order (empty for a list)."""
 
     def clock(self) -> float:
         """Now, in Unix seconds."""

@@ -234,7 +234,7 @@ class ModuleSpec(_Section):
 
     name: Name
     use: Annotated[str, Field(min_length=1)]
-    inputs: list[TopicFilter]
+    inputs: list[TopicFilter] | dict[Name, TopicFilter]
     """Topic filters of sources and module streams to read; ``[]`` for a producer, a module
     that makes its records itself (from ``context.every`` or ``start``)."""
     sync: Annotated[StrictBool | list[Name], BeforeValidator(_sync_shape)] = False
@@ -243,6 +243,16 @@ class ModuleSpec(_Section):
     with_: dict[str, Any] = Field(default_factory=dict, alias="with")
     queue: Annotated[int, Field(ge=1, le=10_000_000)] = 20_000
     """Records that may wait for this module; when full, the sources wait (backpressure)."""
+
+    @property
+    def filters(self) -> list[str]:
+        """The topic filters the module reads, named or not."""
+        return list(self.inputs.values()) if isinstance(self.inputs, dict) else list(self.inputs)
+
+    @property
+    def named_inputs(self) -> dict[str, str]:
+        """Input name to topic filter (``inputs = {temp = "sensors/+/temp"}``); empty for a list."""
+        return dict(self.inputs) if isinstance(self.inputs, dict) else {}
 
 
 class BufferConfig(_Section):

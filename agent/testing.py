@@ -218,7 +218,7 @@ def _plan(
     config: ModuleConfig | Mapping[str, Any] | None,
     options: Mapping[str, Any],
     name: str | None,
-    inputs: Sequence[str],
+    inputs: Sequence[str] | Mapping[str, str],
 ) -> ModulePlan:
     from agent.config import ModuleSpec
 
@@ -231,7 +231,8 @@ def _plan(
         validated = cls.Config.model_validate({**(config or {}), **options})
     default_name = module if isinstance(module, str) and ":" not in module else cls.__name__.lower()
     spec = ModuleSpec.model_validate(
-        {"name": name or default_name, "use": cls.__name__, "inputs": list(inputs)}
+        {"name": name or default_name, "use": cls.__name__,
+         "inputs": dict(inputs) if isinstance(inputs, Mapping) else list(inputs)}
     )
     return ModulePlan(spec=spec, cls=cls, config=validated)
 
@@ -242,7 +243,7 @@ def module_harness(
     /,
     *,
     name: str | None = None,
-    inputs: Sequence[str] = ("#",),
+    inputs: Sequence[str] | Mapping[str, str] = ("#",),
     state: MutableMapping[str, Any] | None = None,
     start_at: float = 0.0,
     follow_readings: bool = True,

@@ -45,17 +45,24 @@ def check_wiring(file: str, sources: Sequence[Any], plans: Sequence[Any]) -> lis
         issues += _sync_issues(file, where, plan)
         others = [s for other in plans if other is not plan
                   for s in streams(other.spec.name, other.cls.outputs)]
-        for number, topic_filter in enumerate(plan.spec.inputs):
+        for label, topic_filter in _labelled(plan.spec.inputs):
             if any(matches(topic_filter, stream) for stream in others):
                 continue
             if not sources or any(overlap(topic_filter, f) for f in source_filters):
                 continue
             issues.append(ConfigIssue(
-                file, f"{where}.inputs[{number}]",
+                file, f"{where}.inputs{label}",
                 f"{topic_filter!r} matches no source's topics and no module's stream"
                 + _did_you_mean(topic_filter, others + source_filters),
             ))
     return issues
+
+
+def _labelled(inputs: Any) -> list[tuple[str, str]]:
+    """Each input filter with its place: ``[0]`` in a list, ``.temp`` in a table."""
+    if isinstance(inputs, dict):
+        return [(f".{name}", f) for name, f in inputs.items()]
+    return [(f"[{number}]", f) for number, f in enumerate(inputs)]
 
 
 def _sync_issues(file: str, where: str, plan: Any) -> list[ConfigIssue]:

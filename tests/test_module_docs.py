@@ -50,7 +50,7 @@ def _models_in(annotation: Any) -> list[type[BaseModel]]:
 
 def test_the_built_in_modules_are_registered() -> None:
     assert sorted(
-        ["anomaly", "deadband", "onnx", "resample", "threshold", "transform", "window"]
+        ["anomaly", "deadband", "join", "onnx", "resample", "threshold", "transform", "window"]
     ) == BUILT_IN
 
 

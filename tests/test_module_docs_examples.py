@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.api import Record
 from agent.config import load_config
 from agent.errors import ConfigError
 from agent.registry import resolve_module
@@ -24,7 +25,7 @@ def example(name: str) -> str:
     return f"{EXAMPLES / name}.py"
 
 
-@pytest.mark.parametrize("name", ["lookup", "poller", "splitter"])
+@pytest.mark.parametrize("name", ["lookup", "poller", "splitter", "dewpoint"])
 def test_each_example_is_shown_in_the_guide_as_it_is(name: str) -> None:
     blocks = re.findall(r"```python\n(.*?)```", GUIDE.read_text(), flags=re.S)
     assert (EXAMPLES / f"{name}.py").read_text() in blocks
@@ -34,7 +35,7 @@ def test_each_toml_of_the_new_chapters_passes_check(tmp_path: Path) -> None:
     text = GUIDE.read_text()
     chapters = text[text.index("## 7. Doing I/O"):text.index("## Performance notes")]
     blocks = re.findall(r"```toml\n(.*?)```", chapters, flags=re.S)
-    assert len(blocks) == 2
+    assert len(blocks) == 3
     for number, block in enumerate(blocks):
         config = tmp_path / f"agent{number}.toml"
         config.write_text(HEAD + block.replace("docs/modules/examples/", f"{EXAMPLES}/"))
@@ -81,3 +82,32 @@ def test_the_splitter_routes_its_alerts_on_their_own_stream(tmp_path: Path) -> N
     assert [r.data["value"] for r in harness.emitted_by("split.alerts")] == [35.0, 31.0]
     (summary,) = harness.emitted_by("per_minute")
     assert summary.data["count"] == 3
+
+
+def test_the_dew_point_tutorial_gives_the_dew_point_of_each_room(tmp_path: Path) -> None:
+    text = GUIDE.read_text()
+    block = re.findall(r"```toml\n(.*?)```", text[text.index("## 12. Named inputs"):], re.S)[0]
+    config = tmp_path / "agent.toml"
+    config.write_text(HEAD + block.replace("docs/modules/examples/", f"{EXAMPLES}/"))
+    harness = pipeline_harness(config)
+    harness.run([
+        Record("sensors/kitchen/temp", 10.0, {"sensor": "kitchen-temp", "value": 20.0}),
+        Record("sensors/hall/hum", 20.0, {"sensor": "hall-hum", "value": 40.0}),
+        Record("sensors/kitchen/hum", 30.0, {"sensor": "kitchen-hum", "value": 50.0}),
+        Record("sensors/hall/temp", 200.0, {"sensor": "hall-temp", "value": 18.0}),  # too late
+    ])
+    (dew,) = harness.emitted_by("dew_point")
+    assert dew.ts == 30.0 and dew.data == {"sensor": "kitchen", "value": 9.26, "unit": "C"}
+
+
+def test_a_named_input_that_matches_nothing_is_named_by_its_name(tmp_path: Path) -> None:
+    text = GUIDE.read_text()
+    block = re.findall(r"```toml\n(.*?)```", text[text.index("## 12. Named inputs"):], re.S)[0]
+    config = tmp_path / "agent.toml"
+    config.write_text(HEAD.replace("type = \"mqtt\"\n", "type = \"mqtt\"\ntopics = [\"sensors/+/+\"]\n")
+                      + block.replace("docs/modules/examples/", f"{EXAMPLES}/")
+                      .replace('hum = "sensors/+/hum"', 'hum = "sensor/+/hum"'))
+    with pytest.raises(ConfigError) as caught:
+        load_config(config)
+    (issue,) = caught.value.issues
+    assert issue.path.endswith("inputs.hum") and "did you mean 'sensors/+/+'?" in issue.reason

@@ -5,6 +5,7 @@ modules in tests/test_module_io.py."""
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 import time
@@ -181,3 +182,36 @@ def test_outputs_are_routed_and_synced_on_their_own(tmp_path, broker: Broker, ag
     assert [data["high"] for stream, _, data in synced if stream == "split.alerts"] == [12.0, 20.0]
     assert [data["from"] for stream, _, data in synced if stream == "count"] == ["split.alerts"] * 2
     assert read_status(tmp_path / "data")["modules"]["split"]["emitted"] == 6
+
+
+def test_named_inputs_and_join_through_the_daemon(tmp_path, broker: Broker, agents) -> None:
+    examples = Path(__file__).resolve().parent.parent / "docs" / "modules" / "examples"
+    config = agent_config(tmp_path, broker.url, modules=f"""
+        [[modules]]
+        name = "climate"
+        use = "join"
+        inputs = {{ temp = "sensors/+/temp", hum = "sensors/+/hum" }}
+        [modules.with]
+        by_level = 1
+        max_skew = "1m"
+
+        [[modules]]
+        name = "dew_point"
+        use = "{examples}/dewpoint.py:DewPoint"
+        inputs = ["climate"]
+        sync = true
+        """)
+    agent = AgentProcess(config).start()
+    agents.append(agent)
+    publisher = Publisher(broker.port)
+    now = time.time()
+    for topic, ts, value in [("sensors/kitchen/temp", now, 20.0), ("sensors/hall/hum", now, 40.0),
+                             ("sensors/kitchen/hum", now + 1, 50.0)]:
+        publisher.publish(topic, json.dumps({"value": value, "ts": ts})).wait_for_publish(10)
+    publisher.close()
+    time.sleep(1.0)
+    agent.signal(signal.SIGTERM)
+    assert agent.wait(10) == 0, agent.output()
+    assert [(stream, ts, data) for stream, ts, data in rows(tmp_path / "data")] == [
+        ("dew_point", now + 1, {"sensor": "kitchen", "value": 9.26, "unit": "C"})
+    ]

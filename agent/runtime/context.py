@@ -41,6 +41,22 @@ class Timer:
         self.cancelled = True
 
 
+class Delivered(Record):
+    """A record as a module with named inputs gets it: ``input`` names the one it came through.
+    Still the same three-field tuple everywhere else."""
+
+    @property
+    def input(self) -> str | None:
+        name: str | None = self.__dict__.get("_input")
+        return name
+
+
+def delivered(record: Record, name: str) -> Delivered:
+    tagged = Delivered(*record)
+    tagged.__dict__["_input"] = name
+    return tagged
+
+
 class ModuleContext:
     """The ``agent.api.Context`` handed to a module instance."""
 
@@ -52,6 +68,7 @@ class ModuleContext:
         clock: Callable[[], float],
         monotonic: Callable[[], float] | None = None,
         outputs: tuple[str, ...] = (),
+        inputs: tuple[str, ...] = (),
     ) -> None:
         self.name = name
         self.log = log.getChild(name)
@@ -59,6 +76,7 @@ class ModuleContext:
         self.counters = counters
         self.clock = clock
         self.monotonic = monotonic or clock
+        self.inputs = inputs
         self.out: list[Record] = []
         self.timers: list[Timer] = []
         self._streams = {output: f"{name}.{output}" for output in outputs}

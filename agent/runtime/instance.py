@@ -13,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from agent.api import Module, ModuleConfig, Record
 from agent.errors import ModuleHung
-from agent.runtime.context import ModuleContext
+from agent.runtime.context import ModuleContext, delivered
+from agent.topics import matches
 
 START_TIMEOUT = 30.0
 """Longest a ``start`` or ``stop`` may take before it counts as failed."""
@@ -69,6 +70,7 @@ class ModuleInstance:
         context: ModuleContext,
         events: Events,
         watch: Watch | None = None,
+        named_inputs: Mapping[str, str] | None = None,
     ) -> None:
         self.cls = cls
         self.config = config
@@ -78,6 +80,8 @@ class ModuleInstance:
         self.watch = watch or _NoWatch()
         self.batched = cls.process_batch is not Module.process_batch
         self.is_async = inspect.iscoroutinefunction(cls.process_batch if self.batched else cls.process)
+        self._named = dict(named_inputs or {})
+        self._input_of: dict[str, str | None] = {}  # topic -> the named input it matches
         self._step: list[Record] = []  # the records of the async step in progress...
         self._done = 0  # ...of which this many are finished
         self.status = "created"
@@ -142,6 +146,8 @@ class ModuleInstance:
             why = "failed" if self.status == "failed" else "not_running"
             self.events.dropped(f"module_{why}:{self.name}", len(batch))
             return
+        if self._named:
+            batch = self.tagged(batch)
         self.watch.enter(self.name, "process")
         try:
             if self.batched:
@@ -191,6 +197,8 @@ class ModuleInstance:
             why = "failed" if self.status == "failed" else "not_running"
             self.events.dropped(f"module_{why}:{self.name}", len(batch))
             return
+        if self._named:
+            batch = self.tagged(batch)
         # no try/finally: records of a step cancelled at stop stay in ``in_flight`` for
         # ``abandon`` to account for
         self._step, self._done = batch, 0
@@ -247,6 +255,21 @@ class ModuleInstance:
                 self.failed("timer", exc)
             finally:
                 self.watch.leave()
+
+    def tagged(self, batch: list[Record]) -> list[Record]:
+        """The batch with each record saying which named input it came through (the first, in
+        config order, whose filter matches its topic)."""
+        input_of = self._input_of
+        out: list[Record] = []
+        for record in batch:
+            topic = record.topic
+            if topic not in input_of:
+                input_of[topic] = next(
+                    (name for name, f in self._named.items() if matches(f, topic)), None
+                )
+            name = input_of[topic]
+            out.append(record if name is None else delivered(record, name))
+        return out
 
     def tick(self, now: float) -> None:
         if self.status != "running":

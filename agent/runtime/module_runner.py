@@ -80,8 +80,11 @@ class ModuleRunner:
         self.context = ModuleContext(
             self.name, state, counters.scoped(self._scope), clock,
             monotonic=time.monotonic, outputs=plan.cls.outputs,
+            inputs=tuple(plan.spec.named_inputs),
         )
-        self.instance = ModuleInstance(plan.cls, plan.config, self.context, self, watch)
+        self.instance = ModuleInstance(
+            plan.cls, plan.config, self.context, self, watch, plan.spec.named_inputs
+        )
         self._restarts = RestartPolicy(supervisor.restart_after_errors, supervisor.restart_backoff_max)
         self._errors_log = ThrottledLog(self.context.log, interval=30)
         self._step: asyncio.Future[None] | None = None  # an async step, shielded from cancel

@@ -26,6 +26,7 @@ from agent.runtime.loopwatch import LoopWatch
 from agent.runtime.module_runner import ModuleRunner
 from agent.runtime.source_runner import SourceRunner
 from agent.topics import matches
+from agent.wiring import streams
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ class Pipeline:
         for runner in replaced.values():  # one step of the loop: no record lost or doubled
             self.bus.unsubscribe(runner.queue)
         for runner in fresh.values():
-            self.bus.subscribe(runner.plan.spec.inputs, runner.queue)
+            self.bus.subscribe(runner.plan.spec.filters, runner.queue)
         await self._finish([runner for runner in self.runners if runner.name in replaced])
 
         self._supervisor = config.supervisor
@@ -166,7 +167,7 @@ class Pipeline:
             state=old.context.state,
         )
         self.bus.unsubscribe(old.queue)
-        self.bus.subscribe(old.plan.spec.inputs, fresh.queue)
+        self.bus.subscribe(old.plan.spec.filters, fresh.queue)
         await self._finish([old])
         self.runners = [fresh if runner is old else runner for runner in self.runners]
         await fresh.start()
@@ -208,7 +209,10 @@ def upstream_first(plans: list[ModulePlan]) -> list[ModulePlan]:
         for plan in remaining:
             feeders = [
                 other for other in remaining
-                if other is not plan and any(matches(f, other.spec.name) for f in plan.spec.inputs)
+                if other is not plan and any(
+                    matches(f, stream) for f in plan.spec.filters
+                    for stream in streams(other.spec.name, other.cls.outputs)
+                )
             ]
             if not feeders:
                 break

@@ -119,14 +119,17 @@ class Stage:
     def __init__(self, stepper: Stepper, plan: ModulePlan, state: MutableMapping[str, Any]) -> None:
         self.stepper = stepper
         self.name = plan.spec.name
-        self.inputs = tuple(plan.spec.inputs)
+        self.inputs = tuple(plan.spec.filters)
         self.totals = RecordingCounters()
         """Every count of the instance, as the daemon keeps them (``processed``, ``emitted``...)."""
         self.context = ModuleContext(
             self.name, state, _Counting(self.totals), stepper.clock,
             monotonic=stepper.clock.monotonic, outputs=plan.cls.outputs,
+            inputs=tuple(plan.spec.named_inputs),
         )
-        self.instance = ModuleInstance(plan.cls, plan.config, self.context, self)
+        self.instance = ModuleInstance(
+            plan.cls, plan.config, self.context, self, named_inputs=plan.spec.named_inputs
+        )
         self.restarts = RestartPolicy(
             stepper.supervisor.restart_after_errors, stepper.supervisor.restart_backoff_max
         )
