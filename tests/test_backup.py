@@ -31,6 +31,15 @@ def rows(db: Path) -> list[tuple[int, str, str]]:
         conn.close()
 
 
+def epoch(db: Path) -> str | None:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+    finally:
+        conn.close()
+    return None if row is None else str(row[0])
+
+
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
     path = tmp_path / "agent.toml"
@@ -51,6 +60,8 @@ def config(tmp_path: Path) -> Path:
         sync = true
         [modules.with]
         where = "true"
+        [cloud]  # never reached: the uploader only gives the outbox its identity (epoch)
+        url = "mqtt://127.0.0.1:9"
         """))
     return path
 
@@ -78,6 +89,10 @@ def test_a_backup_taken_while_the_daemon_writes_restores_the_same_records(
     restored = edge_agent("restore", "-c", str(config), str(tmp_path / "backup"))
     assert restored.returncode == 0, restored.stderr
     assert rows(tmp_path / "data" / "outbox.db") == saved
+    # a new identity: the cloud renumbers it after what it holds instead of taking new records
+    # for repeats of the ones it had from before the restore
+    assert epoch(tmp_path / "backup" / "outbox.db") is not None
+    assert epoch(tmp_path / "data" / "outbox.db") is None
     (aside,) = (tmp_path / "data").glob("before-restore-*")
     assert rows(aside / "outbox.db") == later  # the outbox it replaced is kept, whole
 
@@ -87,6 +102,7 @@ def test_a_backup_taken_while_the_daemon_writes_restores_the_same_records(
     assert agent.wait(15) == 0
     after = rows(tmp_path / "data" / "outbox.db")
     assert after[: len(saved)] == saved and after[len(saved)][0] == len(saved) + 1
+    assert epoch(tmp_path / "data" / "outbox.db") not in (None, epoch(tmp_path / "backup" / "outbox.db"))
 
 
 def test_a_backup_refuses_a_folder_in_use_and_restore_refuses_what_is_not_a_backup(

@@ -7,8 +7,8 @@ state, a source's retained-message memory) are small JSON files, copied as they 
 
 A restore needs the daemon stopped: the current outbox (with its WAL) is moved aside into
 ``before-restore-TIME/`` in the data directory, never deleted, and the backup is written in
-its place, owned like the data directory (a restore run with sudo leaves no root-owned file
-that the service user cannot write).
+its place with a new identity (see ``_new_identity``), owned like the data directory (a restore
+run with sudo leaves no root-owned file that the service user cannot write).
 """
 
 from __future__ import annotations
@@ -73,6 +73,7 @@ def restore(config_path: Path, src: Path) -> None:
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
     aside = _move_aside(data_dir)
     copy_database(backup_db, data_dir / DB_NAME, read_only=False)
+    _new_identity(data_dir / DB_NAME)
     others = _copy_others(src, data_dir)
     _own_like(data_dir)
     records, first, last = _summary(data_dir / DB_NAME)
@@ -99,6 +100,21 @@ def copy_database(source: Path, target: Path, read_only: bool) -> None:
     _check_integrity(partial)
     partial.chmod(0o600)  # unsent data: as private as the outbox itself
     os.replace(partial, target)
+
+
+def _new_identity(path: Path) -> None:
+    """Forget the outbox's epoch; the agent makes a new one when it opens the file.
+
+    The cloud may hold seqs past the backup's from the days between the backup and the restore.
+    Under the old identity the agent would number new records into that range and the ingest
+    would take them for repeats: lost. Under a new one the cloud renumbers the outbox after what
+    it holds (as for a wiped SD card), so nothing is lost; a record that reached the cloud after
+    the backup was taken is sent once more."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("DELETE FROM meta WHERE key = 'epoch'")
+    finally:
+        conn.close()
 
 
 def _check_integrity(path: Path) -> None:
