@@ -84,7 +84,7 @@ def test_sources_lists_the_built_ins_with_their_schema() -> None:
     result = CliRunner().invoke(main, ["sources", "--json"])
     assert result.exit_code == 0, result.output
     listing = {item["name"]: item for item in json.loads(result.output)}
-    assert {"mqtt", "simulator", "sysfs", "exec", "tail"} <= set(listing)
+    assert {"mqtt", "simulator", "sysfs", "exec", "tail", "modbus", "http", "serial", "opcua"} <= set(listing)
     assert listing["mqtt"]["target"] == "agent.sources.mqtt:MqttSource"
     assert "topics" in listing["mqtt"]["config_schema"]["properties"]
     plain = CliRunner().invoke(main, ["sources"])

@@ -29,7 +29,10 @@ def test_the_built_in_sources_are_registered() -> None:
 
 
 @pytest.mark.parametrize("kind", [kind for kind in BUILT_IN if kind != "mqtt"])
-def test_every_source_has_a_page_with_a_sample_that_checks_and_every_key(kind: str, tmp_path: Path) -> None:
+def test_every_source_has_a_page_with_a_sample_that_checks_and_every_key(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPCUA_PASSWORD", "x")  # the opcua sample's password_env
     page = DOCS / "sources" / f"{kind}.md"
     assert page.is_file(), f"{kind} has no page at {page}"
     text = page.read_text()
