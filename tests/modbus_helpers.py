@@ -102,6 +102,7 @@ class PtyPair:
     def __init__(self, folder: Path) -> None:
         if shutil.which("socat") is None:
             pytest.skip("socat is not installed (scripts/ensure-deps.sh installs it)")
+        folder.mkdir(parents=True, exist_ok=True)
         self.a, self.b = str(folder / "pty-a"), str(folder / "pty-b")
         self._process = subprocess.Popen(
             ["socat", f"pty,raw,echo=0,link={self.a}", f"pty,raw,echo=0,link={self.b}"],

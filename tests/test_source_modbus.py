@@ -196,3 +196,45 @@ def test_modbus_readings_reach_window_summaries_while_a_device_times_out(tmp_pat
     plc = status["sources"]["plc"]
     assert plc["errors"]["timeout"] >= 1
     assert plc["accepted"] == sum(windows[sensor]["count"] for sensor in EXPECTED)
+
+
+def test_rtu_replies_with_a_bad_crc_are_counted_as_crc(tmp_path: Path) -> None:
+    """Client and server on two pty pairs, bridged by a relay that garbles the server's first
+    replies (one byte flipped): the CRC fails, the reply is not taken, the fault is named."""
+    import os
+    import select
+    import threading
+
+    left, right = PtyPair(tmp_path / "l"), PtyPair(tmp_path / "r")
+    server = ModbusTestServer({1: {"hr": [321]}})
+    server.start_rtu(right.a, baudrate=19200)
+    to_client, to_server = os.open(left.b, os.O_RDWR | os.O_NOCTTY), os.open(right.b, os.O_RDWR | os.O_NOCTTY)
+    garble = [3]
+    running = [True]
+
+    def relay() -> None:
+        while running[0]:
+            ready, _, _ = select.select([to_client, to_server], [], [], 0.1)
+            for fd in ready:
+                data = os.read(fd, 4096)
+                if fd == to_server and garble[0] > 0:
+                    garble[0] -= 1
+                    data = data[:-1] + bytes([data[-1] ^ 0xFF])
+                os.write(to_server if fd == to_client else to_client, data)
+
+    thread = threading.Thread(target=relay, daemon=True)
+    thread.start()
+    try:
+        config = {"url": f"modbus+rtu://{left.a}?baudrate=19200", "timeout": 0.3, "devices": [
+            {"name": "d", "unit": 1, "interval": 0.2, "registers": [{"name": "v", "address": 0}]}]}
+        run = run_source("modbus", config, timeout=10, until=lambda run: len(run.records) >= 2)
+    finally:
+        running[0] = False
+        thread.join(5)
+        server.stop()
+        for fd in (to_client, to_server):
+            os.close(fd)
+        left.close()
+        right.close()
+    assert [r.data["value"] for r in run.records[:2]] == [321, 321]
+    assert run.counters["errors.crc"] >= 1
