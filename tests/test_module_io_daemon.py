@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import pytest
 
 from agent.health.status import read_status
 from agent.outbox import Outbox
-from tests.conftest import AgentProcess, Broker, agent_config
+from tests.conftest import EDGE_AGENT, AgentProcess, Broker, agent_config
 from tests.mqtt_helpers import Publisher
 
 pytestmark = pytest.mark.integration
@@ -135,6 +136,9 @@ def test_sigterm_mid_io_exits_in_time_and_accounts_for_every_record(
     assert len(rows(tmp_path / "data")) == slow["processed"]
     assert status["quarantined"] == abandoned
     assert "abandoned" in agent.output()
+    text = subprocess.run([*EDGE_AGENT, "status", "-c", str(config)], capture_output=True,
+                          text=True, timeout=60).stdout
+    assert "module      slow [" in text and f"abandoned {abandoned}" in text  # a module's own counts
 
 
 def test_a_producer_runs_on_its_timer(tmp_path, broker: Broker, agents) -> None:
