@@ -217,3 +217,18 @@ def test_the_harness_stops_a_source_that_never_returns() -> None:
     started = time.monotonic()
     asyncio.run(run_source_async(Counting, {}, timeout=0.2))
     assert time.monotonic() - started < 2
+
+
+async def test_a_source_that_turns_cancellation_into_an_error_still_stops() -> None:
+    class Stubborn(Source[SourceConfig]):
+        Config = SourceConfig
+
+        async def run(self) -> None:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                raise ConnectionError("request cancelled") from None  # as some libraries do
+
+    started = time.monotonic()
+    run = await run_source_async(Stubborn, {}, timeout=0.2)
+    assert time.monotonic() - started < 2 and run.counters.get("restarts", 0) == 0

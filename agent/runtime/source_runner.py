@@ -195,6 +195,11 @@ class SourceRunner:
                 context.log.info("ended")
                 return
             except Exception as exc:  # any failure of a plugin: named, counted, retried
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # Stopped while a library turned the cancellation into an error of its own
+                    # (pymodbus does): stop, do not retry.
+                    raise asyncio.CancelledError from exc
                 error = _describe(exc)
                 context.report_error(error)
                 context.counters.incr("restarts")
