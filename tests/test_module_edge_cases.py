@@ -51,6 +51,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "transform": {"sensors": {"a": {"scale": 1.8, "offset": 32, "rename": "a_f"}},
                   "where": "value > -100"},
     "onnx": {"window": 4},
+    "join": {"by_level": 1, "max_skew": "1m"},  # named inputs: tests/test_module_join.py
 }
 SOME = ["window", "deadband", "threshold", "anomaly", "resample", "transform", "onnx"]
 
