@@ -28,6 +28,10 @@ context. The runtime guarantees, for every module instance:
   or quarantined and counted as ``abandoned``; none is dropped silently.
 * ``context.every`` calls a function at a fixed interval of the monotonic clock, never
   concurrently with the module's other hooks, and unmoved by wall-clock jumps.
+* A module that implements ``checkpoint`` and ``restore`` survives a crash of the agent exactly:
+  its checkpoint commits in the same transaction as what it emitted, and after a crash it is
+  restored from there while the readings it had not yet checkpointed come again from the broker
+  (docs/design/004-checkpoints.md). A module without them restarts from ``context.state``.
 
 Sources
 -------
@@ -63,7 +67,7 @@ source instance:
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any, ClassVar, Generic, NamedTuple, Protocol, TypeVar
 
@@ -197,6 +201,17 @@ class Module(Generic[ConfigT]):
 
     async def stop(self) -> None:
         """Emit what is still open, save state, close resources."""
+
+    def checkpoint(self) -> dict[str, Any] | None:
+        """What changed in the module's state since the last call, by key, as JSON values
+        (``None`` forgets a key); ``None`` if the module keeps no checkpoint. Called between
+        steps, right before each outbox commit: return only what changed, so a commit costs
+        what the last fraction of a second touched, not everything the module holds."""
+        return None
+
+    def restore(self, saved: Mapping[str, Any]) -> None:
+        """Called once, after ``start`` and before the first ``process``, with every key the
+        last committed checkpoint held (only when there is one)."""
 
 
 ModuleFactory = Callable[[ModuleConfig, Context], Module[Any]]

@@ -170,6 +170,10 @@ class MqttSourceConfig(BrokerLogin, SourceConfig):
                 f"{' and '.join(sorted(PRESET_KEYS))}, not {', '.join(fixed)}"
             )
         return self
+    ack: Literal["checkpoint", "receipt"] = "checkpoint"
+    """When a QoS 1 reading is acknowledged to the broker: once the checkpoint holding its
+    effect has committed (exactly once across a crash of the agent), or on receipt (faster; a
+    crash loses what the agent held in memory)."""
 
 
 class SimulatorSourceConfig(SourceConfig):

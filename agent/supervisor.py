@@ -25,10 +25,12 @@ from agent.counters import CounterSet
 from agent.errors import ConfigError
 from agent.health import sdnotify
 from agent.health.clock import CLOCK
+from agent.health.livefile import LiveHealth
 from agent.outbox import Changes
 from agent.outbox.committer import Committer
 from agent.runtime.loopwatch import LoopWatch
 from agent.runtime.pipeline import Change, Pipeline
+from agent.tasks import supervised
 
 if TYPE_CHECKING:  # loaded only when configured (a device without [cloud] never imports sync)
     from agent.remote.link import Remote
@@ -48,6 +50,7 @@ class Agent:
         self.counters = CounterSet()
         self.watch = LoopWatch(loaded.agent.supervisor.hang_timeout)
         self.committer: Committer | None = None
+        self.live: LiveHealth | None = None  # health written in place (agent/health/livefile.py)
         self.saved_state: dict[str, dict[str, Any]] = {}
         self.pipeline: Pipeline | None = None
         self.started_at = time.time()
@@ -78,7 +81,10 @@ class Agent:
         loop = asyncio.get_running_loop()
         self._install_signals(loop)
         self.committer = committer = await Committer.open(config.data_dir, config.buffer, self.counters)
+        self.live = LiveHealth(config.data_dir)
         self.saved_state = await committer.call(committer.outbox.module_states)
+        saved_checkpoint = await committer.call(committer.outbox.checkpoint)
+        self._count_crash_loss(await committer.call(committer.outbox.health))
         committer.on_commit(self._snapshot)
         committer.on_commit(self._sync_snapshot)
         await self._start_remote()
@@ -92,9 +98,13 @@ class Agent:
         try:
             async with asyncio.TaskGroup() as group:
                 self._group = group
-                self._committer_task = group.create_task(committer.run(), name="committer")
+                self._committer_task = group.create_task(
+                    supervised("committer", committer.run, self.counters), name="committer"
+                )
                 await self._start_sync(group)
-                self.pipeline = Pipeline(committer, self.counters, self.watch, self.saved_state)
+                self.pipeline = Pipeline(
+                    committer, self.counters, self.watch, self.saved_state, saved_checkpoint
+                )
                 await self.pipeline.apply(self.loaded, group)
                 self._ready(on_ready)
                 await self._serve()
@@ -146,6 +156,9 @@ class Agent:
             await self._committer_task
         self._last_health = self._last_state_save = 0.0  # the final commit carries both
         await self.committer.close()
+        if self.live is not None:
+            self.live.write({**self.health(), "at": time.time()})
+            self.live.close()
         log.info("stopped; outbox committed")
 
     async def _start_sync(self, group: asyncio.TaskGroup) -> None:
@@ -246,6 +259,25 @@ class Agent:
         if self.remote.config is not None:
             self.loaded = await self.remote.config.startup(self.loaded)
 
+    def _count_crash_loss(self, health: dict[str, tuple[dict[str, Any], float]]) -> None:
+        """After a run that did not stop cleanly: what it held that nothing can bring back.
+        QoS 1 readings come again from the broker; QoS 0 ones (and any acknowledged on
+        receipt) taken since the last checkpoint cannot: estimated at their last rate times
+        the commit interval, the most a checkpoint can be behind."""
+        last, _ = health.get("agent", ({}, 0.0))
+        if not last.get("running"):
+            return
+        interval = self.loaded.agent.buffer.commit_interval
+        lost = round(sum(
+            float(source.get("unsaved_rate") or 0.0) for source in last.get("sources", {}).values()
+        ) * interval)
+        log.warning(
+            "the last run (pid %s) did not stop cleanly; it is restored from its last checkpoint%s",
+            last.get("pid"), f", about {lost} QoS 0 readings since then are lost" if lost else "",
+        )
+        if lost:
+            self.counters.incr("dropped", "lost_at_crash:qos0_since_checkpoint", lost)
+
     def _sync_snapshot(self, changes: Changes) -> None:
         if self.uploader is not None:
             self.uploader.on_commit(changes)
@@ -258,6 +290,7 @@ class Agent:
         pipeline = self.pipeline
         if pipeline is None:
             return
+        pipeline.checkpoint(changes)
         if now - self._last_state_save >= STATE_INTERVAL:
             self._last_state_save = now
             for runner in pipeline.runners:
@@ -265,7 +298,9 @@ class Agent:
                     changes.module_state[runner.name] = dict(runner.context.state)
         if now - self._last_health >= HEALTH_INTERVAL:
             self._last_health = now
-            changes.health["agent"] = self.health()
+            changes.health["agent"] = health = self.health()
+            if self.live is not None:  # whether this commit works or not
+                self.live.write({**health, "at": time.time()})
             for runner in pipeline.runners:
                 changes.health[f"module:{runner.name}"] = runner.health()
             sdnotify.notify("WATCHDOG=1")
@@ -280,6 +315,8 @@ class Agent:
             "running": not self._stopping.is_set(),
             "pending_commit": self.committer.pending,
             "outbox_error": self.committer.last_error,
+            "commit_failing_since": self.committer.failing_since,
+            "disk_full": self.committer.disk_full,
             "warnings": self.warnings,
             "clock": CLOCK.summary(),
             "remote": self.remote.summary() if self.remote is not None else None,

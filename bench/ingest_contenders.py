@@ -96,7 +96,7 @@ def run_paho(port: int, count: int, qos: int, naive: bool, workdir: Path) -> dic
     return {"rate": count / (state["last"] - state["first"]), "rss_mb": peak_rss_mb()}
 
 
-def agent_config(workdir: Path, port: int, qos: int) -> Path:
+def agent_config(workdir: Path, port: int, qos: int, ack: str = "checkpoint") -> Path:
     path = workdir / "agent.toml"
     path.write_text(textwrap.dedent(f"""
         device_id = "bench"
@@ -109,6 +109,7 @@ def agent_config(workdir: Path, port: int, qos: int) -> Path:
         topics = ["sensors/#"]
         qos = {qos}
         client_id = "bench-agent"
+        ack = "{ack}"
         [[modules]]
         name = "win"
         use = "window"
@@ -121,11 +122,13 @@ def agent_config(workdir: Path, port: int, qos: int) -> Path:
     return path
 
 
-def run_agent(port: int, count: int, qos: int, workdir: Path, subscribe: bool) -> dict[str, float]:
+def run_agent(
+    port: int, count: int, qos: int, workdir: Path, subscribe: bool, ack: str = "checkpoint"
+) -> dict[str, float]:
     from agent.config import load_config
     from agent.supervisor import Agent
 
-    agent = Agent(load_config(agent_config(workdir, port, qos)))
+    agent = Agent(load_config(agent_config(workdir, port, qos, ack)))
     result: dict[str, float] = {}
 
     async def watch() -> None:
@@ -156,7 +159,7 @@ def run_agent(port: int, count: int, qos: int, workdir: Path, subscribe: bool) -
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("contender", choices=["paho", "naive", "agent"])
+    parser.add_argument("contender", choices=["paho", "naive", "agent", "agent-ack-on-receipt"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--qos", type=int, default=0)
@@ -166,8 +169,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.cpu is not None and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {args.cpu})
-    if args.contender == "agent":
-        out = run_agent(args.port, args.count, args.qos, args.workdir, args.subscribe_only)
+    if args.contender.startswith("agent"):
+        ack = "receipt" if args.contender == "agent-ack-on-receipt" else "checkpoint"
+        out = run_agent(args.port, args.count, args.qos, args.workdir, args.subscribe_only, ack)
     elif args.subscribe_only:
         subscribe_only(args.port, args.qos, f"bench-{args.contender}")
         out = {}

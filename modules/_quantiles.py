@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from array import array
 from collections.abc import Sequence
+from typing import Any
 
 
 class SketchShape:
@@ -109,6 +110,22 @@ class QuantileSketch:
     @property
     def exact(self) -> bool:
         return self._exact is not None
+
+    def dump(self) -> list[Any]:
+        """The sketch as JSON can hold it (a checkpoint saves it); ``load`` reads it back."""
+        exact = None if self._exact is None else self._exact.tolist()
+        sides = [[side.lo, side.counts.tolist()] for side in (self._pos, self._neg)]
+        return [self.n, self.ref, exact, sides, self._zero]
+
+    @classmethod
+    def load(cls, shape: SketchShape, saved: list[Any]) -> QuantileSketch:
+        n, ref, exact, sides, zero = saved
+        sketch = cls(shape, ref)
+        sketch.n, sketch._zero = n, zero
+        sketch._exact = None if exact is None else array("d", exact)
+        for side, (lo, counts) in zip((sketch._pos, sketch._neg), sides, strict=True):
+            side.lo, side.counts = lo, array("I", counts)
+        return sketch
 
     def add(self, value: float) -> None:
         self.n += 1

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -127,6 +127,9 @@ class Window(Module[WindowConfig]):
         self._counters = context.counters
         self._clock = ClockWatch()
         self._skew = max_clock_skew(context)
+        self._dirty: set[str] = set()  # sensors changed since the last checkpoint
+        self._fingerprint = config.model_dump_json()
+        self._checkpointed = False
 
     def process(self, record: Record) -> None:
         self.process_batch((record,))
@@ -139,6 +142,7 @@ class Window(Module[WindowConfig]):
         lateness = self.config.lateness
         shape = self._shape
         limit = now + self._skew  # a watermark never runs ahead of the clock by more
+        dirty = self._dirty
         for record in records:
             data = record[2]
             value: Any = data.get("value")  # checked just below, without isinstance (hot path)
@@ -153,6 +157,7 @@ class Window(Module[WindowConfig]):
                 continue
             ts = record[1]
             sensor = data.get("sensor") or record[0]
+            dirty.add(sensor)
             state = sensors.get(sensor)
             if state is None:
                 state = self._new_sensor(sensor)
@@ -199,6 +204,31 @@ class Window(Module[WindowConfig]):
         for sensor, state in list(self._sensors.items()):
             if state.panes:
                 self._close(sensor, state, math.inf)
+
+    def checkpoint(self) -> dict[str, Any] | None:
+        saved: dict[str, Any] = {}
+        if not self._checkpointed:
+            saved[_CONFIG_KEY] = self._fingerprint
+            self._checkpointed = True
+        sensors = self._sensors
+        for sensor in self._dirty:
+            state = sensors.get(sensor)
+            saved[sensor] = None if state is None else _dump_sensor(state)
+        self._dirty = set()
+        return saved
+
+    def restore(self, saved: Mapping[str, Any]) -> None:
+        if saved.get(_CONFIG_KEY) != self._fingerprint:
+            self.context.log.warning("the saved windows were made with another config; not restored")
+            self._dirty.update(key for key in saved if key != _CONFIG_KEY)  # forgotten next time
+            return
+        now = self.context.clock()
+        for sensor, value in saved.items():
+            if sensor != _CONFIG_KEY and value is not None:
+                # Time spent down is not the sensor going quiet: its windows close by timeout
+                # counting from now, after what the broker kept for us has come in.
+                self._sensors[sensor] = _load_sensor(value, self._shape, now)
+        self._checkpointed = True
 
     def _clock_jumped(self, now: float) -> None:
         if jump := self._clock.jump(now):
@@ -277,6 +307,7 @@ class Window(Module[WindowConfig]):
 
     def _close(self, sensor: str, state: _Sensor, watermark: float) -> None:
         """Emit, oldest first, every window of ``sensor`` that ends at or before ``watermark``."""
+        self._dirty.add(sensor)
         if self._tumbling:
             self._close_tumbling(sensor, state, watermark)
         else:
@@ -348,6 +379,37 @@ class Window(Module[WindowConfig]):
             else:
                 summary[stat] = quantiles[stat]
         return summary
+
+
+_CONFIG_KEY = "~config"  # not a sensor id a broker topic can give ("~" is not in the prefix)
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def _dump_sensor(state: _Sensor) -> list[Any]:
+    panes = [
+        [start, *acc[:_SKETCH], None if acc[_SKETCH] is None else acc[_SKETCH].dump()]
+        for start, acc in state.panes.items()
+    ]
+    marks = [_finite(state.newest), _finite(state.closed_until), _finite(state.next_close)]
+    return [marks, panes]
+
+
+def _load_sensor(saved: list[Any], shape: SketchShape | None, now: float) -> _Sensor:
+    (newest, closed_until, next_close), panes = saved
+    state = _Sensor()
+    state.newest = -math.inf if newest is None else newest
+    state.closed_until = -math.inf if closed_until is None else closed_until
+    state.next_close = math.inf if next_close is None else next_close
+    state.arrived = now
+    for start, *acc in panes:
+        sketch = acc[_SKETCH]
+        if sketch is not None and shape is not None:
+            acc[_SKETCH] = QuantileSketch.load(shape, sketch)
+        state.panes[start] = acc
+    return state
 
 
 def _merged(accs: list[list[Any]]) -> list[Any]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent.outbox import Outbox
-from tests.conftest import AgentProcess, Broker, agent_config
+from tests.conftest import EDGE_AGENT, AgentProcess, Broker, agent_config
 from tests.mqtt_helpers import Publisher
 
 pytestmark = pytest.mark.integration
@@ -67,3 +67,37 @@ def test_commits_fail_while_the_disk_is_full_and_succeed_after(tmp_path, small_d
     assert total == sent
     assert errors >= 1
     assert "database or disk is full" in agent.output()
+
+
+def test_disk_full_with_sync_running_no_task_dies_status_says_so_and_nothing_is_lost(
+    tmp_path, small_disk, broker: Broker, cloud_broker: Broker, agents, ingests
+):
+    from tests.conftest import IngestProcess
+    from tests.sync_helpers import assert_exactly_once, cloud_section, sync_once, wait_for
+
+    ingest = IngestProcess(tmp_path, cloud_broker.url, f"sqlite:///{tmp_path}/cloud.db").start(timeout=60)
+    ingests.append(ingest)
+    config = agent_config(tmp_path, broker.url, extra=cloud_section(cloud_broker.url))
+    agent = AgentProcess(config).start()
+    agents.append(agent)
+    publisher = Publisher(broker.port)
+    sent = publisher.readings([(f"t{i % 4}", 1_700_000_000 + i * 0.05, float(i)) for i in range(1000)])
+    filler = fill(small_disk)
+    sent += publisher.readings([(f"t{i % 4}", 1_700_000_050 + i * 0.05, float(i)) for i in range(2000)])
+    agent.wait_for_log("cannot commit", timeout=20)
+
+    def shown() -> bool:
+        out = subprocess.run([*EDGE_AGENT, "status", "-c", str(config)], capture_output=True, text=True)
+        return "disk full since" in out.stdout and "records held in memory" in out.stdout
+
+    wait_for(shown, 15, "status showing the full disk")
+    filler.unlink()  # space comes back: no restart, the agent recovers by itself
+    agent.wait_for_log("committing again", timeout=30)
+    sent += publisher.readings([(f"t{i % 4}", 1_700_000_200 + i * 0.05, float(i)) for i in range(500)])
+    publisher.close()
+    time.sleep(2)
+    agent.signal(signal.SIGTERM)
+    assert agent.wait(10) == 0
+    assert "Traceback" not in agent.output()
+    assert sync_once(config).returncode == 0
+    assert_exactly_once(ingest, sent)

@@ -180,6 +180,42 @@ def test_a_reading_from_the_future_moves_the_watermark_no_further_than_the_clock
     assert sum(r.data["count"] for r in out) == 6
 
 
+@pytest.mark.parametrize(("every", "hop"), [(10, None), (10, 5)])
+def test_a_window_restored_from_its_checkpoint_emits_what_an_uninterrupted_one_does(every, hop) -> None:
+    """Crash after each chunk: checkpoint (what changed), a new instance restored from every
+    checkpoint so far, the next chunk. Same summaries, every statistic, as one run."""
+    rng = random.Random(7)
+    rows = sorted(((f"s{rng.randrange(5)}", 1000 + rng.uniform(0, 100), rng.gauss(20, 3))
+                   for _ in range(3000)), key=lambda row: row[1])
+    options = {"every": every, "stats": ALL, "timeout": "1h"} | ({"hop": hop} if hop else {})
+    whole = module_harness("window", **options).run([reading(*row) for row in rows])
+
+    saved: dict[str, object] = {}
+    out = []
+    for chunk in range(0, len(rows), 700):
+        harness = module_harness("window", follow_readings=False, start_at=1000, **options)
+        if saved:
+            harness.module().restore(saved)
+        out += harness.feed([reading(*row) for row in rows[chunk:chunk + 700]])
+        checkpoint = harness.module().checkpoint()
+        assert checkpoint is not None
+        saved.update(checkpoint)
+        saved = {key: value for key, value in saved.items() if value is not None}
+    out += harness.stop()
+    def key(record):
+        return record.data["sensor"], record.data["start"]
+
+    assert [r.data for r in sorted(out, key=key)] == [r.data for r in sorted(whole, key=key)]
+
+
+def test_a_checkpoint_holds_only_the_sensors_touched_since_the_last() -> None:
+    harness = module_harness("window", every="10s")
+    harness.feed([reading(f"s{i}", 1000 + i * 0.001, 1.0) for i in range(100)])
+    assert len(harness.module().checkpoint() or {}) == 101  # 100 sensors and the config
+    harness.feed([reading("s7", 1001, 1.0)])
+    assert list(harness.module().checkpoint() or {}) == ["s7"]
+
+
 def test_memory_is_bounded_in_sensors() -> None:
     harness = module_harness("window", every="10s", max_sensors=2)
     out = harness.run([reading(f"s{i}", 1, 1.0) for i in range(5)])

@@ -215,6 +215,7 @@ def _format_status(state: dict[str, Any], cloud: bool = True, max_bytes: int | N
         *_sync_lines(state.get("sync")),
         *_remote_lines(state.get("remote")),
         *_clock_lines(state.get("clock")),
+        *_outbox_lines(state.get("outbox")),
         f"quarantined {state['quarantined']}",
         "dropped     " + (", ".join(f"{k} {v}" for k, v in sorted(state["dropped"].items())) or "none"),
     ]
@@ -262,6 +263,15 @@ def _sync_lines(sync: dict[str, Any] | None) -> list[str]:
         + (", " + ", ".join(f"{k} {v}" for k, v in sorted(errors.items())) if errors else "")
         + (f", last error: {sync['last_error']}" if sync.get("last_error") else "")
     ]
+
+
+def _outbox_lines(outbox: dict[str, Any] | None) -> list[str]:
+    if not outbox or not outbox.get("failing_since"):
+        return []
+    since = time.strftime("%H:%M", time.localtime(outbox["failing_since"]))
+    what = "disk full" if outbox.get("disk_full") else "commits failing"
+    return [f"outbox      {what} since {since}, {outbox.get('held_in_memory', 0)} records held in "
+            f"memory (last error: {outbox.get('last_error')})"]
 
 
 def _clock_lines(clock: dict[str, Any] | None) -> list[str]:

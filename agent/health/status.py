@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agent.health.livefile import read_live
 from agent.outbox import Outbox
 
 # The daemon writes its health every 2 s; older than this, it is not running (or is stuck).
@@ -33,6 +34,9 @@ def read_status(data_dir: Path, now: float | None = None) -> dict[str, Any]:
     finally:
         outbox.close()
     agent, agent_at = health.get("agent", ({}, None))
+    live = read_live(data_dir)  # written in place even while commits fail (a full disk)
+    if live is not None and isinstance(live.get("at"), int | float) and live["at"] > (agent_at or 0):
+        agent, agent_at = live, float(live["at"])
     modules = {}
     for name, (data, at) in sorted(health.items()):
         if name.startswith("module:"):
@@ -68,7 +72,10 @@ def read_status(data_dir: Path, now: float | None = None) -> dict[str, Any]:
             for name, state in agent.get("sources", {}).items()
         },
         "outbox": {"commit_errors": counters.get("outbox", {}).get("commit_errors", 0),
-                   "last_error": agent.get("outbox_error")},
+                   "last_error": agent.get("outbox_error"),
+                   "failing_since": agent.get("commit_failing_since"),
+                   "disk_full": bool(agent.get("disk_full")),
+                   "held_in_memory": agent.get("pending_commit", 0)},
         "modules": modules,
         "remote": agent.get("remote"),
         "warnings": agent.get("warnings", []),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import sqlite3
 import time
@@ -22,12 +23,14 @@ from typing import Any, TypeVar
 from agent.api import Record
 from agent.config import BufferConfig
 from agent.counters import CounterSet, ThrottledLog
+from agent.outbox.checkpoint import Checkpoint
 from agent.outbox.records import Changes, Quarantined
 from agent.outbox.store import Outbox
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+WAL_TRUNCATE_INTERVAL = 30.0
 Snapshot = Callable[[Changes], None]
 
 
@@ -53,6 +56,10 @@ class Committer:
         self._errors = ThrottledLog(log, interval=30)
         self.last_commit_at: float | None = None
         self.last_error: str | None = None
+        self._next_wal_truncate = time.monotonic() + WAL_TRUNCATE_INTERVAL
+        self.failing_since: float | None = None
+        """When commits started to fail (the first of a run of failures), else None."""
+        self.disk_full = False
 
     @classmethod
     async def open(cls, data_dir: Path, config: BufferConfig, counters: CounterSet) -> Committer:
@@ -93,6 +100,13 @@ class Committer:
     def quarantine(self, item: Quarantined) -> None:
         self._changes.quarantined.append(item)
 
+    def reset_checkpoint(self, module: str) -> None:
+        """The module's saved state is void from the next commit on (it stopped, or restarted
+        afresh): what it saved is forgotten in the same transaction as what it emitted last."""
+        if self._changes.checkpoint is None:
+            self._changes.checkpoint = Checkpoint()
+        self._changes.checkpoint.reset(module)
+
     async def wait_room(self) -> None:
         await self._room.wait()
 
@@ -119,6 +133,8 @@ class Committer:
         except (sqlite3.Error, OSError) as exc:
             self._keep(changes)
             self.last_error = f"{self.outbox.path}: {exc}"
+            self.failing_since = self.failing_since or time.time()
+            self.disk_full = "full" in str(exc) or getattr(exc, "errno", None) == errno.ENOSPC
             self._counters.incr("outbox", "commit_errors")
             self._errors.warning(
                 "commit", "cannot commit %d records to %s (%s); keeping them in memory and retrying",
@@ -126,7 +142,17 @@ class Committer:
             )
             return False
         self.last_commit_at = time.time()
+        if self.failing_since is not None:
+            log.warning("committing again after %.0f s of failures", self.last_commit_at - self.failing_since)
         self.last_error = None
+        self.failing_since, self.disk_full = None, False
+        if changes.checkpoint is not None:
+            for release in changes.checkpoint.released:  # acknowledge what is now durable
+                release()
+        if time.monotonic() >= self._next_wal_truncate:
+            self._next_wal_truncate = time.monotonic() + WAL_TRUNCATE_INTERVAL
+            with contextlib.suppress(sqlite3.Error, OSError):  # a busy reader: next time
+                await self.call(self.outbox.truncate_wal)
         if not self.full:
             self._room.set()
         return True
@@ -137,6 +163,10 @@ class Committer:
         failed.quarantined.extend(later.quarantined)
         failed.module_state.update(later.module_state)
         failed.health.update(later.health)
+        if failed.checkpoint is None:
+            failed.checkpoint = later.checkpoint
+        elif later.checkpoint is not None:
+            failed.checkpoint.merge(later.checkpoint)
         failed.counters = _merged(failed.counters, later.counters)
         self._changes = failed
         if self.full:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent import codec
+from agent.outbox.checkpoint import Checkpoint
 
 
 @dataclass(frozen=True)
@@ -38,9 +39,14 @@ class Changes:
     quarantined: list[Quarantined] = field(default_factory=list)
     module_state: dict[str, dict[str, Any]] = field(default_factory=dict)
     health: dict[str, dict[str, Any]] = field(default_factory=dict)
+    checkpoint: Checkpoint | None = None
+    """The modules' state and queues at the same cut (docs/design/004-checkpoints.md)."""
 
     def __bool__(self) -> bool:
-        return bool(self.records or self.counters or self.quarantined or self.module_state or self.health)
+        return bool(
+            self.records or self.counters or self.quarantined or self.module_state or self.health
+            or self.checkpoint
+        )
 
 
 def as_jsonl(records: Iterable[OutboxRecord]) -> Iterator[str]:

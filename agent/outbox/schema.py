@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from agent.errors import OutboxError
+from agent.outbox import checkpoint as checkpoint_migration
 
 DB_NAME = "outbox.db"
 
@@ -46,6 +47,7 @@ MIGRATIONS: list[list[str]] = [
                data TEXT NOT NULL, size INTEGER NOT NULL, reason TEXT NOT NULL, at REAL NOT NULL)""",
         "CREATE INDEX dropped_ranges_last ON dropped_ranges (last_seq)",
     ],
+    checkpoint_migration.MIGRATION,
 ]
 
 
@@ -70,6 +72,9 @@ def connect_writer(path: Path, synchronous: str) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("PRAGMA busy_timeout=5000")
+    # After each checkpoint the WAL file shrinks back to this, so it cannot hold on to the
+    # space of a burst (a 10 GB WAL has filled disks elsewhere).
+    conn.execute("PRAGMA journal_size_limit=4194304")
     migrate(conn)
     return conn
 

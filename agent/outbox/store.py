@@ -23,6 +23,7 @@ from typing import Any
 
 from agent import codec
 from agent.errors import OutboxError
+from agent.outbox import checkpoint as checkpoints
 from agent.outbox.records import Changes, OutboxRecord, Quarantined
 from agent.outbox.schema import DB_NAME, connect_reader, connect_writer, transaction
 
@@ -112,6 +113,8 @@ class Outbox:
                 "INSERT OR REPLACE INTO health VALUES (?, ?, ?)",
                 [(name, codec.dumps(data), now) for name, data in changes.health.items()],
             )
+            if changes.checkpoint is not None:
+                checkpoints.write(conn, changes.checkpoint)
             overflow = self._enforce_budget(self._bytes + added_bytes, now)
         self._bytes += added_bytes - overflow
 
@@ -291,6 +294,15 @@ class Outbox:
         for scope, name, value in self._conn.execute("SELECT scope, name, value FROM counters"):
             result.setdefault(scope, {})[name] = value
         return result
+
+    def truncate_wal(self) -> None:
+        """Copy the WAL into the database and empty it (the committer does so now and then, so
+        the WAL cannot grow on its own while readers keep SQLite's own checkpoints short)."""
+        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+    def checkpoint(self) -> tuple[dict[str, dict[str, Any]], dict[str, list[checkpoints.QueuedRecord]]]:
+        """The modules' last committed checkpoint: their saved keys, their queued readings."""
+        return checkpoints.read(self._conn)
 
     def module_states(self) -> dict[str, dict[str, Any]]:
         rows = self._conn.execute("SELECT module, state FROM module_state")

@@ -81,6 +81,8 @@ class ModuleContext:
         self.timers: list[Timer] = []
         self._streams = {output: f"{name}.{output}" for output in outputs}
         self._pool: ThreadPoolExecutor | None = None
+        self.max_clock_skew = 86400.0
+        """The agent's ``max_clock_skew``: how far ahead of ``clock()`` a reading time is trusted."""
 
     def emit(self, data: dict[str, Any], ts: float | None = None, output: str | None = None) -> None:
         if type(data) is not dict:

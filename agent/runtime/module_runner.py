@@ -8,7 +8,7 @@ import contextlib
 import math
 import time
 import traceback
-from collections.abc import Callable, Coroutine, MutableMapping
+from collections.abc import Callable, Coroutine, Mapping, MutableMapping
 from typing import Any
 
 from agent.api import Module, Record
@@ -17,6 +17,7 @@ from agent.config import ModulePlan, SupervisorConfig
 from agent.counters import CounterSet, ThrottledLog
 from agent.errors import ModuleHung
 from agent.outbox import Quarantined
+from agent.outbox.checkpoint import Checkpoint
 from agent.outbox.committer import Committer
 from agent.runtime.context import ModuleContext
 from agent.runtime.instance import ModuleInstance, RestartPolicy, describe
@@ -105,9 +106,47 @@ class ModuleRunner:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def start(self) -> bool:
-        """Start a new instance; False (status ``failed``) if it raised or timed out."""
-        return await self.instance.start()
+    async def start(self, saved: Mapping[str, Any] | None = None) -> bool:
+        """Start a new instance, restored from ``saved`` (its last checkpoint) if given; False
+        (status ``failed``) if it raised or timed out."""
+        if not await self.instance.start():
+            self._reset_checkpoint()
+            return False
+        if saved and self.checkpoints:
+            try:
+                self.module.restore(saved)
+                return True
+            except Exception as exc:  # a checkpoint it cannot read: start afresh, say so
+                self.instance.failed("restore", exc)
+                if not await self.instance.start():
+                    self._reset_checkpoint()
+                    return False
+        self._reset_checkpoint()
+        return True
+
+    @property
+    def checkpoints(self) -> bool:
+        """Whether the module keeps a checkpoint of its own (else only ``context.state``)."""
+        return self.plan.cls.checkpoint is not Module.checkpoint
+
+    def checkpoint_into(self, checkpoint: Checkpoint) -> None:
+        """Add what changed in the module since the last checkpoint, and its queue."""
+        if self.checkpoints and self.instance.status == "running":
+            try:
+                items = self.module.checkpoint()
+            except Exception as exc:
+                self.instance.failed("checkpoint", exc)
+                items = None
+            if items:
+                checkpoint.add(self.name, items)
+        if self.queue.size:
+            assert checkpoint.queued is not None
+            checkpoint.queued[self.name] = self.queue.snapshot()
+
+    def _reset_checkpoint(self) -> None:
+        """The module's saved state is void from the next commit on (a fresh instance)."""
+        if self.checkpoints and self._committer is not None:
+            self._committer.reset_checkpoint(self.name)
 
     async def run(self) -> None:
         """Process batches, ticks and timers until cancelled."""
@@ -172,6 +211,7 @@ class ModuleRunner:
             await self._deliver()
         await self.instance.stop(timeout=max(deadline - time.monotonic(), 0.1))
         await self._deliver()
+        self._reset_checkpoint()  # stop emitted what was open: nothing is left to restore
 
     async def _finish_step(self, deadline: float) -> None:
         step, self._step = self._step, None
@@ -226,19 +266,23 @@ class ModuleRunner:
             await instance.stop()
             await self._deliver()
         await instance.start()
+        self._reset_checkpoint()
 
     async def _deliver(self) -> None:
         out = self.context.take()
         if not out:
             return
         self._counters.incr(self._scope, "emitted", len(out))
-        if self._bus.publish(out):
-            await self._bus.wait_room()
+        # Both hand-overs before either wait: a checkpoint taken while we wait must find the
+        # output on the bus and pending for the outbox, not in between.
+        bus_full = self._bus.publish(out)
         if self._synced and self._committer is not None:
             synced = self._synced
             self._committer.add(out if self._sync_all else [r for r in out if r.topic in synced])
-            if self._committer.full:
-                await self._committer.wait_room()
+        if bus_full:
+            await self._bus.wait_room()
+        if self._synced and self._committer is not None and self._committer.full:
+            await self._committer.wait_room()
 
     def _stalled(self, seconds: float) -> None:
         self.count("stalls_seen")

@@ -17,11 +17,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.api import SourceConfig
+from agent.api import Record, SourceConfig
 from agent.bus import Bus
 from agent.config import LoadedConfig, ModulePlan, SupervisorConfig, source_class
 from agent.counters import CounterSet
+from agent.outbox.checkpoint import Checkpoint, QueuedRecord
 from agent.outbox.committer import Committer
+from agent.outbox.records import Changes
 from agent.runtime.loopwatch import LoopWatch
 from agent.runtime.module_runner import ModuleRunner
 from agent.runtime.source_runner import SourceRunner
@@ -68,6 +70,7 @@ class Pipeline:
         counters: CounterSet,
         watch: LoopWatch,
         saved_state: dict[str, dict[str, Any]],
+        saved_checkpoint: tuple[dict[str, dict[str, Any]], dict[str, list[QueuedRecord]]] = ({}, {}),
     ) -> None:
         self.bus = Bus()
         self.loaded: LoadedConfig | None = None
@@ -79,6 +82,8 @@ class Pipeline:
         self._watch = watch
         self._saved_state = saved_state
         self._supervisor: SupervisorConfig | None = None
+        self._restore, self._requeue = saved_checkpoint  # used by the first apply only
+        self._queues_saved = True  # whether the last checkpoint saved any queued reading
 
     @property
     def sources(self) -> list[SourceRunner]:
@@ -97,8 +102,9 @@ class Pipeline:
             if supervisor_changed or new_plans.get(name) != runner.plan
         }
 
-        for name in [n for n, r in self._sources.items() if new_sources.get(n) != r.config]:
-            await self._stop_source(name)
+        going = [n for n, r in self._sources.items() if new_sources.get(n) != r.config]
+        await self._stop_sources(going)
+        for name in going:
             (change.restarted if name in new_sources else change.stopped).append(name)
 
         fresh = {
@@ -109,6 +115,8 @@ class Pipeline:
             )
             for name, plan in new_plans.items() if name not in old_runners or name in replaced
         }
+        for runner in fresh.values():
+            runner.context.max_clock_skew = config.max_clock_skew
         for runner in replaced.values():  # one step of the loop: no record lost or doubled
             self.bus.unsubscribe(runner.queue)
         for runner in fresh.values():
@@ -120,9 +128,10 @@ class Pipeline:
         self.runners = [
             kept.get(plan.spec.name) or fresh[plan.spec.name] for plan in upstream_first(loaded.modules)
         ]
+        self._requeue_saved(fresh)
         for runner in reversed(self.runners):  # downstream first
             if runner.name in fresh:
-                if not await runner.start():
+                if not await runner.start(self._restore.pop(runner.name, None)):
                     change.failed.append(runner.name)
                     change.errors[runner.name] = runner.last_error
                 self._tasks[runner.name] = group.create_task(runner.run(), name=f"module:{runner.name}")
@@ -166,6 +175,7 @@ class Pipeline:
             old.plan, self.bus, self._committer, self._counters, self._watch, self._supervisor,
             state=old.context.state,
         )
+        fresh.context.max_clock_skew = old.context.max_clock_skew
         self.bus.unsubscribe(old.queue)
         self.bus.subscribe(old.plan.spec.filters, fresh.queue)
         await self._finish([old])
@@ -177,15 +187,55 @@ class Pipeline:
     async def stop(self, budget: float | None = None) -> None:
         """Stop every source, then let every module drain its queue and flush, upstream first,
         within ``budget`` seconds (the supervisor's ``stop_timeout`` by default)."""
-        for name in list(self._sources):
-            await self._stop_source(name)
+        await self._stop_sources(list(self._sources))
         await self._finish(self.runners, budget)
         # the runners stay listed, stopped: the final commit saves their state and health
 
-    async def _stop_source(self, name: str) -> None:
-        running = self._sources.pop(name)
-        running.task.cancel()  # the runner awaits the source's own stop
-        await asyncio.gather(running.task, return_exceptions=True)
+    def checkpoint(self, changes: Changes) -> None:
+        """Add the modules' checkpoint to a commit, and the sources' acknowledgements it covers:
+        one point between two steps of the loop, so every reading read so far is in it."""
+        checkpoint = changes.checkpoint or Checkpoint()
+        checkpoint.queued = {}
+        for runner in self.runners:
+            runner.checkpoint_into(checkpoint)
+        for running in self._sources.values():
+            release = running.source.cut()
+            if release is not None:
+                checkpoint.released.append(release)
+        if not checkpoint.queued and not self._queues_saved:
+            checkpoint.queued = None  # empty, as saved last time: no write for an idle agent
+        else:
+            self._queues_saved = bool(checkpoint.queued)
+        if checkpoint.modules or checkpoint.resets or checkpoint.released or checkpoint.queued is not None:
+            changes.checkpoint = checkpoint
+
+    async def _stop_sources(self, names: list[str]) -> None:
+        """Stop reading, commit a checkpoint (which acknowledges what was read), disconnect."""
+        if not names:
+            return
+        for name in names:
+            self._sources[name].source.pause()
+        if self._committer is not None:
+            await self._committer.commit()
+        for name in names:
+            running = self._sources.pop(name)
+            running.task.cancel()  # the runner awaits the source's own stop
+            await asyncio.gather(running.task, return_exceptions=True)
+
+    def _requeue_saved(self, fresh: dict[str, ModuleRunner]) -> None:
+        """The readings that were queued for each module at the last checkpoint before a crash."""
+        for name, records in list(self._requeue.items()):
+            runner = fresh.get(name)
+            if runner is None:
+                self._counters.incr("dropped", "lost_at_crash:module_removed", len(records))
+                log.warning("%d readings queued for module %r before a crash are lost: it is "
+                            "not in the config any more", len(records), name)
+            else:
+                runner.queue.requeue([Record(*record) for record in records])
+        self._requeue = {}
+        for name in list(self._restore):
+            if name not in fresh:
+                self._restore.pop(name)
 
     async def _finish(self, runners: Iterable[ModuleRunner], budget: float | None = None) -> None:
         runners = list(runners)

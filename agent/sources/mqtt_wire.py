@@ -14,6 +14,7 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 CONNECT, CONNACK, PUBLISH, PUBACK, SUBSCRIBE, SUBACK = 0x10, 0x20, 0x30, 0x40, 0x82, 0x90
 PINGREQ, PINGRESP, DISCONNECT = b"\xc0\x00", 0xD0, b"\xe0\x00"
@@ -33,6 +34,17 @@ larger is refused at once rather than buffered (a hostile broker could declare 2
 Message = tuple[str, bytes, int]
 """(topic, payload, retain flag): the broker sets the flag on a retained message it delivers
 because of a subscription, which MQTT sources use to take each retained message once."""
+
+
+class HeldAcks(Protocol):
+    """Who decides when a QoS 1 publish is acknowledged, when the protocol does not ack at once."""
+
+    def taken(self, packet_ids: list[int]) -> None:
+        """Whole QoS 1 publishes passed on, their acknowledgement now owed (one call a read)."""
+
+    def redelivered(self, packet_id: int) -> bool:
+        """A publish marked DUP came in: True to pass it on, False if it is one already taken
+        whose acknowledgement is still owed."""
 
 
 class MqttProtocolError(Exception):
@@ -97,8 +109,11 @@ class SubscriberProtocol(asyncio.Protocol):
         session: Session,
         on_messages: Callable[[list[Message]], None],
         on_oversized: Callable[[str, int], None],
+        held: HeldAcks | None = None,
     ) -> None:
         loop = asyncio.get_running_loop()
+        self._held = held
+        """With ``held``, QoS 1 publishes are acknowledged only through ``send_acks``."""
         self.session = session
         self.ready: asyncio.Future[bool] = loop.create_future()  # result: session present
         self.closed: asyncio.Future[None] = loop.create_future()
@@ -138,15 +153,18 @@ class SubscriberProtocol(asyncio.Protocol):
         buf += data
         messages: list[Message] = []
         acks: list[bytes] = []
+        taken: list[int] = []
         failure = None
         try:
-            del buf[: self._parse(buf, messages, acks)]
+            del buf[: self._parse(buf, messages, acks, taken)]
         except MqttProtocolError as exc:
             failure = exc
         if not buf and not self._skip:
             self._partial_since = None
         elif self._partial_since is None:
             self._partial_since = self._last_in
+        if taken and self._held is not None:
+            self._held.taken(taken)
         if messages:  # whole, valid packets before a broken one still count
             self._on_messages(messages)
         if acks:
@@ -167,6 +185,14 @@ class SubscriberProtocol(asyncio.Protocol):
                 self._partial_since = self._last_in
             self._transport.resume_reading()
 
+    def send_acks(self, packet_ids: list[int]) -> bool:
+        """Acknowledge these QoS 1 publishes (held ones); False if the connection is gone."""
+        if not self._transport or self._transport.is_closing():
+            return False
+        if packet_ids:
+            self._write(b"".join(b"\x40\x02" + struct.pack("!H", pid) for pid in packet_ids))
+        return True
+
     def disconnect(self) -> None:
         """Close cleanly: the broker keeps the session and does not fire a will."""
         if self._transport and not self._transport.is_closing():
@@ -180,7 +206,9 @@ class SubscriberProtocol(asyncio.Protocol):
 
     # -- parsing -------------------------------------------------------------------------------
 
-    def _parse(self, buf: bytearray, messages: list[Message], acks: list[bytes]) -> int:
+    def _parse(
+        self, buf: bytearray, messages: list[Message], acks: list[bytes], taken: list[int]
+    ) -> int:
         pos, end = 0, len(buf)
         max_payload = self.session.max_payload
         while end - pos >= 2:
@@ -209,20 +237,25 @@ class SubscriberProtocol(asyncio.Protocol):
                 payload_start = topic_end + (2 if qos else 0)
                 if payload_start > end:
                     return pos
-                if qos:
+                held = self._held if qos else None
+                if qos and held is None:
                     acks.append(b"\x40\x02" + bytes(buf[topic_end:payload_start]))
                 if stop - payload_start > max_payload:
                     topic = buf[index + 2 : topic_end].decode("utf-8", "replace")
-                    self._on_oversized(topic, stop - payload_start)
+                    if held is None or self._take(held, header, buf, topic_end, taken):
+                        self._on_oversized(topic, stop - payload_start)
                     if stop > end:
                         self._skip = stop - end
                         return end
                     pos = stop
                     continue
                 if stop > end:
-                    if qos:
+                    if qos and held is None:
                         acks.pop()  # acked when the whole packet is here
                     return pos
+                if held is not None and not self._take(held, header, buf, topic_end, taken):
+                    pos = stop  # a redelivery of a publish already taken, not yet acknowledged
+                    continue
                 try:
                     topic = buf[index + 2 : topic_end].decode()
                 except UnicodeDecodeError:
@@ -236,6 +269,15 @@ class SubscriberProtocol(asyncio.Protocol):
                 self._control(header, bytes(buf[index:stop]))
             pos = stop
         return pos
+
+    @staticmethod
+    def _take(held: HeldAcks, header: int, buf: bytearray, at: int, taken: list[int]) -> bool:
+        """Whether to pass a held QoS 1 publish on; if so its id joins ``taken``."""
+        packet_id = buf[at] << 8 | buf[at + 1]
+        if header & 0x08 and not held.redelivered(packet_id):
+            return False
+        taken.append(packet_id)
+        return True
 
     def _control(self, header: int, body: bytes) -> None:
         kind = header & 0xF0

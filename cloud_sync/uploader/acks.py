@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiomqtt
 
+from agent.backoff import Backoff
 from agent.counters import CounterSet, ThrottledLog
 from agent.outbox import Outbox
 from cloud_sync import protocol
@@ -151,17 +153,32 @@ class Acks:
 
     async def release(self) -> None:
         """Let acknowledged records go, one outbox transaction per ack (latest wins); runs
-        until cancelled."""
+        until cancelled. A write that fails (a full disk) is retried with backoff: the ack
+        stays in memory meanwhile, and a later one covers it."""
+        backoff = Backoff(first=0.5, cap=30.0)
         while True:
             await self._changed.wait()
             self._changed.clear()
-            await self.flush()
+            if await self.flush():
+                backoff.reset()
+            else:
+                self._changed.set()
+                await asyncio.sleep(backoff.next_delay())
 
-    async def flush(self) -> None:
+    async def flush(self) -> bool:
+        """Apply the newest ack to the outbox; False (counted, logged) if the write failed."""
         target = self.target
         if target <= self.flushed:
-            return
-        await self._write(self._outbox.acknowledge, target)
+            return True
+        try:
+            await self._write(self._outbox.acknowledge, target)
+        except (sqlite3.Error, OSError) as exc:
+            self._counters.incr(SCOPE, "ack_write_errors")
+            self._errors.warning(
+                "ack-write", "cannot let records up to seq %d go (%s); retrying", target, exc
+            )
+            return False
         self.flushed = target
         self.ever_acked = True
         self.acked_at = time.time()
+        return True

@@ -25,6 +25,7 @@ from agent.backoff import Backoff
 from agent.config import CloudConfig
 from agent.counters import CounterSet, ThrottledLog
 from agent.outbox import Changes, Outbox
+from agent.tasks import supervised
 from cloud_sync import protocol
 from cloud_sync.mqtt import Client, make_client, ssl_context, wrong_protocol
 from cloud_sync.uploader import remote_link
@@ -104,7 +105,9 @@ class Uploader:
     async def run(self) -> None:
         """Stay connected and drain until ``stop``; reconnect with capped, jittered backoff."""
         await self._open()
-        acker = asyncio.create_task(self.acks.release(), name="sync:acks")
+        acker = asyncio.create_task(
+            supervised("sync:acks", self.acks.release, self._counters), name="sync:acks"
+        )
         backoff = Backoff(first=self.config.reconnect_min, cap=self.config.reconnect_max)
         try:
             while not self._stopping.is_set():
