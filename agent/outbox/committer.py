@@ -53,6 +53,7 @@ class Committer:
         self._room.set()
         self._max_pending = max(config.commit_records * 20, 100_000)
         self._snapshots: list[Snapshot] = []
+        self._one_at_a_time = asyncio.Lock()
         self._errors = ThrottledLog(log, interval=30)
         self.last_commit_at: float | None = None
         self.last_error: str | None = None
@@ -120,7 +121,13 @@ class Committer:
             await self.commit()
 
     async def commit(self) -> bool:
-        """Commit everything gathered so far; False (and all kept for the next try) on failure."""
+        """Commit everything gathered so far; False (and all kept for the next try) on failure.
+        One at a time, acknowledgements included: whoever awaits a commit knows that every
+        earlier one has been released too (a stop disconnects its sources right after)."""
+        async with self._one_at_a_time:
+            return await self._commit()
+
+    async def _commit(self) -> bool:
         for snapshot in self._snapshots:
             snapshot(self._changes)
         changes, self._changes = self._changes, Changes()

@@ -36,6 +36,7 @@ class AckLedger:
         self._scope = scope
         self._owed: dict[int, bool] = {}  # packet id -> a committed checkpoint covers it
         self._since_cut: list[int] = []
+        self._earlier: set[int] = set()
         self._sender: AckSender | None = None
         self._same_count = 0
         self._last_count = -1
@@ -46,12 +47,19 @@ class AckLedger:
     def owed(self) -> int:
         return len(self._owed)
 
+    def connecting(self) -> None:
+        """A new connection starts: what is owed now was taken on an earlier one."""
+        self._earlier = set(self._owed)
+
     def connected(self, sender: AckSender, session_present: bool) -> None:
-        """A new connection; without its session the broker forgot what we owed it."""
+        """The new connection is subscribed; without its session the broker forgot what we
+        owed it on earlier ones (what this one delivered already is owed all the same)."""
         self._sender = sender
         if not session_present:
-            self._owed.clear()
-            self._since_cut.clear()
+            earlier, self._earlier = self._earlier, set()
+            for pid in earlier:
+                self._owed.pop(pid, None)
+            self._since_cut = [pid for pid in self._since_cut if pid not in earlier]
             return
         covered = [pid for pid, done in self._owed.items() if done]
         if covered and sender.send_acks(covered):

@@ -132,6 +132,8 @@ class MqttSource(Source[MqttSourceConfig]):
             self._memory.save(self._memory.snapshot())  # small, once, at shutdown
 
     def _make_protocol(self) -> SubscriberProtocol:
+        if self.acks is not None:
+            self.acks.connecting()
         return SubscriberProtocol(self._session, self._on_messages, self._on_oversized, self.acks)
 
     def _ssl_context(self) -> ssl.SSLContext | None:
