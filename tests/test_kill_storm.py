@@ -81,6 +81,7 @@ def start_agent(config: Path, runs: list[AgentProcess]) -> AgentProcess:
     return agent.start(timeout=30)
 
 
+@pytest.mark.timeout(480)  # about 90 s on an idle machine: a minute of readings, 30 restarts
 def test_thirty_sigkills_while_20000_qos1_readings_flow_count_each_exactly_once(
     tmp_path, cloud_broker: Broker, agents, ingests
 ) -> None:
