@@ -83,9 +83,10 @@ def test_without_an_acl_the_device_refuses_acks_for_another_outbox_or_beyond_wha
     wait_until(lambda: spy.messages, 15, "a data message to learn the outbox's epoch from")
     epoch = protocol.decode_batch(VICTIM, spy.messages[0][1]).epoch
     wait_until(lambda: (_status(config)["backlog"]["rows"] or 0) >= 3, 15, "a backlog")
-    for forged in (_forged_ack(epoch), _forged_ack("")):
+    exhausting = protocol.Ack(1, "another-outbox", (1 << 63) - 1, 0.0, 0).encode()  # renumber past 2^63?
+    for forged in (_forged_ack(epoch), _forged_ack(""), exhausting):
         spy.client.publish(f"edge/{VICTIM}/ack", forged, 1, True).wait_for_publish(5)
-    wait_until(lambda: _status(config)["sync"]["counters"].get("acks_refused", 0) >= 2, 10, "acks refused")
+    wait_until(lambda: _status(config)["sync"]["counters"].get("acks_refused", 0) >= 3, 10, "acks refused")
     status = _status(config)
     assert status["backlog"]["rows"] >= 3, status["backlog"]  # nothing was released
     assert not status["sync"].get("last_ack_at"), status["sync"]

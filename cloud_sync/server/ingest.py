@@ -179,7 +179,11 @@ class Ingest:
             payload = message.payload
             data = bytes(payload) if isinstance(payload, bytes | bytearray) else str(payload or "").encode()
             if self.side is not None and not message.topic.value.endswith(_SYNC_SUFFIXES):
-                self.side.received(message.topic.value, data, message.properties)
+                try:
+                    self.side.received(message.topic.value, data, message.properties)
+                except Exception:  # one bad report or reply must not end the ingest's connection
+                    self.stats.counters["side_errors"] = self.stats.counters.get("side_errors", 0) + 1
+                    log.exception("the console's side channel failed on %s", message.topic.value[:200])
                 continue
             self.feed(message.topic.value, data)
 

@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 Writer = Callable[..., Awaitable[Any]]
 """``await writer(fn, *args)`` runs ``fn`` on the thread that owns the outbox's writing connection."""
 _PROBES_KEPT = 64
+MAX_REBASE = 1 << 62
+"""A new outbox renumbers its records above what the cloud has seen of an earlier one, but not
+beyond this: an ack claiming seqs near 2^63 (forged, without an ACL) would exhaust them."""
 
 
 class Acks:
@@ -131,6 +134,10 @@ class Acks:
         """An ack for another outbox of this device id: the cloud has seen seqs up to
         ``max_seq`` from it. A new outbox (never acked) moves its seqs above those; otherwise two
         gateways share one device id, which only the operator can fix."""
+        if not self.ever_acked and ack.max_seq > MAX_REBASE:
+            self._refuse(f"an ack of another outbox up to seq {ack.max_seq}: renumbering past it would "
+                         "leave no seqs")
+            return
         if not self.ever_acked and ack.max_seq > 0:
             offset = await self._write(self._outbox.rebase, ack.max_seq)
             if offset:
