@@ -149,10 +149,12 @@ def make_client(
     logger: logging.Logger | None = None,
     tls: ssl.SSLContext | None = None,
     max_packet: int | None = None,
+    clean: bool = False,
 ) -> Client:
     """A client with a persistent session (``clean_start`` off, ``session_expiry`` on MQTT 5).
     ``max_packet`` (MQTT 5 Maximum Packet Size) makes the broker withhold anything larger: it
-    never reaches this process's memory."""
+    never reaches this process's memory. ``clean`` (3.1.1): a clean session instead, which also
+    drops the client id's old one."""
     v5 = protocol == "5"
     properties = None
     if v5:
@@ -168,7 +170,7 @@ def make_client(
         password=secret.get_secret_value() if secret else None,
         identifier=client_id,
         protocol=PROTOCOLS[protocol],
-        clean_session=None if v5 else False,
+        clean_session=None if v5 else clean,
         clean_start=False if v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
         properties=properties,
         will=will,

@@ -14,6 +14,7 @@ import logging
 import aiomqtt
 
 from agent.backoff import Backoff
+from cloud_sync.mqtt import make_client, ssl_context
 from cloud_sync.server import sharing
 from cloud_sync.server.broker_probe import BrokerFeatures, probe
 from cloud_sync.server.ingest import Ingest
@@ -63,6 +64,24 @@ class Worker:
             await self.ingest.run()
             if self.feed is not None:
                 self.feed.stop()
+        if plan.mode == "mqtt-shared" and self._stopping.is_set():
+            await self._leave_group()
+
+    async def _leave_group(self) -> None:
+        """End this worker's persistent session: a broker keeps handing a share of the group's
+        messages to a member that is away, and nobody would read them until it came back (the
+        devices would send them again after their ``resend_after``). A clean-session connect
+        and disconnect drops it; a worker that crashed leaves it behind."""
+        ingest = self.ingest
+        client = make_client(ingest.login, ingest.client_id, "3.1.1", logger=log.getChild("mqtt"),
+                             tls=ssl_context(ingest.login), clean=True)
+        try:
+            async with asyncio.timeout(5):
+                async with client:
+                    pass
+            log.info("left the share group %s (session %s ended)", self.requested_group, ingest.client_id)
+        except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
+            log.warning("could not end the session %s: %s", ingest.client_id, exc)
 
     async def _probe(self) -> BrokerFeatures:
         ingest = self.ingest
