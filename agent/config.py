@@ -281,6 +281,9 @@ class CloudConfig(BrokerLogin):
 
     Sizes are bytes ("256kB"), durations seconds ("500ms", "15s"). See docs/protocol.md."""
 
+    # A list (a tuple once read) names the nodes of a clustered broker; the uploader uses one at a
+    # time and moves to the next when it cannot connect or the link drops (docs/scale.md).
+    url: MqttUrl | Annotated[tuple[MqttUrl, ...], Field(min_length=1, max_length=16)]  # type: ignore[assignment]
     prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,32}(/[A-Za-z0-9_-]{1,32}){0,3}$")] = "edge"
     protocol: Literal["auto", "5", "3.1.1"] = "auto"
     """MQTT version: ``auto`` tries 5 and falls back to 3.1.1 when the broker refuses it."""
@@ -314,6 +317,35 @@ class CloudConfig(BrokerLogin):
     reconnect_min: PositiveDuration = 1.0
     reconnect_max: PositiveDuration = 60.0
     """Reconnect delays grow from ``reconnect_min`` to this, with full jitter."""
+
+    @model_validator(mode="after")
+    def _one_scheme(self) -> CloudConfig:
+        if len({urlsplit(url).scheme for url in self.urls}) > 1:
+            raise ValueError("url: every node of the list uses the same scheme (all mqtt:// or all mqtts://)")
+        return self
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """The broker nodes, in the order they are tried."""
+        return (self.url,) if isinstance(self.url, str) else self.url
+
+    def node(self, index: int) -> CloudConfig:
+        """This config with ``url`` the node at ``index`` (modulo the number of nodes)."""
+        urls = self.urls
+        return self if isinstance(self.url, str) else self.model_copy(update={"url": urls[index % len(urls)]})
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.urls[0]).hostname or ""
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.urls[0])
+        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
+    @property
+    def tls(self) -> bool:
+        return any(urlsplit(url).scheme == "mqtts" for url in self.urls) or self.tls_ca is not None
 
 
 class SupervisorConfig(_Section):

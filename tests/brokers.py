@@ -47,7 +47,11 @@ class NatsNode:
             "max_file_store: 2GB }\n"
             + (f"cluster {{ name: {cluster}, listen: 127.0.0.1:{self.cluster_port}, "
                f"routes: [{routes}] }}\n" if len(peers) > 1 else "")
-            + f"mqtt {{ listen: 127.0.0.1:{self.mqtt_port} }}\n"
+            # Without stream_replicas, NATS 2.9 sizes its MQTT streams (sessions, retained
+            # messages, QoS 1 queues) by the nodes it sees at the first connect: R2 there loses
+            # its quorum with one node down, and every MQTT connect then times out.
+            + f"mqtt {{ listen: 127.0.0.1:{self.mqtt_port}"
+            + (f", stream_replicas: {min(3, len(peers))}" if len(peers) > 1 else "") + " }\n"
         )
 
     def start(self) -> NatsNode:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,8 +19,10 @@ from pathlib import Path
 import pytest
 
 from tests.brokers import RABBITMQ_SERVER, NatsCluster, RabbitNode
-from tests.conftest import Broker, IngestProcess
+from tests.conftest import EDGE_AGENT, AgentProcess, Broker, IngestProcess, agent_config
 from tests.scale_helpers import assert_every_seq_once, run_scenario, start_fleet, start_worker
+from tests.sync_helpers import Feed, assert_exactly_once, cloud_section, wait_for
+from tests.test_sync_e2e import finish, launch
 
 pytestmark = [pytest.mark.integration, pytest.mark.scale, pytest.mark.timeout(300)]
 
@@ -117,3 +121,33 @@ def test_mosquitto_killed_mid_drain_shared_workers_join_and_leave(
     assert_every_seq_once(pg_url, fleets, reports)
     assert stats(ingests[1])["sharing"]["mode"] == "mqtt-shared"  # type: ignore[index]
     assert all(stats(w)["records"] > 0 for w in ingests[1:]), "a shared worker got nothing"  # type: ignore[operator]
+
+
+def test_agent_moves_to_the_next_nats_node_and_keeps_exactly_once(
+    tmp_path: Path, broker: Broker, nats_cluster: NatsCluster, agents: list[AgentProcess],
+    ingests: list[IngestProcess],
+) -> None:
+    """``[cloud] url`` lists the three nodes; the agent's node is killed mid-drain and stays down:
+    the agent carries on through the next node, and what the dead node had not acknowledged is
+    sent again there."""
+    nodes = nats_cluster.nodes
+    ingest = IngestProcess(tmp_path, nodes[2].url, f"sqlite:///{tmp_path}/cloud.db").start(timeout=40)
+    ingests.append(ingest)
+    extra = cloud_section(list(nats_cluster.urls), protocol="3.1.1")
+    config = agent_config(tmp_path, broker.url, extra=extra)
+    agent = launch(config, agents)
+    agent.wait_for_log(f"connected to {nodes[0].url}")
+    feed = Feed(broker.port, rate=200)
+    wait_for(lambda: ingest.api("/api/devices"), 20, "the first summaries at the cloud")
+    nodes[0].kill()
+    agent.wait_for_log("(MQTT 3.1.1) as test-gw", timeout=40, count=2)  # the cluster re-elects first
+    moved = agent.output().split("connected to ")[2].split()[0]
+    assert moved in (nodes[1].url, nodes[2].url)
+    time.sleep(4)
+    sent = feed.stop()
+    accepted = finish(agent, config)
+    assert accepted == sent
+    assert_exactly_once(ingest, accepted)
+    status = subprocess.run([*EDGE_AGENT, "status", "-c", str(config), "--json"], capture_output=True,
+                            text=True, check=True)
+    assert '"failovers"' in status.stdout

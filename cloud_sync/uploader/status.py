@@ -18,6 +18,7 @@ ERROR_NAMES = frozenset(
         "dead_links",
         "bad_acks",
         "epoch_conflicts",
+        "failovers",  # moves to the next node of [cloud] url
     }
 )
 """The sync counters the status message carries under ``errors``."""

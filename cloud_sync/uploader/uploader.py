@@ -4,6 +4,11 @@ The uploader reads the outbox through a read-only connection of its own, on its 
 (``reader.py``), so it never waits on (or blocks) the writer that commits what the modules emit;
 its few writes (let records go once acknowledged, set one aside) go through the writer's ``call``.
 
+With ``url`` a list (the nodes of a clustered broker), one node is used at a time; when it
+cannot be reached or the link drops, the next one is tried at once, and only after a round of
+every node does the backoff apply. Whatever the old node had not acknowledged is sent again on
+the new one (the tracker starts from the ingest's ack), and the ingest drops the repeats.
+
 A record leaves the outbox only when the ingest's retained ack on ``<prefix>/<device>/ack``
 covers it; a PUBACK only means the broker took the message. See ``tracker.py`` for the sending
 rules (live first, backlog rate-limited, go-back-N resend, poison records set aside) and
@@ -74,6 +79,8 @@ class Uploader:
         self.rate = SendRate()
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._node = 0  # index into config.urls
+        self._failed_nodes = 0  # nodes tried without success since the link was last up
         self._commit_watch = False
         self._health_at = 0.0
         self._protocol = "5" if config.protocol in ("auto", "5") else "3.1.1"
@@ -83,6 +90,7 @@ class Uploader:
             device_id, self.tracker, self.reader, writer, outbox, counters, self.rate, self._wake.set
         )
         self.connected = False
+        self.connected_once = False  # since the last move to another node
         self.last_error: str | None = None
         self.sender = Sender(
             config,
@@ -122,8 +130,8 @@ class Uploader:
                     break
                 if time.monotonic() - connected_at > 60:
                     backoff.reset()  # it was up for a while: this is a new outage
-                delay = backoff.next_delay()
-                log.info("reconnecting to %s in %.1f s", self.config.url, delay)
+                delay = self._next_node(backoff)
+                log.info("reconnecting to %s in %.1f s", self.url, delay)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await self._stopping.wait()
@@ -133,6 +141,27 @@ class Uploader:
                 await acker
             await self.acks.flush()
             self.reader.close()
+
+    @property
+    def url(self) -> str:
+        """The broker node in use (or tried next)."""
+        urls = self.config.urls
+        return urls[self._node % len(urls)]
+
+    def _next_node(self, backoff: Backoff) -> float:
+        """After a loss: the next node at once while some are untried in this outage, then the
+        backoff's delay once a round of them has failed."""
+        nodes = len(self.config.urls)
+        if nodes == 1:
+            return backoff.next_delay()
+        self._failed_nodes = 0 if self.connected_once else self._failed_nodes + 1
+        self.connected_once = False
+        self._node = (self._node + 1) % nodes
+        self._counters.incr(SCOPE, "failovers")
+        if self._failed_nodes < nodes:
+            return min(self.config.reconnect_min, 0.2)
+        self._failed_nodes = 0
+        return backoff.next_delay()
 
     def stop(self) -> None:
         """Finish the current connection politely (retained status ``online: false``)."""
@@ -183,18 +212,20 @@ class Uploader:
         """A connect that failed with TLS on: say why, if TLS is the reason (cloud_sync/tls.py)."""
         from cloud_sync.uploader.tls import diagnose
 
-        detail = await diagnose(self.config)
+        detail = await diagnose(self.config.node(self._node))
         if detail is not None:
-            self.last_error = f"{self.config.url}: {detail}"
+            self.last_error = f"{self.url}: {detail}"
             self._counters.incr(SCOPE, "tls_errors")
             self._errors.warning("tls", "cloud link: %s", self.last_error)
 
     def _lost(self, exc: BaseException) -> None:
         self.connected = False
-        self.last_error = f"{self.config.url}: {exc}"
+        self.last_error = f"{self.url}: {exc}"
         self._counters.incr(SCOPE, "connection_errors")
         if wrong_protocol(exc) and self.config.protocol == "auto" and self._protocol == "5":
-            log.info("%s does not speak MQTT 5; using 3.1.1", self.config.url)
+            log.info("%s does not speak MQTT 5; using 3.1.1", self.url)
+            if len(self.config.urls) > 1:
+                self._node -= 1  # the same node again, in 3.1.1 (_next_node moves on by one)
             self._protocol = "3.1.1"
             return
         self._errors.warning("link", "cloud link: %s", self.last_error)
@@ -203,25 +234,27 @@ class Uploader:
 
     async def _session(self) -> None:
         will = aiomqtt.Will(self._topics["status"], protocol.encode_status({"online": False}), 1, True)
+        login = self.config.node(self._node)
         client = make_client(
-            self.config,
+            login,
             self.device_id,
             self._protocol,
             will=will,
             session_expiry=self.config.session_expiry,
             inflight=self.config.window + 4,
             logger=log.getChild("mqtt"),
-            tls=ssl_context(self.config),
+            tls=ssl_context(login),
             max_packet=MAX_INCOMING_PACKET,
         )
         self.sender.inflight.clear()
         async with client:
             self.connected, self.last_error = True, None
+            self.connected_once = True
             broker_max = client.max_packet_size
             self.sender.max_payload = min(
                 self.config.max_message_bytes, (broker_max or 1 << 30) - _TOPIC_OVERHEAD
             )
-            log.info("connected to %s (MQTT %s) as %s", self.config.url, client.protocol_name, self.device_id)
+            log.info("connected to %s (MQTT %s) as %s", login.url, client.protocol_name, self.device_id)
             first_ack = asyncio.Event()
             async with asyncio.TaskGroup() as group:
                 acks = group.create_task(
@@ -308,7 +341,7 @@ class Uploader:
         """What ``edge-agent status`` shows under ``sync``."""
         return {
             "connected": self.connected,
-            "broker": self.config.url,
+            "broker": self.url,
             "protocol": self._protocol if self.connected else None,
             "acked_seq": self.tracker.acked,
             "acked_at": self.acks.acked_at,
