@@ -126,7 +126,7 @@ def _one_run(workdir: Path, broker_url: str, broker_pid: int, workers: int, reco
     total = DEVICES * (records // DEVICES)
     with _database() as db:
         procs = [IngestProcess(workdir, broker_url, db, "--client-id", f"bench-{run}-w{i}",
-                               "--share-group", f"bench-{run}", *extra)
+                               "--share-group", "bench" if extra else f"bench-{run}", *extra)
                  for i in range(workers)]
         try:
             for proc in procs:
@@ -175,9 +175,9 @@ def _note(runs: list[dict[str, float]], workers: int) -> str:
             f"publisher {_median(runs, 'publisher_us'):.1f}")
 
 
-def run(quick: bool) -> list[Result]:
+def run(quick: bool) -> Iterator[Result]:
+    """Yields each figure as soon as it is measured."""
     records, rounds = (20_000, 1) if quick else (200_000, 3)
-    results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="edge-bench-scale-") as tmp:
         workdir = Path(tmp)
         broker = Broker(workdir).start()
@@ -190,17 +190,16 @@ def run(quick: bool) -> list[Result]:
             broker.stop()
         one = _median(by_workers[1], "rate")
         for n, runs in by_workers.items():
-            results.append(Result(
+            yield Result(
                 "scale", f"ingest records/s, {n} worker(s) ($share/, Mosquitto, PostgreSQL)",
                 _median(runs, "rate"), "records/s", "1 worker, same run", one,
                 runs=[r["rate"] for r in runs], baseline_runs=[r["rate"] for r in by_workers[1]],
-                note=_note(runs, n)))
-        results += _per_broker(workdir, records, rounds, by_workers[1])
-    return results
+                note=_note(runs, n))
+        yield from _per_broker(workdir, records, rounds, by_workers[1])
 
 
-def _per_broker(workdir: Path, records: int, rounds: int, mosquitto: list[dict[str, Any]]) -> list[Result]:
-    out = []
+def _per_broker(workdir: Path, records: int, rounds: int,
+                mosquitto: list[dict[str, Any]]) -> Iterator[Result]:
     cluster = NatsCluster(workdir / "nats", size=1).start()
     try:
         node = cluster.nodes[0]
@@ -209,6 +208,7 @@ def _per_broker(workdir: Path, records: int, rounds: int, mosquitto: list[dict[s
                        ["--jetstream", cluster.nats_urls], "nats")
     finally:
         cluster.stop()
+    yield _against_mosquitto("NATS 2.9, JetStream consumer", nats, mosquitto)
     rabbit = RabbitNode(workdir / "rabbit").start()
     try:
         assert rabbit.process is not None
@@ -216,13 +216,14 @@ def _per_broker(workdir: Path, records: int, rounds: int, mosquitto: list[dict[s
         rmq = _series(workdir, rabbit.url, beam, 1, records, rounds, [], "rmq")
     finally:
         rabbit.stop()
-    base = _median(mosquitto, "rate")
-    for name, runs in (("NATS 2.9, JetStream consumer", nats), ("RabbitMQ 3.10, MQTT plugin", rmq)):
-        out.append(Result(
-            "scale", f"ingest records/s, 1 worker, {name} (PostgreSQL)", _median(runs, "rate"), "records/s",
-            "Mosquitto, 1 worker, same run", base, runs=[r["rate"] for r in runs],
-            baseline_runs=[r["rate"] for r in mosquitto], note=_note(runs, 1)))
-    return out
+    yield _against_mosquitto("RabbitMQ 3.10, MQTT plugin", rmq, mosquitto)
+
+
+def _against_mosquitto(name: str, runs: list[dict[str, Any]], mosquitto: list[dict[str, Any]]) -> Result:
+    return Result(
+        "scale", f"ingest records/s, 1 worker, {name} (PostgreSQL)", _median(runs, "rate"), "records/s",
+        "Mosquitto, 1 worker, same run", _median(mosquitto, "rate"), runs=[r["rate"] for r in runs],
+        baseline_runs=[r["rate"] for r in mosquitto], note=_note(runs, 1))
 
 
 def _beam_pid(script_pid: int) -> int:

@@ -53,7 +53,9 @@ class JetStreamFeed:
         self.servers = servers
         self.prefix = prefix
         self.group = group
-        self.stream = f"{group}-data".upper().replace("-", "_")
+        # One stream per topic prefix: JetStream refuses two streams on the same subjects, and
+        # a work-queue stream takes one consumer per subject, so one share group per prefix.
+        self.stream = (prefix.replace("/", "_") + "_data").upper().replace("-", "_")
         self.replicas = replicas
         self.messages = 0
         self.connected = False
