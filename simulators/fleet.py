@@ -97,10 +97,13 @@ class Fleet:
         ]
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), self.options.duration)
+        keepalive = tasks.pop(2)  # pings and ack timeouts go on while the backlogs drain
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._drain()
+        keepalive.cancel()
+        await asyncio.gather(keepalive, return_exceptions=True)
         report = self.report()
         report.elapsed_s = round(time.monotonic() - started, 2)
         for device in self.devices:
@@ -169,8 +172,9 @@ class Fleet:
                     device.cut()
 
     async def _drain(self) -> None:
-        """Wait for the ingest's acks, resending on ``ack_timeout``; a device whose node went down
-        counts too (it reconnects meanwhile), one in a scheduled outage does not."""
+        """Wait for the ingest's acks (the keepalive task resends on ``ack_timeout``); a device
+        whose broker went down counts too (it reconnects meanwhile), one in a scheduled outage
+        does not."""
         for device in self.devices:
             device.flush()
         deadline = time.monotonic() + self.options.drain
@@ -178,9 +182,6 @@ class Fleet:
             d.backlog and not d.cut_off for d in self.devices
         ):
             await asyncio.sleep(0.1)
-            now = time.monotonic()
-            for device in self.devices:
-                device.check_acks(now)
 
 
 def _parse_command(command: str) -> float | None:

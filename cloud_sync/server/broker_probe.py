@@ -86,7 +86,7 @@ async def probe(
     versions = ["5", "3.1.1"] if protocol_version == "auto" else [protocol_version]
     for version in versions:
         client = make_client(login, f"{client_id}-probe", version, logger=log.getChild("mqtt"),
-                             tls=ssl_context(login))
+                             tls=ssl_context(login), clean=True)  # leaves no session behind
         tried = False
         try:
             async with client:
