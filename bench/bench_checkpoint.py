@@ -82,7 +82,7 @@ def _commit_costs(sensors: int, commits: int) -> tuple[list[float], list[float]]
 
 
 def run(quick: bool) -> list[Result]:
-    count = 20_000 if quick else 100_000
+    count = 20_000 if quick else 50_000
     rounds = 1 if quick else 3
     rates = _ingest_rates(count, rounds)
     agent, receipt = (statistics.median(rates[k]) for k in ("agent", "agent-ack-on-receipt"))
@@ -94,7 +94,7 @@ def run(quick: bool) -> list[Result]:
         note=f"{count:,} readings, broker → window → outbox, one core",
     )]
     for sensors in (1_000, 100_000):
-        with_cp, without = _commit_costs(sensors, 5 if quick else 15)
+        with_cp, without = _commit_costs(sensors, 3 if quick else 7)
         results.append(Result(
             benchmark="checkpoint", metric=f"ms per commit, {sensors:,} open sensor windows",
             value=statistics.median(with_cp), unit="ms", baseline_name="same commit, no checkpoint",
