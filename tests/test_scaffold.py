@@ -3,6 +3,7 @@ and whose own test passes. And `edge-agent modules [--json]` still lists what it
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ from click.testing import CliRunner
 
 from agent.cli.main import main
 from agent.cli.scaffold import scaffold
+from agent.health.status import read_status
 from agent.outbox import Outbox
 from tests.conftest import EDGE_AGENT
 
@@ -149,7 +151,12 @@ def test_a_new_source_package_installs_shows_up_runs_by_name_and_its_test_passes
     agent = subprocess.Popen([*EDGE_AGENT, "run", "-c", str(config)], env=env,
                              stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(3)
+        deadline = time.monotonic() + 60  # a loaded machine starts the agent slowly
+        while time.monotonic() < deadline and agent.poll() is None:
+            time.sleep(0.5)
+            with contextlib.suppress(Exception):  # no outbox yet, or no health written yet
+                if read_status(tmp_path / "data")["sources"]["fv"]["accepted"] >= 5:
+                    break
         agent.send_signal(signal.SIGTERM)
         _, stderr = agent.communicate(timeout=15)
     finally:
