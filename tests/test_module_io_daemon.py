@@ -219,3 +219,40 @@ def test_named_inputs_and_join_through_the_daemon(tmp_path, broker: Broker, agen
     assert [(stream, ts, data) for stream, ts, data in rows(tmp_path / "data")] == [
         ("dew_point", now + 1, {"sensor": "kitchen", "value": 9.26, "unit": "C"})
     ]
+
+
+def test_a_module_blocking_the_loop_cannot_hold_the_shutdown(tmp_path, broker: Broker, agents) -> None:
+    config = agent_config(tmp_path, broker.url, modules=f"""
+        [[modules]]
+        name = "blocking"
+        use = "{MODULES}:Blocking"
+        inputs = ["sensors/#"]
+        sync = true
+
+        [[modules]]
+        name = "win"
+        use = "window"
+        inputs = ["sensors/#"]
+        sync = true
+        [modules.with]
+        every = "1h"
+        stats = ["count"]
+        """)
+    agent = AgentProcess(config).start()
+    agents.append(agent)
+    publisher = Publisher(broker.port)
+    publisher.readings([("t1", time.time(), float(i)) for i in range(20)])
+    publisher.close()
+    time.sleep(1.5)
+    started = time.monotonic()
+    agent.signal(signal.SIGTERM)
+    assert agent.wait(10) == 0, agent.output()
+    assert time.monotonic() - started < 10
+
+    status = read_status(tmp_path / "data")
+    blocking = status["modules"]["blocking"]
+    abandoned = blocking["counters"].get("abandoned", 0)
+    assert abandoned > 0 and blocking["processed"] + abandoned == 20  # abandoned, counted
+    synced = rows(tmp_path / "data")
+    assert sum(data["count"] for stream, _, data in synced if stream == "win") == 20  # the rest flushed
+    assert len([1 for stream, _, _ in synced if stream == "blocking"]) == blocking["processed"]

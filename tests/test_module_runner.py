@@ -119,6 +119,7 @@ async def test_a_hanging_module_is_interrupted_reported_and_the_next_record_proc
     assert time.monotonic() - started < 5
     assert counters.totals[("module:m", "hangs")] == 1
     assert counters.totals[("module:m", "errors")] == 1  # a hang is an error: status says so
+    assert counters.totals[("module:m", "requeued_after_hang")] == 1  # 2 waited, then went on
     await committer.commit()
     assert [r.data["value"] for r in outbox.unsent()] == [1, 2]
     assert "ModuleHung" in outbox.quarantined()[0]["error"]
@@ -140,11 +141,12 @@ async def test_a_stalled_batch_is_abandoned_the_rest_requeued_and_nothing_lost(h
     await committer.commit()
     emitted = [r.data["value"] for r in outbox.unsent()]
     quarantined = [q["data"]["value"] for q in outbox.quarantined()]
-    hangs = counters.totals[("module:m", "hangs")]
-    assert hangs >= 2  # interrupted more than once: each step is a new one
+    hangs = counters.totals.get(("module:m", "hangs"), 0)
+    # steps are sized to about 0.1 s of work from the last one's cost, so a 0.2 s record never
+    # reaches the 0.5 s hang timeout; a record that does is quarantined and the rest of its step
+    # requeued (test_a_hanging_module_is_interrupted...)
     assert sorted(emitted + quarantined) == list(range(30))  # each record once, one way or the other
     assert len(quarantined) == hangs
-    assert counters.totals[("module:m", "requeued_after_hang")] >= 1
     gaps = [round(b - a, 2) for a, b in itertools.pairwise(turns)]
     assert max(gaps) < 2.0, max(gaps)  # never held for the whole batch (6 s)
 

@@ -24,6 +24,13 @@ from agent.runtime.instance import ModuleInstance, RestartPolicy, describe
 from agent.runtime.loopwatch import LoopWatch
 from agent.wiring import synced_streams
 
+STEP_BUDGET = 0.1
+"""Seconds of work one sync step of a module is sized to (from the time its last step took a
+record), so that a module blocking in ``process`` gives the loop back between records: signals,
+sources and the other modules are held up by one record's time, not a whole batch's."""
+BIG_CHUNK = 1 << 30
+SLOW_STEP_PAUSE = 0.005
+
 
 class TickGate:
     """When a tick may close windows by the clock. A turn of the runner that comes much later
@@ -89,6 +96,8 @@ class ModuleRunner:
         self._restarts = RestartPolicy(supervisor.restart_after_errors, supervisor.restart_backoff_max)
         self._errors_log = ThrottledLog(self.context.log, interval=30)
         self._step: asyncio.Future[None] | None = None  # an async step, shielded from cancel
+        self._chunk = 1  # records a sync step takes: about STEP_BUDGET of work (the first measures)
+        self._pause = 0.0
         self._synced = synced_streams(self.name, plan.cls.outputs, plan.spec.sync)
         self._sync_all = plan.spec.sync is True
 
@@ -186,13 +195,23 @@ class ModuleRunner:
             await self._deliver()
             if self._restarts.due(instance, time.monotonic()):
                 await self._restart()
-            await asyncio.sleep(0)  # let the sources and other modules have the loop
+            await asyncio.sleep(self._pause)  # let the sources and other modules have the loop
 
     async def _process(self, batch: list[Record]) -> None:
         if self.instance.is_async:
             await self._shielded(self.instance.aprocess(batch))
-        else:
-            self.instance.process(batch)
+            return
+        if len(batch) > self._chunk:  # a slow module: the rest waits, the loop runs meanwhile
+            self.queue.requeue(batch[self._chunk:])
+            batch = batch[: self._chunk]
+        started = time.monotonic()
+        self.instance.process(batch)
+        took = time.monotonic() - started
+        cost = took / len(batch)
+        self._chunk = max(1, int(STEP_BUDGET / cost)) if cost > 0 else BIG_CHUNK
+        # after a step that held the loop, a short real pause (not one turn of the loop) lets
+        # every chain of callbacks waiting meanwhile run through: a stop signal, a source's read
+        self._pause = SLOW_STEP_PAUSE if took > STEP_BUDGET else 0.0
 
     async def _shielded(self, step: Coroutine[Any, Any, None]) -> None:
         """Run an async step so that cancelling ``run`` (the agent stops) does not cut it off:

@@ -81,3 +81,11 @@ class Stamp(Module[ModuleConfig]):
 
     def process(self, record: Record) -> None:
         self.context.emit({"end": record.data["end"], "at": time.time()}, ts=record.ts)
+
+
+class Blocking(Module[ModuleConfig]):
+    """What the I/O chapter says not to do: a blocking call right in ``process``."""
+
+    def process(self, record: Record) -> None:
+        time.sleep(1.0)
+        self.context.emit(record.data, ts=record.ts)
