@@ -16,15 +16,11 @@ import re
 import types
 import typing
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, Literal, Union
-from urllib.parse import urlsplit
+from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ValidationError
 
 from agent.errors import ConfigIssue
-
-if TYPE_CHECKING:
-    from agent.config import AgentConfig
 
 _ENTRY = re.compile(r"^(sources|modules)\[(\d+)\]")
 
@@ -126,23 +122,6 @@ def _entries(raw: dict[str, Any], kind: str) -> Iterator[tuple[int, dict[str, An
         for index, entry in enumerate(entries):
             if isinstance(entry, dict):
                 yield index, entry
-
-
-RESERVED = ("example", "invalid", "test", "example.com", "example.net", "example.org")
-"""Names reserved for examples (RFC 2606, 6761): never a real broker, always a template's."""
-
-
-def placeholders(file: str, config: AgentConfig) -> list[ConfigIssue]:
-    """Addresses a config copied from a template still has: a valid config that cannot work."""
-    where: list[tuple[str, Any]] = [("cloud.url", config.cloud.url)] if config.cloud else []
-    where += [(f"sources[{i}].url", getattr(s, "url", None)) for i, s in enumerate(config.sources)]
-    issues = []
-    for path, url in where:
-        host = ((urlsplit(url).hostname or "") if isinstance(url, str) else "").rstrip(".")
-        if any(host == name or host.endswith("." + name) for name in RESERVED):
-            issues.append(ConfigIssue(file, path, f"{host} is a placeholder (a name reserved for examples): "
-                                                  "put your broker's address here"))
-    return issues
 
 
 # -- walking a model along an error's location ----------------------------------------------------

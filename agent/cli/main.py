@@ -74,7 +74,7 @@ def run(config_path: Path) -> None:
 def check(config_path: Path, deployable: bool) -> None:
     """Validate a config; exit 2 naming every problem as FILE: key.path: reason."""
     loaded = load_or_exit(config_path)
-    from agent.config_errors import placeholders
+    from agent.cli.deployable import placeholders
     from agent.secret_files import check_secret_files
 
     if deployable and (found := placeholders(str(config_path), loaded.agent)):
