@@ -32,6 +32,7 @@ from agent.wiring import streams
 
 log = logging.getLogger(__name__)
 
+OWED = "~source:"  # checkpoint entries of a source: the packet ids its last cut covered
 READY_WAIT = 2.0  # ready once every source has connected or failed once, or after this
 STOP_BUDGET = 8.0  # modules' flush at stop, when no supervisor config says otherwise
 RESERVE = 0.25  # seconds kept for each module still to flush while one finishes
@@ -84,6 +85,7 @@ class Pipeline:
         self._supervisor: SupervisorConfig | None = None
         self._restore, self._requeue = saved_checkpoint  # used by the first apply only
         self._queues_saved = True  # whether the last checkpoint saved any queued reading
+        self._owed_saved: dict[str, bool] = {}
 
     @property
     def sources(self) -> list[SourceRunner]:
@@ -153,6 +155,7 @@ class Pipeline:
                 cls, source_config, config.device_id, self.bus, self._counters,
                 data_dir=config.data_dir / "sources", max_clock_skew=config.max_clock_skew,
             )
+            source.owed_restore = list(self._restore.pop(f"{OWED}{name}", {}).get("acked", []))
             task = group.create_task(source.run(), name=f"source:{name}")
             self._sources[name] = _Running(source, source_config, task)
             if name not in change.restarted:
@@ -198,10 +201,15 @@ class Pipeline:
         checkpoint.queued = {}
         for runner in self.runners:
             runner.checkpoint_into(checkpoint)
-        for running in self._sources.values():
+        for name, running in self._sources.items():
             release = running.source.cut()
             if release is not None:
                 checkpoint.released.append(release)
+            ids = running.source.owed_ids()
+            if ids is not None and (ids or self._owed_saved.get(name)):
+                # a crash between this commit and its PUBACKs: the resends are not taken twice
+                checkpoint.add(f"{OWED}{name}", {"acked": ids})
+                self._owed_saved[name] = bool(ids)
         if not checkpoint.queued and not self._queues_saved:
             checkpoint.queued = None  # empty, as saved last time: no write for an idle agent
         else:
@@ -234,7 +242,7 @@ class Pipeline:
                 runner.queue.requeue([Record(*record) for record in records])
         self._requeue = {}
         for name in list(self._restore):
-            if name not in fresh:
+            if name not in fresh and not name.startswith(OWED):
                 self._restore.pop(name)
 
     async def _finish(self, runners: Iterable[ModuleRunner], budget: float | None = None) -> None:

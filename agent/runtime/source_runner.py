@@ -176,6 +176,8 @@ class SourceRunner:
         self.restarts = 0
         self.state = "starting"
         self._current: Source[Any] | None = None  # the instance running now
+        self.owed_restore: list[int] = []
+        """Packet ids the checkpoint before a crash covered (``restore_owed`` of the source)."""
         self._backoff = Backoff(first=RESTART_FIRST, cap=RESTART_CAP)
 
     @property
@@ -190,6 +192,10 @@ class SourceRunner:
             source = None
             try:
                 source = self._current = self.cls(self.config, context)
+                restore_owed = getattr(source, "restore_owed", None)
+                if self.owed_restore and restore_owed is not None:
+                    restore_owed(self.owed_restore)
+                self.owed_restore = []
                 self.state = "running"
                 await source.run()
                 self.state = "ended"
@@ -227,6 +233,11 @@ class SourceRunner:
         acknowledges its input, as the MQTT source does at QoS 1, says it through ``cut``)."""
         cut = getattr(self._current, "cut", None)
         return cut() if cut is not None else None
+
+    def owed_ids(self) -> list[int] | None:
+        owed = getattr(self._current, "owed_ids", None)
+        result: list[int] | None = owed() if owed is not None else None
+        return result
 
     def pause(self) -> None:
         """Stop taking input, before the last checkpoint of a stop (if the source can)."""

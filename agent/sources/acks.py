@@ -37,6 +37,9 @@ class AckLedger:
         self._owed: dict[int, bool] = {}  # packet id -> a committed checkpoint covers it
         self._since_cut: list[int] = []
         self._earlier: set[int] = set()
+        self.last_cut: list[int] = []
+        """The ids the last cut covers: saved with its checkpoint, in case a crash comes
+        between the commit and their PUBACKs."""
         self._sender: AckSender | None = None
         self._same_count = 0
         self._last_count = -1
@@ -79,11 +82,17 @@ class AckLedger:
             del self._owed[packet_id]
         return False
 
+    def restore(self, packet_ids: list[int]) -> None:
+        """The ids of the last committed checkpoint before a crash: their effect is saved, their
+        PUBACK may not have gone out. The broker's resend of them (DUP) is not taken again."""
+        self._owed.update(dict.fromkeys(packet_ids, True))
+
     def cut(self) -> Callable[[], None] | None:
         """Everything received so far is in the checkpoint being taken now: the returned
         function acknowledges it, to be called once that checkpoint has committed (None when
         nothing new is owed)."""
         ids, self._since_cut = self._since_cut, []
+        self.last_cut = ids
         self._watch_throttle(len(self._owed))
         if not ids:
             return None

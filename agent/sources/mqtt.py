@@ -118,6 +118,14 @@ class MqttSource(Source[MqttSourceConfig]):
         self._unsaved, self._last_cut = 0, now
         return None
 
+    def owed_ids(self) -> list[int] | None:
+        """The packet ids the last cut covers (saved with the checkpoint), or None."""
+        return self.acks.last_cut if self.acks is not None else None
+
+    def restore_owed(self, packet_ids: list[int]) -> None:
+        if self.acks is not None:
+            self.acks.restore(packet_ids)
+
     def pause(self) -> None:
         """Stop reading (before the last checkpoint of a shutdown); ``stop`` disconnects."""
         if self._protocol:
