@@ -58,6 +58,22 @@ def _export(ref: str, into: Path) -> Path:
     return tree
 
 
+def _broker(root: Path) -> BenchBroker:
+    """A started broker; a second try when the first does not listen in time (a port taken
+    meanwhile, or a machine too busy to start it within the wait)."""
+    for attempt in range(3):
+        broker = BenchBroker(root, cpu=0)
+        try:
+            broker.__enter__()
+        except TimeoutError:
+            broker.__exit__(None, None, None)
+            if attempt == 2:
+                raise
+            continue
+        return broker
+    raise AssertionError("unreachable")
+
+
 def _prefill(port: int, kind: str, messages: int) -> None:
     publisher = WindowedPublisher("127.0.0.1", port, 1, 1000, client_id=f"bench-prefill-{port}")
     publisher.connect()
@@ -100,7 +116,9 @@ def drain_rates(
     with tempfile.TemporaryDirectory(prefix="edge-bench-map-") as tmp, contextlib.ExitStack() as stack:
         root = Path(tmp)
         before = _export(ref, root) if ref else None
-        brokers = {name: stack.enter_context(BenchBroker(root, cpu=0)) for name in names}
+        brokers = {name: _broker(root) for name in names}
+        for broker in brokers.values():
+            stack.callback(broker.__exit__, None, None, None)
         for name in names:
             (root / name).mkdir()
             _contender(name, brokers[name].port, 0, root / name, before, subscribe=True)

@@ -263,3 +263,29 @@ def test_the_cli_help_names_the_contract() -> None:
     text = " ".join(result.output.split())
     for words in ("--input", "--speed", "max", "(stream, ts, data)"):
         assert words in text
+
+
+def test_a_historical_series_before_1970_replays_exactly(tmp_path: Path) -> None:
+    """A climate record that starts in the 1950s: every reading counted, none refused, the
+    monthly windows where they belong (times before 1970 are negative Unix seconds)."""
+    config = write_config(tmp_path, modules="""
+        [[modules]]
+        name = "monthly"
+        use = "window"
+        inputs = ["sensors/#"]
+        sync = true
+        [modules.with]
+        every = "30d"
+        stats = ["count", "mean"]
+        """)
+    day = 86400.0
+    start = -631_152_000.0  # 1950-01-01T00:00:00Z
+    rows = [{"sensor": "station", "ts": start + i * day, "value": float(i % 30)} for i in range(365)]
+    rows.append({"sensor": "station", "ts": "1969-12-31T23:00:00Z", "value": 1.0})
+    code, out, err = run_replay("-c", str(config), "--input", "-",
+                                input="".join(json.dumps(row) + "\n" for row in rows))
+    assert code == 0, err
+    assert "replayed 366 readings" in err and "refused" not in err
+    summaries = [line["data"] for line in out if line["stream"] == "monthly"]
+    assert sum(s["count"] for s in summaries) == 366
+    assert min(s["start"] for s in summaries) <= start < min(s["start"] for s in summaries) + 30 * day

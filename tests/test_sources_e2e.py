@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from agent.health.metrics import render
 from tests.conftest import Broker
 from tests.mapping_helpers import Message, publish, run_once, source_config, summaries, values
 from tests.sparkplug_helpers import BOOLEAN, DOUBLE, INT32, INT64, payload
@@ -153,8 +154,11 @@ def test_a_preset_gives_exact_sensor_ids_and_values(case: str, tmp_path, broker:
     else:
         assert values(tmp_path / "data") == pytest.approx(expected)
         assert counters["accepted"] == len(expected)
+    metrics = render(status)
     for name, count in counted.items():
         assert counters.get(name, 0) == count, (name, counters)
+        if name != "dropped":
+            assert f'edge_agent_source_not_readings_total{{source="dev",kind="{name}"}} {count}' in metrics
     if "dropped" not in counted:
         assert status["dropped"] == {}
 

@@ -30,9 +30,9 @@ NOT_AN_ARRAY = "not_an_array"
 _CACHE_LIMIT = 100_000
 _MISSING = object()
 Path = tuple[str, ...]
-_Field = tuple[str, str, str | None]
-"""A mapped path: (its levels joined by /, its last level, the configured unit)."""
-_UNSEEN: _Field = ("", "", None)
+_Field = tuple[str, str | None, str | None]
+"""A mapped path: (its levels joined by /, the configured unit, its ``unit_key``)."""
+_UNSEEN: _Field = ("", None, None)
 
 
 class Tally:
@@ -110,6 +110,24 @@ _new_record = tuple.__new__
 """``Record(...)`` without the namedtuple's Python-level ``__new__``: a reading a field."""
 
 
+def _leaves(node: Any, left: int, path: Path, out: list[tuple[Path, Any]]) -> None:
+    """Every field below ``node`` down to ``left`` levels: what ``["*", "*.*", ...]`` match,
+    in one walk, an object or array above the last level entered rather than listed."""
+    kind = type(node)
+    if kind is dict:
+        items: Any = node.items()
+    elif kind is list:
+        items = ((str(index), child) for index, child in enumerate(node))
+    else:
+        return
+    for key, child in items:
+        child_kind = type(child)
+        if left > 1 and (child_kind is dict or child_kind is list):
+            _leaves(child, left - 1, (*path, key), out)
+        else:
+            out.append(((*path, key), child))
+
+
 def _overlap(a: Path, b: Path) -> bool:
     """Whether two patterns can match one path (then their matches are deduplicated)."""
     return len(a) == len(b) and all(x == y or "*" in (x, y) for x, y in zip(a, b, strict=True))
@@ -150,7 +168,10 @@ class PayloadMapping:
         self._overlapping = any(
             _overlap(a, b) for i, a in enumerate(self._patterns) for b in self._patterns[i + 1:]
         )
-        self._unit_hook = type(self).unit_for is not PayloadMapping.unit_for
+        # fields = ["*", "*.*", ...]: every field down to that depth, in one walk
+        wild = [("*",) * depth for depth in range(1, self._depth + 1)]
+        self._wild = self._depth if sorted(self._patterns) == wild else 0
+        self._unit_hook = type(self).payload_units is not PayloadMapping.payload_units
         self._heads: dict[str, tuple[str | None, ...]] = {}
         self._fields: dict[Path | str, _Field | None] = {}
 
@@ -190,7 +211,8 @@ class PayloadMapping:
         # it is, with the key itself (not a one-level path tuple) as the cache key.
         pairs: Any = item.items() if self._top_level and type(item) is dict else self._pairs(item)
         fields = self._fields
-        field_last, template, unit_hook = self._field_last, self._template, self._unit_hook
+        field_last, template = self._field_last, self._template
+        units = self.payload_units(item) if self._unit_hook else None
         append = out.append
         for path, raw in pairs:
             entry = fields.get(path, _UNSEEN)
@@ -198,22 +220,26 @@ class PayloadMapping:
                 entry = self._field_entry(path)
             if entry is None:
                 continue
-            try:
-                value = to_value(raw)
-            except Rejected as rejected:
-                tally.drop(rejected.reason)
-                continue
-            if value is None:
-                if type(raw) not in (dict, list) or _depth(path) >= self._depth:
-                    tally.fields_ignored += 1  # (an object a longer path goes into is no loss)
-                continue
-            field, name, unit = entry
+            kind = type(raw)
+            if kind is float and raw - raw == 0.0:  # the common case, without a call
+                value = raw
+            else:
+                try:
+                    value = to_value(raw)
+                except Rejected as rejected:
+                    tally.drop(rejected.reason)
+                    continue
+                if value is None:
+                    if (kind is not dict and kind is not list) or _depth(path) >= self._depth:
+                        tally.fields_ignored += 1  # (an object a longer path goes into is no loss)
+                    continue
+            field, unit, unit_key = entry
             if field_last:
                 sensor = head[0] + field  # type: ignore[operator]
             else:
                 sensor = template.sensor(head, (path,) if type(path) is str else path)
-            if unit_hook:
-                unit = self.unit_for(name, item, unit)
+            if unit is None and units and unit_key is not None:
+                unit = units.get(unit_key)
             data = {"sensor": sensor, "value": value}
             if unit:
                 data["unit"] = unit
@@ -243,9 +269,14 @@ class PayloadMapping:
             raise Rejected(BAD_TS) from None
         return check_ts(ts, now, self.max_skew)
 
-    def unit_for(self, name: str, item: Any, unit: str | None) -> str | None:
-        """The unit of a reading named ``name``; presets whose payload names units override it."""
-        return unit
+    def unit_key(self, name: str) -> str | None:
+        """Presets whose payload names units (Tasmota's ``TempUnit``): which key of
+        ``payload_units`` gives the unit of a reading named ``name``; None: no such unit."""
+        return None
+
+    def payload_units(self, item: Any) -> dict[str, str] | None:
+        """The units an object names, by key (looked up once per object, not per reading)."""
+        return None
 
     # -- compiled pieces -----------------------------------------------------------------------
 
@@ -274,6 +305,9 @@ class PayloadMapping:
 
     def _pairs(self, item: Any) -> list[tuple[Path, Any]]:
         out: list[tuple[Path, Any]] = []
+        if self._wild:
+            _leaves(item, self._wild, (), out)
+            return out
         for pattern in self._patterns:
             _expand(item, pattern, 0, (), out)
         if self._overlapping:
@@ -287,7 +321,7 @@ class PayloadMapping:
         if not any(_matches(pattern, path) for pattern in self._ignore):
             units = self.config.units
             unit = units.get(".".join(path)) or units.get(path[-1])
-            entry = ("/".join(path), path[-1], unit)
+            entry = ("/".join(path), unit, self.unit_key(path[-1]))
         if len(self._fields) >= _CACHE_LIMIT:
             self._fields.clear()
         self._fields[key] = entry

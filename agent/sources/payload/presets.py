@@ -15,7 +15,7 @@ from agent.api import Record
 from agent.sources.payload.config import PayloadConfig
 from agent.sources.payload.mapping import PayloadMapping, Tally
 from agent.sources.payload.values import to_value
-from agent.sources.readings import DEFAULT_MAX_CLOCK_SKEW, NOT_JSON, Rejected
+from agent.sources.readings import NOT_JSON, Rejected
 
 NOT_TEXT = "not_text"
 """Drop reason: a plain-text payload that is not UTF-8."""
@@ -77,31 +77,21 @@ class TasmotaMapping(PayloadMapping):
     """Units named in the payload: ``TempUnit`` for temperatures and dew points,
     ``PressureUnit`` for pressures."""
 
-    def __init__(self, config: PayloadConfig, max_skew: float | None = DEFAULT_MAX_CLOCK_SKEW) -> None:
-        super().__init__(config, max_skew)
-        self._unit_keys: dict[str, str | None] = {}
+    def unit_key(self, name: str) -> str | None:
+        if name.startswith(("Temperature", "DewPoint")):
+            return "TempUnit"
+        if name.endswith("Pressure"):
+            return "PressureUnit"
+        return None
 
-    def unit_for(self, name: str, item: Any, unit: str | None) -> str | None:
-        if unit is not None or type(item) is not dict:
-            return unit
-        key = self._unit_keys.get(name, "")
-        if key == "":
-            key = _unit_key(name)
-            if len(self._unit_keys) < 10_000:
-                self._unit_keys[name] = key
-        if key is None:
+    def payload_units(self, item: Any) -> dict[str, str] | None:
+        if type(item) is not dict:
             return None
-        found = item.get(key)
-        return found if type(found) is str else None
+        units = {key: unit for key in _UNIT_FIELDS if type(unit := item.get(key)) is str}
+        return units or None
 
 
-def _unit_key(name: str) -> str | None:
-    """Which of Tasmota's unit fields gives the unit of a quantity named ``name``."""
-    if name.startswith(("Temperature", "DewPoint")):
-        return "TempUnit"
-    if name.endswith("Pressure"):
-        return "PressureUnit"
-    return None
+_UNIT_FIELDS = ("TempUnit", "PressureUnit")
 
 
 class Tasmota(JsonMapper):
