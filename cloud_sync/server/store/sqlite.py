@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from typing import Any
 import sqlite_utils
 
 from agent import codec
+from agent.outbox.schema import transaction
 from cloud_sync.protocol import RawRow
 from cloud_sync.server.ledger import DeviceState, Flush, Quarantined
 from cloud_sync.server.store.base import Store, StoreError, records_by_device
@@ -97,17 +98,8 @@ class SqliteStore(Store):
 
     # -- writing --------------------------------------------------------------------------------
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        return transaction(self._conn)
 
     def _load_states(self, tx: sqlite3.Connection, ids: list[str], now: float) -> dict[str, DeviceState]:
         states: dict[str, DeviceState] = {}
