@@ -63,6 +63,28 @@ ensure_python() {
   python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { say "Python 3.11 or newer is needed"; exit 1; }
 }
 
+# The gateway's own Mosquitto, when it is installed: the queue and persistence the agent's
+# QoS 1 session needs (configs/mosquitto-local.conf). An existing drop-in is the operator's.
+install_broker_settings() {
+  local conf_d="$ROOT/etc/mosquitto/conf.d" dropin="$ROOT/etc/mosquitto/conf.d/edge-agent.conf"
+  if [ ! -d "$conf_d" ]; then
+    say "no local Mosquitto; with one, install configs/mosquitto-local.conf in its conf.d (docs/install.md)"
+    return 0
+  fi
+  if [ -e "$dropin" ]; then
+    say "kept $dropin"
+    return 0
+  fi
+  cp "$HERE/configs/mosquitto-local.conf" "$dropin"
+  chmod 0644 "$dropin"
+  say "wrote $dropin (the local broker's queue and persistence for the agent)"
+  grep -qs '^include_dir /etc/mosquitto/conf.d' "$ROOT/etc/mosquitto/mosquitto.conf" ||
+    say "warning: $ROOT/etc/mosquitto/mosquitto.conf does not include_dir /etc/mosquitto/conf.d: add it"
+  if use_systemd && systemctl is-active --quiet mosquitto.service; then
+    systemctl restart mosquitto.service  # persistence keeps sessions and queued readings
+  fi
+}
+
 install() {
   need_root
   ensure_python
@@ -89,6 +111,7 @@ install() {
     chown -R "$SERVICE_USER:$SERVICE_USER" "$STATE_DIR"
   fi
   cp "$HERE/configs/edge-agent.service" "$UNIT_DIR/edge-agent.service"
+  install_broker_settings
   # On PATH for every user (sudo's secure_path has /usr/local/bin too).
   mkdir -p "$BIN_DIR" && ln -sfn "$PREFIX/venv/bin/edge-agent" "$BIN_DIR/edge-agent"
   # The unit runs the same check before every start (ExecStartPre): a config that is invalid, or
@@ -126,6 +149,7 @@ uninstall() {
   fi
   if [ "$PURGE" -eq 1 ]; then
     rm -rf "$CONF_DIR" "$STATE_DIR"
+    rm -f "$ROOT/etc/mosquitto/conf.d/edge-agent.conf"
     [ -z "$ROOT" ] && id -u "$SERVICE_USER" >/dev/null 2>&1 && userdel "$SERVICE_USER"
     say "removed the service, the program, the config and the data"
   else

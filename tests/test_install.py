@@ -23,6 +23,9 @@ def install(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_install_upgrade_and_uninstall_keep_the_operators_files(tmp_path):
+    (tmp_path / "etc/mosquitto/conf.d").mkdir(parents=True)  # a local Mosquitto, as Debian ships it
+    (tmp_path / "etc/mosquitto/mosquitto.conf").write_text("include_dir /etc/mosquitto/conf.d\n")
+    dropin = tmp_path / "etc/mosquitto/conf.d/edge-agent.conf"
     first = install(tmp_path)
     assert first.returncode == 0, first.stderr
     agent = tmp_path / "opt/edge-agent/venv/bin/edge-agent"
@@ -32,6 +35,8 @@ def test_install_upgrade_and_uninstall_keep_the_operators_files(tmp_path):
         ROOT / "configs/edge-agent.service"
     ).read_text()
     assert oct(config.stat().st_mode & 0o777) == "0o640"
+    assert dropin.read_text() == (ROOT / "configs/mosquitto-local.conf").read_text()
+    assert "warning" not in first.stderr
     assert subprocess.run([str(agent), "check", "-c", str(config)], capture_output=True).returncode == 0
     # on PATH for every user
     link = tmp_path / "usr/local/bin/edge-agent"
@@ -56,6 +61,7 @@ def test_install_upgrade_and_uninstall_keep_the_operators_files(tmp_path):
     assert "kept" in again.stderr and 'device_id = "gw-77"' in config.read_text()
     assert "NOT started" not in again.stderr  # an edited config passes the service's check
     assert subprocess.run(argv, capture_output=True).returncode == 0
+    assert f"kept {dropin}" in again.stderr
 
     removed = install(tmp_path, "--uninstall")
     assert removed.returncode == 0, removed.stderr
@@ -67,6 +73,7 @@ def test_install_upgrade_and_uninstall_keep_the_operators_files(tmp_path):
     purged = install(tmp_path, "--uninstall", "--purge")
     assert purged.returncode == 0, purged.stderr
     assert not config.exists() and not (tmp_path / "var/lib/edge-agent").exists()
+    assert not dropin.exists()
 
 
 def test_unknown_options_are_refused():

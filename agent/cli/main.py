@@ -100,6 +100,10 @@ def status(config_path: Path, as_json: bool) -> None:
     except OutboxError as exc:
         click.echo(str(exc), err=True)
         sys.exit(1)
+    from agent.health.broker import broker_report  # paho, only for this command
+
+    state["local_brokers"], dropped = broker_report(loaded.agent.sources)
+    state["warnings"] = [*(state.get("warnings") or []), *dropped]
     if as_json:
         click.echo(json.dumps(state, indent=2))
     else:
