@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test check bench demo screenshots clean
+.PHONY: test check bench demo screenshots clean pi-check
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ demo: $(VENV)/.demo
 screenshots: $(VENV)/.installed
 	scripts/ensure-deps.sh
 	EDGE_SCREENSHOTS=docs/screenshots $(PY) -m pytest tests/test_console_outage.py -q
+
+# The Raspberry Pi install under emulation (arm64 and armhf; root; see docs/install.md). The
+# output is kept in docs/pi-check.txt.
+pi-check:
+	bash -o pipefail -c 'scripts/pi-check.sh $(PI_ARCHES) 2>&1 | tee docs/pi-check.txt'
 
 clean:
 	rm -rf $(VENV) .demo build *.egg-info

@@ -20,6 +20,7 @@ DISTRIBUTION = "tidegate"
 EXTRAS: dict[str, tuple[str, ...]] = {
     # extra -> the top-level modules it provides (pyproject.toml's optional-dependencies)
     "cloud": ("starlette", "uvicorn", "jinja2", "argon2", "psycopg", "orjson"),
+    "nats": ("nats",),
     "signing": ("cryptography",),
     "ml": ("onnxruntime", "numpy"),
     "zstd": ("zstandard",),

@@ -18,12 +18,13 @@ ROOT = Path(__file__).resolve().parent.parent
 # distributions whose import name is not their own
 IMPORT_NAME = {
     "argon2-cffi": "argon2", "psycopg": "psycopg", "protobuf": "google.protobuf", "pyserial": "serial",
-    "pyserial-asyncio-fast": "serial_asyncio_fast",
+    "pyserial-asyncio-fast": "serial_asyncio_fast", "nats-py": "nats",
 }
 
 
 def test_every_extra_of_the_package_is_mapped_to_what_it_provides():
     optional = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert set(EXTRAS) == set(optional) - {"test", "dev"}
     for extra, provides in EXTRAS.items():
         dists = [re.split(r"[\[<>=!~ ;]", req, maxsplit=1)[0] for req in optional[extra]]
         imports = {IMPORT_NAME.get(d, d.replace("-", "_")) for d in dists}
@@ -91,6 +92,8 @@ def _cases(tmp_path: Path) -> list[tuple[list[str], str, str]]:
     signed = _config(tmp_path, "signed.toml", SIGNED)
     return [
         (["edge-cloud", "serve", "--broker", "mqtt://127.0.0.1:1"], "cloud", "edge-cloud serve needs"),
+        (["edge-cloud", "serve", "--broker", "mqtt://127.0.0.1:1", "--jetstream", "nats://127.0.0.1:1"],
+         "nats", "edge-cloud serve: --jetstream needs"),
         (["edge-cloud", "user", "add", "ann", "--users", users, "--password-stdin"], "cloud",
          "edge-cloud user add needs"),
         (["edge-cloud", "user", "list", "--users", users], "cloud", "edge-cloud user list needs"),

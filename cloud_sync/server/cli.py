@@ -67,6 +67,8 @@ def serve(
     mqtt_protocol: str, jetstream: str | None, probe_broker: bool, log_level: str, **console: Any,
 ) -> None:
     """Ingest from the broker into the store and serve the JSON API until SIGTERM/SIGINT."""
+    if jetstream:
+        require_or_exit("edge-cloud serve", "nats", what="--jetstream")
     # the console's every page needs these; psycopg only a postgresql:// store
     require_or_exit("edge-cloud serve", "cloud", ("starlette", "uvicorn", "jinja2", "argon2"))
     if db_url.startswith(("postgresql:", "postgres:")):
@@ -78,12 +80,6 @@ def serve(
 
     host, port = _host_port(http)
     servers = [url.strip() for url in jetstream.split(",") if url.strip()] if jetstream else None
-    if servers:
-        try:
-            import nats  # noqa: F401
-        except ImportError:
-            click.echo("--jetstream needs the nats-py client: pip install 'tidegate[nats]'", err=True)
-            sys.exit(2)
     try:
         login = BrokerLogin(
             url=broker, username=username, password_env=password_env, password_file=password_file,

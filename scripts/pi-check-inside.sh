@@ -1,0 +1,174 @@
+#!/bin/bash
+# The half of scripts/pi-check.sh that runs inside the emulated Debian (as root in a chroot, the
+# checkout in /src/tidegate):
+#   install  scripts/install.sh as a user runs it, pip allowed wheels only; which wheels were
+#            installed; which extras have wheels for this architecture and which need a compiler
+#   run      (no network but loopback) Mosquitto with the installed drop-in, `edge-agent check` on
+#            the installed Pi config, idle RSS, `run` on the simulator and the MQTT source,
+#            status, outbox, SIGTERM and exit status 0
+set -euo pipefail
+
+SRC=/src/tidegate
+VENV=/opt/edge-agent/venv
+AGENT=$VENV/bin/edge-agent
+EXTRAS=(zstd signing cloud nats ml)
+RUN_SECONDS=${PI_CHECK_RUN_SECONDS:-30}
+
+say() { printf 'pi-check [%s]: %s\n' "$(uname -m)" "$*"; }
+die() { say "FAIL: $*"; exit 1; }
+
+phase_install() {
+  say "$(. /etc/os-release && echo "$PRETTY_NAME"), $(python3 --version), glibc $(ldd --version | head -n 1 | awk '{print $NF}')"
+  local started=$SECONDS
+  # No compiler on the board, and none wanted: a package without a wheel fails the install.
+  (cd "$SRC" && PIP_ONLY_BINARY=:all: scripts/install.sh) || die "scripts/install.sh failed"
+  say "install.sh: $((SECONDS - started)) s (emulated)"
+  say "installed distributions (the wheel tag each came as; built here = compiled on the board):"
+  "$VENV/bin/python" - <<'EOF'
+import importlib.metadata as md
+built = []
+for dist in sorted(md.distributions(), key=lambda d: d.metadata["Name"].lower()):
+    name = dist.metadata["Name"]
+    wheel = dist.read_text("WHEEL") or ""
+    tags = [line.split(":", 1)[1].strip() for line in wheel.splitlines() if line.startswith("Tag:")]
+    local = dist.read_text("direct_url.json") is not None
+    platform = {tag.rsplit("-", 1)[-1] for tag in tags}
+    # A wheel pip builds from an sdist is tagged linux_<arch>; PyPI's are manylinux/musllinux/any.
+    from_source = any(p.startswith("linux_") for p in platform)
+    print(f"  {name:<22} {dist.version:<12} {', '.join(sorted(platform)) or '?'}"
+          + ("  (this checkout, pure Python)" if local else "") + ("  BUILT HERE" if from_source else ""))
+    if from_source:
+        built.append(name)
+if built:
+    raise SystemExit(f"compiled from source on the board: {', '.join(built)}")
+EOF
+  survey_extras
+}
+
+# For each extra: the packages it adds, as wheels or sdists (an sdist needs a compiler here).
+survey_extras() {
+  say "extras on $(uname -m) (pip's choice from PyPI, dry run):"
+  local extra
+  for extra in "${EXTRAS[@]}"; do
+    local report=/tmp/extra-$extra.json
+    if ! "$VENV/bin/pip" install -q --dry-run --ignore-installed --report "$report" "$SRC[$extra]" \
+        >/tmp/extra-$extra.log 2>&1; then
+      say "  $extra: cannot be installed here: $(grep -m 1 -E 'ERROR|error:' /tmp/extra-$extra.log || tail -n 1 /tmp/extra-$extra.log)"
+      continue
+    fi
+    "$VENV/bin/python" - "$extra" "$report" <<'EOF'
+import json, sys
+extra, path = sys.argv[1], sys.argv[2]
+base = {"tidegate", "aiomqtt", "paho-mqtt", "pydantic", "pydantic-core", "sqlite-utils", "click",
+        "annotated-types", "typing-extensions", "typing-inspection", "click-default-group",
+        "pluggy", "python-dateutil", "six", "sqlite-fts4", "tabulate", "tzdata", "orjson"}
+wheels, sdists = [], []
+for item in json.load(open(path))["install"]:
+    name = item["metadata"]["name"].lower().replace("_", "-")
+    url = item["download_info"]["url"]
+    if name in base or url.startswith("file:"):
+        continue
+    (wheels if url.endswith(".whl") else sdists).append(f"{name} {item['metadata']['version']}")
+verdict = "wheels only" if not sdists else "NEEDS A COMPILER for " + ", ".join(sdists)
+print(f"pi-check:   {extra}: {verdict}" + (f" (wheels: {', '.join(wheels)})" if wheels else ""))
+EOF
+  done
+}
+
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+
+phase_run() {
+  install -d -o mosquitto -g mosquitto /run/mosquitto
+  mosquitto -c /etc/mosquitto/mosquitto.conf -d
+  for _ in $(seq 50); do grep -q 'running' /var/log/mosquitto/mosquitto.log 2>/dev/null && break; sleep 0.2; done
+  grep -q 'Loading config file /etc/mosquitto/conf.d/edge-agent.conf' /var/log/mosquitto/mosquitto.log ||
+    die "Mosquitto did not read the installed drop-in"
+  say "Mosquitto $(mosquitto -h 2>/dev/null | head -n 1 | awk '{print $3}') running with conf.d/edge-agent.conf"
+
+  "$AGENT" check -c /etc/edge-agent/agent.toml || die "check on the installed Pi config"
+
+  install -m 0640 -g edge-agent /dev/stdin /etc/edge-agent/pi-check.toml <<'EOF'
+device_id = "pi-check"
+data_dir = "/var/lib/edge-agent"
+
+[[sources]]
+name = "sim"
+type = "simulator"
+sensors = 8
+rate = 5.0
+
+[[sources]]
+name = "local"
+type = "mqtt"
+url = "mqtt://127.0.0.1:1883"
+topics = ["lab/#"]
+qos = 1
+
+[[modules]]
+name = "climate_10s"
+use = "window"
+inputs = ["sensors/#", "lab/#"]
+sync = true
+[modules.with]
+every = "10s"
+stats = ["count", "mean", "min", "max"]
+EOF
+  # A bare interpreter under the same emulation: what qemu itself adds to every RSS figure.
+  python3 -c 'import time; time.sleep(8)' & local bare=$!
+  sleep 6; local bare_rss; bare_rss=$(rss_kb $bare); wait $bare
+
+  local log=/var/lib/edge-agent/pi-check.log
+  setpriv --reuid edge-agent --regid edge-agent --init-groups -- "$AGENT" run -c /etc/edge-agent/pi-check.toml \
+    > "$log" 2>&1 &
+  local pid=$!
+  for _ in $(seq 600); do grep -q 'ready' "$log" && break; kill -0 $pid 2>/dev/null || break; sleep 0.2; done
+  grep -q 'ready' "$log" || { cat "$log"; die "the agent did not become ready"; }
+  sleep 2
+  local rss; rss=$(rss_kb $pid)
+  say "RSS 2 s after ready: agent $((rss / 1024)) MB, bare python3 $((bare_rss / 1024)) MB (both include qemu)"
+  echo "rss_kb=$rss bare_kb=$bare_rss" > /tmp/rss
+
+  "$VENV/bin/python" - <<'EOF'
+import json, paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="pi-check-sensor")
+client.connect("127.0.0.1", 1883)
+client.loop_start()
+infos = [client.publish(f"lab/s{i % 4}", json.dumps({"value": i % 50}), qos=1) for i in range(1000)]
+for info in infos:
+    info.wait_for_publish(60)
+client.disconnect()
+client.loop_stop()
+EOF
+  say "published 1000 QoS 1 readings to the local Mosquitto; running ${RUN_SECONDS} s"
+  sleep "$RUN_SECONDS"
+
+  "$AGENT" status -c /etc/edge-agent/pi-check.toml
+  "$AGENT" status -c /etc/edge-agent/pi-check.toml --json > /tmp/status.json
+  "$VENV/bin/python" - <<'EOF' || die "status"
+import json
+state = json.load(open("/tmp/status.json"))
+assert state["daemon"]["running"], "the daemon is not running"
+local = state["sources"]["local"]
+assert local.get("accepted") == 1000, f"MQTT source accepted {local.get('accepted')} of 1000"
+assert state["sources"]["sim"].get("accepted", 0) > 0, "no simulator readings"
+assert state["local_brokers"]["local"]["dropped"] == 0, state["local_brokers"]
+EOF
+  local rows; rows=$("$AGENT" outbox -c /etc/edge-agent/pi-check.toml | wc -l)
+  [ "$rows" -gt 0 ] || die "nothing in the outbox"
+  say "outbox: $rows summaries waiting; the first:"
+  "$AGENT" outbox -c /etc/edge-agent/pi-check.toml --limit 1
+
+  kill -TERM $pid
+  local status=0
+  wait $pid || status=$?
+  [ $status -eq 0 ] || { tail -n 20 "$log"; die "exit status $status after SIGTERM"; }
+  say "SIGTERM: exit 0"
+  kill "$(cat /run/mosquitto/mosquitto.pid)"
+}
+
+case "${1:-}" in
+  install) phase_install ;;
+  run) phase_run ;;
+  *) echo "usage: $0 install|run" >&2; exit 2 ;;
+esac

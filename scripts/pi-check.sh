@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# The Raspberry Pi install, proven under emulation: a Debian bookworm root file system (what
+# Raspberry Pi OS bookworm is built on) for arm64 (64-bit Pi OS) and armhf (32-bit Pi OS), run
+# through qemu-user-static (binfmt) in a chroot. Inside each, scripts/pi-check-inside.sh installs
+# the agent with scripts/install.sh from this checkout (wheels only), surveys which extras have
+# wheels, and runs the agent against the local Mosquitto. Run as root:
+#
+#   scripts/pi-check.sh [arm64] [armhf]        # both when none is named; `make pi-check`
+#
+# Root file systems come from the Debian mirror apt uses here (/etc/apt/sources.list*) and are
+# cached in $PI_CHECK_CACHE (default ~/.cache/tidegate/pi): the first build takes a long while
+# (debootstrap's second stage runs emulated), later runs copy the cached tree. Python packages
+# come from PyPI, as on a Pi; pip's cache is kept beside the root file systems.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")/.." && pwd)
+CACHE=${PI_CHECK_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tidegate/pi}
+PACKAGES=python3,python3-venv,ca-certificates,procps,mosquitto
+ARCHES=("$@")
+[ ${#ARCHES[@]} -gt 0 ] || ARCHES=(arm64 armhf)
+
+say() { printf 'pi-check: %s\n' "$*" >&2; }
+die() { say "FAIL: $*"; exit 1; }
+
+[ "$(id -u)" -eq 0 ] || die "run as root: debootstrap and chroot need it"
+
+qemu_of() { case "$1" in arm64) echo aarch64 ;; armhf) echo arm ;; *) die "unknown architecture $1 (arm64, armhf)" ;; esac; }
+
+ensure_host() {
+  local missing=()
+  command -v debootstrap >/dev/null || missing+=(debootstrap)
+  [ -x /usr/bin/qemu-aarch64-static ] || missing+=(qemu-user-static)
+  command -v update-binfmts >/dev/null || missing+=(binfmt-support)
+  if [ ${#missing[@]} -gt 0 ]; then
+    say "installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  [ -e /proc/sys/fs/binfmt_misc/status ] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+  for arch in "${ARCHES[@]}"; do
+    local name; name=qemu-$(qemu_of "$arch")
+    [ -e "/proc/sys/fs/binfmt_misc/$name" ] || update-binfmts --enable "$name"
+    # F (fix binary): the kernel opens the interpreter now, so it need not exist in the chroot
+    grep -q '^flags: .*F' "/proc/sys/fs/binfmt_misc/$name" || die "binfmt $name lacks the F flag"
+  done
+}
+
+# The Debian mirror apt is configured with (deb822 .sources first, then one-line .list files).
+mirror() {
+  local uri
+  uri=$(grep -hsE '^URIs:[[:space:]]*[^[:space:]]+/debian/?[[:space:]]*$' /etc/apt/sources.list.d/*.sources |
+        head -n 1 | awk '{print $2}')
+  if [ -z "$uri" ]; then
+    uri=$(grep -hsE '^deb[[:space:]]+(\[[^]]*\][[:space:]]+)?[^[:space:]]+/debian/?[[:space:]]+bookworm[[:space:]]' \
+            /etc/apt/sources.list /etc/apt/sources.list.d/*.list | head -n 1 |
+          sed -E 's/^deb[[:space:]]+(\[[^]]*\][[:space:]]+)?([^[:space:]]+).*/\2/')
+  fi
+  [ -n "$uri" ] || die "no Debian mirror in /etc/apt/sources.list*"
+  echo "$uri"
+}
+
+rootfs() {
+  local arch=$1 dir="$CACHE/bookworm-$1"
+  if [ ! -e "$dir/.complete" ]; then
+    local from; from=$(mirror)
+    say "$arch: building the root file system from $from (once; cached in $dir)"
+    rm -rf "$dir.partial"
+    mkdir -p "$CACHE"
+    nice -n 10 debootstrap --arch="$arch" --variant=minbase --include="$PACKAGES" bookworm "$dir.partial" "$from" \
+      > "$CACHE/debootstrap-$arch.log" 2>&1 || die "debootstrap failed: $CACHE/debootstrap-$arch.log"
+    touch "$dir.partial/.complete"
+    mv "$dir.partial" "$dir"
+  fi
+  echo "$dir"
+}
+
+# Mounts of one run, undone on exit.
+# Nothing of this machine's environment (pip settings, its local indexes) leaks into the board's.
+CLEAN_ENV=(PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8
+           "PI_CHECK_RUN_SECONDS=${PI_CHECK_RUN_SECONDS:-30}")
+
+MOUNTS=()
+cleanup() {
+  local i
+  for ((i = ${#MOUNTS[@]} - 1; i >= 0; i--)); do umount -l "${MOUNTS[$i]}" 2>/dev/null || true; done
+  MOUNTS=()
+  # never remove a tree that still has /dev or /proc mounted in it
+  if [ -n "${WORK:-}" ] && ! grep -q " $WORK/" /proc/mounts; then rm -rf "$WORK"; fi
+  WORK=
+}
+trap cleanup EXIT
+
+bind() { mkdir -p "$2"; mount --bind "$1" "$2"; MOUNTS+=("$2"); }
+
+check_arch() {
+  local arch=$1 base root started
+  base=$(rootfs "$arch")
+  started=$(date +%s)
+  WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/pi-check-$arch.XXXXXX")
+  root="$WORK/root"
+  cp -a "$base" "$root"  # a pristine system for every run: the install is the first one
+  mkdir -p "$root/src/tidegate" "$CACHE/pip-$arch"
+  # the checkout as it is (tracked and new files, uncommitted changes included)
+  (cd "$HERE" && git ls-files -z --cached --others --exclude-standard |
+     tar --null -T - -cf - 2>/dev/null) | tar -xf - -C "$root/src/tidegate"
+  cp /etc/resolv.conf "$root/etc/resolv.conf"
+  # The certificates this machine trusts (a proxy's CA, where there is one), for pip only.
+  cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/host-ca-certificates.crt"
+  bind /proc "$root/proc"
+  bind /dev "$root/dev"
+  bind "$CACHE/pip-$arch" "$root/root/.cache/pip"
+  say "$arch: installing (network: PyPI)"
+  nice -n 10 env -i "${CLEAN_ENV[@]}" PIP_CERT=/etc/ssl/certs/host-ca-certificates.crt \
+    chroot "$root" /bin/bash /src/tidegate/scripts/pi-check-inside.sh install
+  # The run has a network of its own (loopback only): its Mosquitto on 1883 meets nobody else's.
+  say "$arch: running the agent (no network but its own loopback)"
+  nice -n 10 env -i "${CLEAN_ENV[@]}" unshare --net /bin/bash -c \
+    'ip link set lo up && exec chroot "$1" /bin/bash /src/tidegate/scripts/pi-check-inside.sh run' _ "$root"
+  cleanup
+  say "$arch: ok in $(( $(date +%s) - started )) s"
+}
+
+ensure_host
+for arch in "${ARCHES[@]}"; do
+  qemu_of "$arch" >/dev/null
+done
+total=$(date +%s)
+for arch in "${ARCHES[@]}"; do
+  check_arch "$arch"
+done
+say "all ok (${ARCHES[*]}) in $(( $(date +%s) - total )) s"
