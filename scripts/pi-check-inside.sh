@@ -11,7 +11,7 @@ set -euo pipefail
 SRC=/src/tidegate
 VENV=/opt/edge-agent/venv
 AGENT=$VENV/bin/edge-agent
-EXTRAS=(zstd signing cloud nats ml)
+read -r -a EXTRAS <<< "${PI_CHECK_EXTRAS:-zstd signing sparkplug modbus serial http opcua ml cloud nats}"
 RUN_SECONDS=${PI_CHECK_RUN_SECONDS:-30}
 
 say() { printf 'pi-check [%s]: %s\n' "$(uname -m)" "$*"; }

@@ -24,6 +24,12 @@ die() { say "FAIL: $*"; exit 1; }
 
 [ "$(id -u)" -eq 0 ] || die "run as root: debootstrap and chroot need it"
 
+# Nothing of this machine's environment (pip settings, its local indexes) leaks into the board's.
+CLEAN_ENV=(PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8
+           "PI_CHECK_RUN_SECONDS=${PI_CHECK_RUN_SECONDS:-30}" "PI_CHECK_EXTRAS=${PI_CHECK_EXTRAS:-}"
+           # TLS under emulation on a busy machine is slow: pip's 15 s default times out
+           PIP_DEFAULT_TIMEOUT=120 PIP_RETRIES=10)
+
 qemu_of() { case "$1" in arm64) echo aarch64 ;; armhf) echo arm ;; *) die "unknown architecture $1 (arm64, armhf)" ;; esac; }
 
 ensure_host() {
@@ -71,14 +77,27 @@ rootfs() {
     touch "$dir.partial/.complete"
     mv "$dir.partial" "$dir"
   fi
+  ensure_packages "$arch" "$dir"
   echo "$dir"
 }
 
-# Mounts of one run, undone on exit.
-# Nothing of this machine's environment (pip settings, its local indexes) leaks into the board's.
-CLEAN_ENV=(PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8
-           "PI_CHECK_RUN_SECONDS=${PI_CHECK_RUN_SECONDS:-30}")
+# A cached tree from an older package list gets what is missing (apt in the chroot, once).
+ensure_packages() {
+  local arch=$1 dir=$2 missing=() pkg
+  for pkg in ${PACKAGES//,/ }; do
+    chroot "$dir" dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  say "$arch: adding ${missing[*]} to the cached root file system"
+  cp /etc/resolv.conf "$dir/etc/resolv.conf"
+  mount --bind /proc "$dir/proc"
+  nice -n 10 env -i "${CLEAN_ENV[@]}" DEBIAN_FRONTEND=noninteractive chroot "$dir" /bin/sh -c \
+    "apt-get update -qq && apt-get install -y -qq --no-install-recommends ${missing[*]} >/dev/null" || {
+    umount "$dir/proc"; die "apt-get install ${missing[*]} in $dir"; }
+  umount "$dir/proc"
+}
 
+# Mounts of one run, undone on exit.
 MOUNTS=()
 cleanup() {
   local i

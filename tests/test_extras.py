@@ -113,7 +113,7 @@ def _cases(tmp_path: Path) -> list[tuple[list[str], str, str]]:
 
 
 @pytest.mark.integration
-@pytest.mark.timeout(600)  # the venv's install, from the pip cache
+@pytest.mark.timeout(1200)  # the venv's install, from the pip cache: minutes on a busy machine
 def test_each_command_says_which_extra_to_install(bare: Path, tmp_path: Path):
     for argv, extra, start in _cases(tmp_path):
         result = subprocess.run(
