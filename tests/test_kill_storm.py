@@ -31,7 +31,8 @@ def local_broker(workdir: Path) -> Broker:
     workdir.mkdir(exist_ok=True)
     broker = Broker(workdir)
     shipped = (ROOT / "configs" / "mosquitto-local.conf").read_text()
-    shipped = shipped.replace("persistence_location /var/lib/mosquitto/", f"persistence_location {workdir}/")
+    # Debian's mosquitto.conf sets the directory; the drop-in leaves it to it
+    shipped = f"persistence_location {workdir}/\n" + shipped
     text = broker.config.read_text()
     text = text.replace("persistence false\n", "").replace("max_queued_messages 100000\n", "")
     broker.config.write_text(text + shipped)
