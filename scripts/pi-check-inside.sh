@@ -61,7 +61,8 @@ import json, sys
 extra, path = sys.argv[1], sys.argv[2]
 base = {"tidegate", "aiomqtt", "paho-mqtt", "pydantic", "pydantic-core", "sqlite-utils", "click",
         "annotated-types", "typing-extensions", "typing-inspection", "click-default-group",
-        "pluggy", "python-dateutil", "six", "sqlite-fts4", "tabulate", "tzdata", "orjson"}
+        "pluggy", "python-dateutil", "six", "sqlite-fts4", "tabulate", "tzdata", "orjson", "pip",
+        "setuptools"}
 wheels, sdists = [], []
 for item in json.load(open(path))["install"]:
     name = item["metadata"]["name"].lower().replace("_", "-")
