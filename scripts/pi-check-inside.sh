@@ -80,9 +80,10 @@ rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 
 phase_run() {
   install -d -o mosquitto -g mosquitto /run/mosquitto
-  mosquitto -c /etc/mosquitto/mosquitto.conf -d
+  # it names each file it reads on its console, before its own log file takes over
+  mosquitto -c /etc/mosquitto/mosquitto.conf -d > /tmp/mosquitto-start.log 2>&1
   for _ in $(seq 50); do grep -q 'running' /var/log/mosquitto/mosquitto.log 2>/dev/null && break; sleep 0.2; done
-  grep -q 'Loading config file /etc/mosquitto/conf.d/edge-agent.conf' /var/log/mosquitto/mosquitto.log ||
+  grep -q 'Loading config file /etc/mosquitto/conf.d/edge-agent.conf' /tmp/mosquitto-start.log ||
     die "Mosquitto did not read the installed drop-in"
   say "Mosquitto $(mosquitto -h 2>/dev/null | head -n 1 | awk '{print $3}') running with conf.d/edge-agent.conf"
 
