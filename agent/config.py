@@ -247,6 +247,18 @@ class ModuleSpec(_Section):
     with_: dict[str, Any] = Field(default_factory=dict, alias="with")
     queue: Annotated[int, Field(ge=1, le=10_000_000)] = 20_000
     """Records that may wait for this module; when full, the sources wait (backpressure)."""
+    isolation: Literal["in-process", "process"] = "in-process"
+    """``process`` runs the module in a child process of its own: a crash, a hang or a leak
+    ends only that process, which is restarted (records cross a pipe: slower per record)."""
+    max_rss: Size | None = None
+    """With ``isolation = "process"``: the child's resident memory above which it is killed
+    and restarted ("200MB")."""
+
+    @model_validator(mode="after")
+    def _rss_needs_a_process(self) -> ModuleSpec:
+        if self.max_rss is not None and self.isolation != "process":
+            raise ValueError('max_rss applies to isolation = "process" only')
+        return self
 
     @property
     def filters(self) -> list[str]:

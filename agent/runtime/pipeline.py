@@ -26,6 +26,7 @@ from agent.outbox.committer import Committer
 from agent.outbox.records import Changes
 from agent.runtime.loopwatch import LoopWatch
 from agent.runtime.module_runner import ModuleRunner
+from agent.runtime.process_runner import ProcessRunner
 from agent.runtime.source_runner import SourceRunner
 from agent.topics import matches
 from agent.wiring import streams
@@ -110,7 +111,7 @@ class Pipeline:
             (change.restarted if name in new_sources else change.stopped).append(name)
 
         fresh = {
-            name: ModuleRunner(
+            name: runner_for(plan)(
                 plan, self.bus, self._committer, self._counters, self._watch, config.supervisor,
                 state=old_runners[name].context.state if name in old_runners
                 else self._saved_state.get(name, {}),
@@ -174,7 +175,7 @@ class Pipeline:
         old = next((runner for runner in self.runners if runner.name == name), None)
         if old is None or self._supervisor is None:
             return None
-        fresh = ModuleRunner(
+        fresh = runner_for(old.plan)(
             old.plan, self.bus, self._committer, self._counters, self._watch, self._supervisor,
             state=old.context.state,
         )
@@ -257,6 +258,11 @@ class Pipeline:
         for index, runner in enumerate(runners):  # upstream first: flushed output goes down
             # a blocked module must leave the ones after it a little time to flush
             await runner.finish(deadline - RESERVE * (len(runners) - 1 - index))
+
+
+def runner_for(plan: ModulePlan) -> type[ModuleRunner]:
+    """In the daemon's process (the default), or in a child process of its own."""
+    return ProcessRunner if plan.spec.isolation == "process" else ModuleRunner
 
 
 def upstream_first(plans: list[ModulePlan]) -> list[ModulePlan]:
