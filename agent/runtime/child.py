@@ -98,10 +98,13 @@ class _Events:
 def load_class(module: str, qualname: str, file: str | None) -> type[Module[Any]]:
     """The module class, imported by name, or from its file (a module next to the config)."""
     try:
+        if module == "__main__":  # a script's class: its file, under a name of its own
+            raise ImportError(module)
         namespace: Any = importlib.import_module(module)
     except ImportError:
         if file is None:
             raise
+        module = "_isolated_main" if module == "__main__" else module
         spec = importlib.util.spec_from_file_location(module, file)
         assert spec is not None and spec.loader is not None
         namespace = importlib.util.module_from_spec(spec)

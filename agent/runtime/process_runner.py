@@ -184,6 +184,7 @@ class ProcessRunner(ModuleRunner):
         proc, self._proc = self._proc, None
         if proc is None:
             return
+        timeout = min(timeout, START_TIMEOUT)  # finish() without a deadline passes infinity
         if proc.returncode is None and self._status in ("running", "restarting"):
             self._proc = proc
             with contextlib.suppress(ChildDied):
