@@ -266,3 +266,15 @@ def test_check_deployable_refuses_only_reserved_example_names(tmp_path, host, pl
     assert result.returncode == (2 if placeholder else 0), result.stderr
     if placeholder:
         assert f"cloud.url: {host} is a placeholder" in result.stderr
+
+
+def test_isolation_and_max_rss(tmp_path):
+    loaded = load_config(write(tmp_path, VALID.replace(
+        "sync = true", 'sync = true\nisolation = "process"\nmax_rss = "200MB"')))
+    spec = loaded.modules[0].spec
+    assert (spec.isolation, spec.max_rss) == ("process", 200_000_000)
+    assert load_config(write(tmp_path, VALID)).modules[0].spec.isolation == "in-process"
+    with pytest.raises(ConfigError, match=r'max_rss applies to isolation = "process" only'):
+        load_config(write(tmp_path, VALID.replace("sync = true", 'sync = true\nmax_rss = "200MB"')))
+    with pytest.raises(ConfigError, match=r"isolation"):
+        load_config(write(tmp_path, VALID.replace("sync = true", 'sync = true\nisolation = "thread"')))

@@ -35,11 +35,12 @@ def test_each_toml_of_the_new_chapters_passes_check(tmp_path: Path) -> None:
     text = GUIDE.read_text()
     chapters = text[text.index("## 7. Doing I/O"):text.index("## Performance notes")]
     blocks = re.findall(r"```toml\n(.*?)```", chapters, flags=re.S)
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     for number, block in enumerate(blocks):
         config = tmp_path / f"agent{number}.toml"
         config.write_text(HEAD + block.replace("docs/modules/examples/", f"{EXAMPLES}/"))
-        load_config(config)
+        loaded = load_config(config)
+        assert all(plan.spec.isolation == "in-process" for plan in loaded.modules) == (number < 3)
 
 
 def test_a_typo_in_inputs_is_refused_with_the_nearest_name(tmp_path: Path) -> None:

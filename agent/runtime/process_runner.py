@@ -224,6 +224,9 @@ class ProcessRunner(ModuleRunner):
             await self._deliver()
 
     async def _send(self, batch: list[Record]) -> None:
+        # one request for what is queued, up to BATCH_RECORDS: the pipe's cost is per request
+        while len(batch) < BATCH_RECORDS and (more := self.queue.get_nowait()) is not None:
+            batch = batch + more
         if len(batch) > BATCH_RECORDS:
             self.queue.requeue(batch[BATCH_RECORDS:])
             batch = batch[:BATCH_RECORDS]
