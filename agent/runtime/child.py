@@ -11,10 +11,13 @@ The child waits for nothing else, so a record is either answered for or still th
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import importlib
 import importlib.util
 import logging
 import os
+import signal
 import struct
 import sys
 import time
@@ -27,6 +30,7 @@ from agent.runtime.context import ModuleContext
 from agent.runtime.instance import ModuleInstance, describe
 
 HEADER = struct.Struct(">I")
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 SAVE_EVERY = 1.0
 """Seconds between copies of the module's state and checkpoint sent to the parent."""
 
@@ -190,7 +194,17 @@ class Child:
             view = view[os.write(self.out, view):]
 
 
+def _tie_to_parent() -> None:
+    """The parent ends the child: a stop signal sent to the whole group (systemd's default)
+    must not cut the flush short, and a child left hung by a parent killed outright dies too."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 async def main() -> None:
+    _tie_to_parent()
     # frames go out on a copy of stdout; fd 1 itself becomes stderr, so a module's print()
     # lands in the log instead of corrupting the pipe
     out = os.dup(1)
