@@ -88,7 +88,7 @@ def run_window(tmp_path: Path, broker: Broker, agents: list[AgentProcess], extra
     # timeout, at a moment set by the tick schedule rather than by how busy the agent is
     delays = [data["at"] - data["end"] for data in stamped[:-1]]
     return {"sent": sent, "delays": delays, "status": read_status(tmp_path / "data"),
-            "rows": rows(tmp_path / "data")}
+            "rows": rows(tmp_path / "data"), "output": agent.output()}
 
 
 def p99(values: list[float]) -> float:
@@ -110,6 +110,27 @@ def test_a_module_blocking_on_io_does_not_hold_up_window(tmp_path, broker: Broke
     looked_up = [data for stream, _, data in beside["rows"] if stream == "slow"]
     abandoned = slow["counters"].get("abandoned", 0)
     assert len(looked_up) == slow["processed"] and slow["processed"] + abandoned == beside["sent"]
+    assert beside["status"]["quarantined"] == abandoned
+
+
+def test_an_isolated_module_blocking_on_io_does_not_hold_up_window(
+    tmp_path, broker: Broker, agents
+) -> None:
+    alone = run_window(tmp_path / "alone", broker, agents, "")
+    slow = SLOW.format(modules=MODULES, delay=0.2).replace(
+        "sync = true", 'sync = true\nisolation = "process"')
+    beside = run_window(tmp_path / "beside", broker, agents, slow)
+
+    assert alone["delays"] and beside["delays"]
+    assert p99(beside["delays"]) <= p99(alone["delays"]) + 0.1, (alone["delays"], beside["delays"])
+    assert beside["status"]["modules"]["win"]["processed"] == beside["sent"]
+    slow_status = beside["status"]["modules"]["slow"]
+    counters = slow_status["counters"]
+    assert not counters.get("hangs") and not counters.get("crashes"), counters  # slow, not hung
+    looked_up = [data for stream, _, data in beside["rows"] if stream == "slow"]
+    abandoned = counters.get("abandoned", 0)
+    assert len(looked_up) == slow_status["processed"]
+    assert slow_status["processed"] + abandoned == beside["sent"], (slow_status, counters, beside["output"])
     assert beside["status"]["quarantined"] == abandoned
 
 

@@ -28,6 +28,7 @@ from agent.runtime.module_runner import ModuleRunner
 
 BATCH_RECORDS = 4096
 """Records sent to the child in one request: big enough that the pipe costs little per record."""
+HANG_SHARE = 0.2
 WATCH_EVERY = 0.2
 """Seconds between looks at a child that has not answered yet (its memory, the hang deadline)."""
 RSS_EVERY = 0.25
@@ -55,6 +56,9 @@ class ProcessRunner(ModuleRunner):
         self._rss_at = 0.0
         self._next_spawn = 0.0
         self._errors_row = 0
+        self._chunk = 1  # records a request carries (the first measures the module)
+        self._cost = 0.0  # seconds a record took in the last request
+        self._owed: asyncio.Future[Any] | None = None  # a reply the run loop stopped waiting for
 
     @property
     def status(self) -> str:
@@ -97,9 +101,16 @@ class ProcessRunner(ModuleRunner):
         assert proc.stdin is not None and proc.stdout is not None
         self._in_flight = records
         reading = asyncio.ensure_future(read_frame(proc.stdout))
+        with contextlib.suppress(ConnectionError):  # a dead child shows as EOF below
+            proc.stdin.write(frame(message))
+        await self._answer(reading, timeout)
+
+    async def _answer(self, reading: asyncio.Future[Any], timeout: float) -> None:
+        """Wait for the reply being read, watching the child meanwhile, and apply it. Cancelled
+        (the agent stops), the reply stays owed: ``finish`` waits for it first."""
+        proc = self._proc
+        assert proc is not None
         try:
-            with contextlib.suppress(ConnectionError):  # a dead child shows as EOF below
-                proc.stdin.write(frame(message))
             deadline = time.monotonic() + timeout
             while True:
                 done, _ = await asyncio.wait({reading}, timeout=WATCH_EVERY)
@@ -114,8 +125,11 @@ class ProcessRunner(ModuleRunner):
                 code = await proc.wait()
                 raise self._died("crashes", f"the module's process died (exit code {code})") from None
             self._check_rss()
+        except asyncio.CancelledError:
+            self._owed = reading
+            raise
         finally:
-            if not reading.done():
+            if not reading.done() and self._owed is not reading:
                 reading.cancel()
         self._in_flight = []
         self._apply(reply)
@@ -224,26 +238,48 @@ class ProcessRunner(ModuleRunner):
             await self._deliver()
 
     async def _send(self, batch: list[Record]) -> None:
-        # one request for what is queued, up to BATCH_RECORDS: the pipe's cost is per request
-        while len(batch) < BATCH_RECORDS and (more := self.queue.get_nowait()) is not None:
+        # one request for what is queued, up to the chunk: the pipe's cost is per request
+        chunk = self._chunk
+        while len(batch) < chunk and (more := self.queue.get_nowait()) is not None:
             batch = batch + more
-        if len(batch) > BATCH_RECORDS:
-            self.queue.requeue(batch[BATCH_RECORDS:])
-            batch = batch[:BATCH_RECORDS]
+        if len(batch) > chunk:
+            self.queue.requeue(batch[chunk:])
+            batch = batch[:chunk]
+        started = time.monotonic()
         await self._call(["batch", rows_of(batch)], batch, self._hang_timeout)
+        # a request is sized to a fifth of hang_timeout from what the last one cost a record,
+        # so that a slow module (one awaiting I/O record by record) is not taken for a hung one
+        self._cost = cost = (time.monotonic() - started) / len(batch)
+        self._chunk = BATCH_RECORDS if cost <= 0 else max(1, min(BATCH_RECORDS, int(
+            self._hang_timeout * HANG_SHARE / cost)))
 
     async def finish(self, deadline: float = math.inf) -> None:
         """Send what is queued while the budget lasts, then stop the child (it flushes); what is
-        left is quarantined as ``abandoned``."""
-        while (batch := self.queue.get_nowait()) is not None:
-            left = deadline - time.monotonic()
-            if left <= 0 or self._status != "running":
-                self._hand_back(batch)
-                break
-            with contextlib.suppress(ChildDied):
-                await self._call(["batch", rows_of(batch)], batch, min(left, self._hang_timeout))
-            await self._deliver()
-        await self._stop_child(max(deadline - time.monotonic(), 0.1))
+        left is quarantined as ``abandoned``, also if the agent stops waiting for us."""
+        try:
+            if self._owed is not None and self._proc is not None:
+                reading, self._owed = self._owed, None
+                with contextlib.suppress(ChildDied):
+                    left = min(deadline - time.monotonic(), self._hang_timeout)
+                    await self._answer(reading, max(left, 0.1))
+                await self._deliver()
+            while (batch := self.queue.get_nowait()) is not None:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._status != "running":
+                    self._hand_back(batch)
+                    break
+                if self._cost > 0:  # a request must not outlast the budget
+                    self._chunk = max(1, min(self._chunk, int(left * 0.25 / self._cost)))
+                with contextlib.suppress(ChildDied):
+                    await self._send(batch)
+                await self._deliver()
+            await self._stop_child(max(deadline - time.monotonic(), 0.1))
+        except asyncio.CancelledError:
+            if self._proc is not None and self._proc.returncode is None:
+                self._proc.kill()
+            self._hand_back(self._in_flight)
+            self._in_flight = []
+            raise
         await self._deliver()
         self._reset_checkpoint()
 
