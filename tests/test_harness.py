@@ -121,6 +121,22 @@ def test_a_pipeline_routes_by_topic_and_a_module_never_gets_its_own_output(tmp_p
     assert len(out) == 6  # "cal" (inputs "#") saw the window's output, but not its own
 
 
+def test_an_isolated_module_runs_in_the_harness_as_in_process(tmp_path) -> None:
+    """``isolation`` changes where the daemon runs a module, not what it does: the harness runs
+    the module in the test's process either way, with the same output."""
+    outputs = []
+    for isolation in ("in-process", "process"):
+        config = tmp_path / f"{isolation}.toml"
+        config.write_text(
+            'device_id = "gw"\ndata_dir = "data"\n'
+            f'[[modules]]\nname = "win"\nuse = "window"\ninputs = ["#"]\nisolation = "{isolation}"\n'
+            '[modules.with]\nevery = "10s"\nstats = ["count", "sum"]\n'
+        )
+        harness = pipeline_harness(config)
+        outputs.append(harness.run([reading("t1", i, 1.0) for i in range(25)]))
+    assert outputs[0] == outputs[1] and len(outputs[0]) == 3
+
+
 def test_the_fixture_is_one_line(harness: Any) -> None:
     out = harness("deadband", absolute=1.0).run([reading("t1", 0, 1.0), reading("t1", 1, 1.5)])
     assert len(out) == 1
