@@ -4,9 +4,10 @@ bus, outbox, counters and state.
 
 A batch sent to the child is in flight until its reply comes. If the child dies (a segfault,
 ``os.abort()``, an exception that kills the interpreter), holds a step past ``hang_timeout``, or
-grows past ``max_rss``, it is killed, counted (``crashes``, ``hangs``, ``rss_kills``), the
-records in flight are quarantined with the reason, and a new child is started with the same
-capped backoff as any restart. Records waiting in the queue meanwhile stay queued.
+grows past ``max_rss``, it is killed, counted (``crashes``, ``hangs``, ``rss_kills``), and a
+new child is started with the same capped backoff as any restart. The records in flight are
+retried once, one a request; one that ends a child on its own is quarantined with the reason.
+Records waiting in the queue meanwhile stay queued.
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ class ProcessRunner(ModuleRunner):
         self._errors_row = 0
         self._chunk = 1  # records a request carries (the first measures the module)
         self._cost = 0.0  # seconds a record took in the last request
+        self._suspects = 0  # records of a batch a child died with, retried one by one
+        self._stopping = False
         self._owed: asyncio.Future[Any] | None = None  # a reply the run loop stopped waiting for
 
     @property
@@ -124,7 +127,7 @@ class ProcessRunner(ModuleRunner):
             except (asyncio.IncompleteReadError, ConnectionError):
                 code = await proc.wait()
                 raise self._died("crashes", f"the module's process died (exit code {code})") from None
-            self._check_rss()
+            self._check_rss(force=self._suspects > 0)  # a suspect is checked on its own
         except asyncio.CancelledError:
             self._owed = reading
             raise
@@ -154,7 +157,14 @@ class ProcessRunner(ModuleRunner):
         self._errors_log.warning(kind, "module %r: %s", self.name, why)
         exc = ChildDied(why)
         records, self._in_flight = self._in_flight, []
-        if records:
+        if records and not self._suspects and not self._stopping:
+            # retried once, one record a request: only a record that ends a child on its own
+            # is quarantined, not the batch that happened to be with it
+            self.count("retried", len(records))
+            self.queue.requeue(records)
+            self._suspects = len(records)
+        elif records:
+            self._suspects = max(0, self._suspects - len(records))
             self.count("quarantined", len(records))
             for record in records:
                 self.quarantine(record, "process", exc)
@@ -239,7 +249,7 @@ class ProcessRunner(ModuleRunner):
 
     async def _send(self, batch: list[Record]) -> None:
         # one request for what is queued, up to the chunk: the pipe's cost is per request
-        chunk = self._chunk
+        chunk = 1 if self._suspects else self._chunk
         while len(batch) < chunk and (more := self.queue.get_nowait()) is not None:
             batch = batch + more
         if len(batch) > chunk:
@@ -247,6 +257,9 @@ class ProcessRunner(ModuleRunner):
             batch = batch[:chunk]
         started = time.monotonic()
         await self._call(["batch", rows_of(batch)], batch, self._hang_timeout)
+        if self._suspects:
+            self._suspects -= 1
+            return
         # a request is sized to a fifth of hang_timeout from what the last one cost a record,
         # so that a slow module (one awaiting I/O record by record) is not taken for a hung one
         self._cost = cost = (time.monotonic() - started) / len(batch)
@@ -256,6 +269,7 @@ class ProcessRunner(ModuleRunner):
     async def finish(self, deadline: float = math.inf) -> None:
         """Send what is queued while the budget lasts, then stop the child (it flushes); what is
         left is quarantined as ``abandoned``, also if the agent stops waiting for us."""
+        self._stopping = True  # no time to retry: what a dying child had is quarantined
         try:
             if self._owed is not None and self._proc is not None:
                 reading, self._owed = self._owed, None
