@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from agent.api import Record
-from agent.config import ConfigError, validate_config
+from agent.config import validate_config
+from agent.errors import ConfigError
 from agent.sources.payload import PayloadConfig, PayloadMapping, Tally, build_mapper
 from agent.sources.readings import Rejected
 
