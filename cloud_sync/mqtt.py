@@ -4,6 +4,7 @@
   uploader can keep a window of messages in flight and learn when the broker refused one
   (MQTT 5). aiomqtt's own ``publish`` awaits each message and drops the reason code.
 * ``connack_properties``: the broker's limits (MQTT 5 Maximum Packet Size, Receive Maximum).
+* Socket registration that survives a connection failing at once (see ``_watch``).
 
 This is the one file that touches aiomqtt's internals (its paho client and callbacks); the
 version range in pyproject.toml pins the aiomqtt it was written against.
@@ -15,6 +16,7 @@ import asyncio
 import logging
 import socket
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 import aiomqtt
@@ -101,6 +103,46 @@ class Client(aiomqtt.Client):
         for future in acks.values():
             if not future.done():
                 future.set_exception(aiomqtt.MqttError(f"connection lost before the PUBACK ({reason_code})"))
+
+    # paho may open the socket and ask for write readiness on the thread running connect(), so the
+    # event loop registration is scheduled with call_soon_threadsafe. When the connection fails
+    # before that runs (a TLS alert right after the handshake), the descriptor is already closed,
+    # or reused by the next attempt: aiomqtt's own callbacks then make the loop log an EBADF
+    # traceback, or watch a socket that is not theirs. Ours register a socket only while it is
+    # still the client's.
+    def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        self._loop.call_soon_threadsafe(self._watch, sock, sock.fileno(), self._loop.add_reader, self._read)
+        self._loop.call_soon_threadsafe(self._start_misc_loop)
+
+    def _on_socket_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        self._loop.call_soon_threadsafe(self._watch, sock, sock.fileno(), self._loop.add_writer, self._write)
+
+    def _watch(self, sock: Any, fileno: int, add: Callable[..., object], ready: Callable[[], None]) -> None:
+        if fileno < 0 or sock.fileno() != fileno or self._client.socket() is not sock:
+            return  # closed (or replaced) before the loop got here
+        add(fileno, ready)
+
+    def _start_misc_loop(self) -> None:
+        self._misc_task = self._loop.create_task(self._misc_loop())
+
+    def _read(self) -> None:
+        try:
+            self._client.loop_read()
+            # An SSL socket can hold decoded bytes that a single loop_read leaves behind.
+            while (sock := self._client.socket()) is not None and getattr(sock, "pending", lambda: 0)() > 0:
+                self._client.loop_read()
+        except Exception as exc:  # a broken connection: end it the way aiomqtt does
+            self._lost(exc)
+
+    def _write(self) -> None:
+        try:
+            self._client.loop_write()
+        except Exception as exc:
+            self._lost(exc)
+
+    def _lost(self, exc: Exception) -> None:
+        if not self._disconnected.done():
+            self._disconnected.set_exception(exc)
 
     @property
     def max_packet_size(self) -> int | None:
