@@ -6,6 +6,7 @@ and values it must give; status and last-will topics must be counted apart from 
 from __future__ import annotations
 
 import json
+import signal
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -13,7 +14,8 @@ from typing import Any
 import pytest
 
 from agent.health.metrics import render
-from tests.conftest import Broker
+from agent.outbox.store import Outbox
+from tests.conftest import AgentProcess, Broker
 from tests.mapping_helpers import Message, publish, run_once, source_config, summaries, values
 from tests.sparkplug_helpers import BOOLEAN, DOUBLE, INT32, INT64, payload
 
@@ -177,6 +179,38 @@ def test_a_retained_reading_is_taken_once_across_a_restart(tmp_path, broker: Bro
     assert second["sources"]["dev"]["retained_repeat"] == 2
     assert second["sources"]["dev"]["accepted"] == 2
     assert {sensor: s["count"] for sensor, s in summaries(tmp_path / "data").items()} == {"t1": 1, "t2": 1}
+
+def test_a_retained_reading_taken_just_before_a_kill_counts_once(tmp_path, broker: Broker, agents) -> None:
+    """The agent takes a retained reading and is killed before any checkpoint covers it: the
+    broker delivers it again (once as the unacknowledged DUP, once as the retained message of the
+    new subscription), and the window counts it exactly once, neither lost nor doubled."""
+    data_dir = tmp_path / "data"
+    config = source_config(tmp_path, broker, 'topics = ["sensors/#"]', ["sensors/#"])
+    normal = config.read_text()
+    config.write_text(normal + '\n[buffer]\ncommit_interval = "1h"\ncommit_records = 1000000\n')
+    publish(broker, [("sensors/t1", json.dumps({"value": 1.5, "ts": NOW - 30}), True)])
+
+    agent = AgentProcess(config).start()
+    agents.append(agent)
+    agent.wait_for_log("subscribed to sensors/#")
+    # the retained message came with the subscription, so before this one: once this one is
+    # taken (its drop is logged at once), so is the retained reading, and nothing has committed
+    publish(broker, [("sensors/marker", "not a reading", False)])
+    agent.wait_for_log("dropped a reading on sensors/marker")
+    agent.signal(signal.SIGKILL)
+    agent.wait(15)
+    box = Outbox.open_readonly(data_dir)
+    try:
+        saved, _ = box.checkpoint()
+    finally:
+        box.close()
+    assert not any(key.startswith("retained:") for key in saved.get("~source:dev", {})), saved
+
+    config.write_text(normal)
+    status = run_once(config, broker, agents, [], expect_received=2)
+    assert summaries(data_dir) == {"t1": {"count": 1, "min": 1.5, "max": 1.5}}
+    assert status["sources"]["dev"]["accepted"] == 1
+
 
 def test_retained_skip_and_always(tmp_path, broker: Broker, agents) -> None:
 

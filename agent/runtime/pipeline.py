@@ -33,7 +33,8 @@ from agent.wiring import streams
 
 log = logging.getLogger(__name__)
 
-OWED = "~source:"  # checkpoint entries of a source: the packet ids its last cut covered
+OWED = "~source:"  # checkpoint entries of a source: the packet ids its last cut covered...
+RETAINED = "retained:"  # ...and, under this prefix, each topic's last message taken (its CRC)
 READY_WAIT = 2.0  # ready once every source has connected or failed once, or after this
 STOP_BUDGET = 8.0  # modules' flush at stop, when no supervisor config says otherwise
 RESERVE = 0.25  # seconds kept for each module still to flush while one finishes
@@ -106,9 +107,12 @@ class Pipeline:
         }
 
         going = [n for n, r in self._sources.items() if new_sources.get(n) != r.config]
+        memories = {name: self._sources[name].source.context.retained for name in going}
         await self._stop_sources(going)
         for name in going:
             (change.restarted if name in new_sources else change.stopped).append(name)
+            if name not in new_sources and self._committer is not None:
+                self._committer.reset_checkpoint(f"{OWED}{name}")
 
         fresh = {
             name: runner_for(plan)(
@@ -156,7 +160,13 @@ class Pipeline:
                 cls, source_config, config.device_id, self.bus, self._counters,
                 data_dir=config.data_dir / "sources", max_clock_skew=config.max_clock_skew,
             )
-            source.owed_restore = list(self._restore.pop(f"{OWED}{name}", {}).get("acked", []))
+            saved = self._restore.pop(f"{OWED}{name}", {})
+            source.owed_restore = list(saved.get("acked", []))
+            if name in memories:  # restarted with new settings: what it took stays taken
+                source.context.retained = memories[name]
+            source.context.retained.restore(
+                {key[len(RETAINED):]: crc for key, crc in saved.items() if key.startswith(RETAINED)}
+            )
             task = group.create_task(source.run(), name=f"source:{name}")
             self._sources[name] = _Running(source, source_config, task)
             if name not in change.restarted:
@@ -206,6 +216,9 @@ class Pipeline:
             release = running.source.cut()
             if release is not None:
                 checkpoint.released.append(release)
+            taken = running.source.retained_cut()
+            if taken:  # in the same commit as the effect of those messages, never before it
+                checkpoint.add(f"{OWED}{name}", {f"{RETAINED}{topic}": crc for topic, crc in taken.items()})
             ids = running.source.owed_ids()
             if ids is not None and (ids or self._owed_saved.get(name)):
                 # a crash between this commit and its PUBACKs: the resends are not taken twice

@@ -28,6 +28,7 @@ from agent.sources.readings import (
     Rejected,
     check_ts,
 )
+from agent.sources.retained import RetainedMemory
 
 log = logging.getLogger("agent.sources")
 
@@ -61,6 +62,9 @@ class SourceContextImpl:
         self._all = counters
         self._throttled = ThrottledLog(self.log)
         self._topics: dict[str, str] = {}
+        self.retained = RetainedMemory()
+        """The retained messages an MQTT source took, kept across its restarts and saved with
+        each checkpoint (``SourceRunner.retained_cut``)."""
 
     @property
     def paused(self) -> bool:
@@ -233,6 +237,10 @@ class SourceRunner:
         acknowledges its input, as the MQTT source does at QoS 1, says it through ``cut``)."""
         cut = getattr(self._current, "cut", None)
         return cut() if cut is not None else None
+
+    def retained_cut(self) -> dict[str, int]:
+        """The retained-message memory's changes since the last checkpoint, for this one."""
+        return self.context.retained.cut()
 
     def owed_ids(self) -> list[int] | None:
         owed = getattr(self._current, "owed_ids", None)

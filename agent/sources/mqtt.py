@@ -23,10 +23,6 @@ from agent.topics import fixed_prefix, matches
 log = logging.getLogger(__name__)
 
 
-SAVE_RETAINED_EVERY = 5.0
-"""Seconds between saves of the retained-message memory (and once at stop)."""
-
-
 class MqttSource(Source[MqttSourceConfig]):
     """Subscribes to the configured topics with a persistent session and publishes each batch
     of readings on the bus; malformed payloads are counted by reason and dropped.
@@ -61,11 +57,9 @@ class MqttSource(Source[MqttSourceConfig]):
         self._excluded: dict[str, bool] = {}
         self._filtering = bool(config.exclude) or self._mapper is not None
         self._memory: RetainedMemory | None = None
-        if config.retained == "once":
-            path = context.data_dir / f"{config.name}.retained.json" if context.data_dir else None
-            self._memory = RetainedMemory(path)
-        self._save_due = 0.0
-        self._saving: asyncio.Task[None] | None = None
+        if config.retained == "once":  # the runner's memory outlives this instance
+            memory = getattr(context, "retained", None)
+            self._memory = memory if isinstance(memory, RetainedMemory) else RetainedMemory()
         self._protocol: SubscriberProtocol | None = None
         held = config.qos == 1 and config.ack == "checkpoint"
         self.acks = AckLedger(self._counters, f"source:{config.name}") if held else None
@@ -132,12 +126,9 @@ class MqttSource(Source[MqttSourceConfig]):
             self._protocol.pause_reading()
 
     async def stop(self) -> None:
-        """Disconnect cleanly, so the broker keeps the session for our return; remember the
-        retained messages taken."""
+        """Disconnect cleanly, so the broker keeps the session for our return."""
         if self._protocol:
             self._protocol.disconnect()
-        if self._memory is not None and self._memory.dirty:
-            self._memory.save(self._memory.snapshot())  # small, once, at shutdown
 
     def _make_protocol(self) -> SubscriberProtocol:
         if self.acks is not None:
@@ -163,8 +154,6 @@ class MqttSource(Source[MqttSourceConfig]):
         self._unsaved += len(messages)
         if not CLOCK.synchronised:
             _mark_unsynced(records, now)
-        if self._memory is not None and self._memory.dirty and now >= self._save_due:
-            self._save_retained(now)
         if records and self.context.publish_nowait(records) and self._protocol:
             self._counters.incr("paused")
             self._protocol.pause_reading()
@@ -249,17 +238,6 @@ class MqttSource(Source[MqttSourceConfig]):
             self._excluded.clear()
         self._excluded[topic] = skip
         return skip
-
-    def _save_retained(self, now: float) -> None:
-        """Save the memory in a thread, at most every ``SAVE_RETAINED_EVERY`` seconds."""
-        if self._saving is not None and not self._saving.done():
-            return
-        assert self._memory is not None
-        self._save_due = now + SAVE_RETAINED_EVERY
-        self._saving = asyncio.create_task(
-            asyncio.to_thread(self._memory.save, self._memory.snapshot()),
-            name=f"source:{self.name}:save-retained",
-        )
 
     async def _resume_when_room(self, protocol: SubscriberProtocol) -> None:
         await self.context.wait_room()

@@ -3,20 +3,18 @@ subscribe: each reconnect, each restart) is taken once.
 
 A broker marks a message retained only when it sends it because of a new subscription; the
 same message reached us unmarked when it was published. So the memory holds the last payload
-taken on every topic, marked or not, and a retained delivery equal to it is a repeat. It is
-saved in the data directory (topic to CRC-32 of the payload), so a restart remembers too.
+taken on every topic, marked or not, and a retained delivery equal to it is a repeat.
+
+The memory is saved with each checkpoint, in the same transaction as the state that holds the
+effect of what it remembers (``cut``: the topics that changed since the last one, as CRC-32s of
+their payloads). A crash then never leaves it remembering a message whose effect was lost: the
+broker's redelivery after the crash is taken, not skipped as a repeat.
 """
 
 from __future__ import annotations
 
-import logging
-import os
 import zlib
-from pathlib import Path
-
-from agent import codec
-
-log = logging.getLogger(__name__)
+from typing import Any
 
 MAX_TOPICS = 200_000
 """Topics remembered at most; messages on further topics are taken every time."""
@@ -24,22 +22,19 @@ _KEEP_BYTES = 256  # payloads up to this are kept as they are; longer ones as th
 
 
 class RetainedMemory:
-    """The last payload taken per topic, and the file it is saved in (None: memory only)."""
+    """The last payload taken per topic, and which topics changed since the last ``cut``."""
 
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
+    def __init__(self) -> None:
         self._last: dict[str, bytes | int] = {}
-        self.dirty = False
-        if path is not None:
-            self._load(path)
+        self._changed: dict[str, bytes | int] = {}
 
     def note(self, topic: str, payload: bytes) -> None:
         """``payload`` was taken on ``topic``."""
         last = self._last
         if len(last) >= MAX_TOPICS and topic not in last:
             return
-        last[topic] = payload if len(payload) <= _KEEP_BYTES else zlib.crc32(payload)
-        self.dirty = True
+        kept = payload if len(payload) <= _KEEP_BYTES else zlib.crc32(payload)
+        last[topic] = self._changed[topic] = kept
 
     def repeat(self, topic: str, payload: bytes) -> bool:
         """Whether ``payload`` is the one last taken on ``topic``."""
@@ -51,37 +46,17 @@ class RetainedMemory:
         crc = zlib.crc32(last) if isinstance(last, bytes) else last
         return crc == zlib.crc32(payload)
 
-    def snapshot(self) -> dict[str, bytes | int]:
-        """A copy to save off the event loop (``save``); clears ``dirty``."""
-        self.dirty = False
-        return dict(self._last)
-
-    def save(self, snapshot: dict[str, bytes | int]) -> None:
-        """Write ``snapshot`` atomically (a crash leaves the previous file whole)."""
-        if self.path is None:
-            return
-        crcs = {
-            topic: (zlib.crc32(last) if isinstance(last, bytes) else last)
-            for topic, last in snapshot.items()
+    def cut(self) -> dict[str, int]:
+        """Topic to CRC-32 of what was taken on each topic that changed since the last cut, to
+        be saved with the checkpoint being taken now."""
+        changed, self._changed = self._changed, {}
+        return {
+            topic: (zlib.crc32(kept) if isinstance(kept, bytes) else kept)
+            for topic, kept in changed.items()
         }
-        tmp = self.path.with_suffix(".tmp")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(codec.dumps(crcs))
-            os.replace(tmp, self.path)
-        except OSError as exc:
-            log.warning("cannot save the retained messages taken to %s: %s", self.path, exc)
 
-    def _load(self, path: Path) -> None:
-        try:
-            data = codec.loads(path.read_bytes())
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError, UnicodeDecodeError) as exc:
-            log.warning("%s: unreadable (%s); retained messages will be taken again once", path, exc)
-            return
-        if isinstance(data, dict):
-            self._last = {
-                topic: crc for topic, crc in data.items()
-                if isinstance(topic, str) and type(crc) is int
-            }
+    def restore(self, saved: dict[str, Any]) -> None:
+        """What the checkpoint before a restart had saved (anything not a CRC is ignored)."""
+        for topic, crc in saved.items():
+            if type(crc) is int and (len(self._last) < MAX_TOPICS or topic in self._last):
+                self._last.setdefault(topic, crc)
