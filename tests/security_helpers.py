@@ -43,6 +43,8 @@ Key = ec.EllipticCurvePrivateKey
 class TestCA:
     """A CA that issues server and client certificates into ``folder``."""
 
+    __test__ = False  # a helper whose name starts with Test, not a test class
+
     def __init__(self, folder: Path, name: str = "Edge Test CA") -> None:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)

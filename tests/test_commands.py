@@ -74,6 +74,8 @@ def test_bad_requests_get_an_error_reply_and_the_agent_carries_on(
     assert error(cloud.command(DEVICE, "set-log-level", {"level": "LOUD"})).startswith(
         "bad_args: args.level: Input should be 'DEBUG'")
     assert error(cloud.command(DEVICE, "ping", {"colour": 1})) == "bad_args: args.colour: unknown argument"
+    assert error(cloud.command(DEVICE, "set-log-level", {"level": "DEBUG", "logger": "no.such.logger"})) == (
+        "unknown_logger: args.logger: no logger 'no.such.logger' in the agent")
     assert error(cloud.command(DEVICE, "restart-module", {"name": "nope"})) == (
         "unknown_module: args.name: no module 'nope' (running: win, crashy)")
     if cloud.v5:  # unreadable, so without an id: only the correlation data ties the reply to it

@@ -248,7 +248,12 @@ class Commands:
         return {"module": args.name, "status": status}
 
     async def _set_log_level(self, args: _LogLevelArgs) -> dict[str, Any]:
-        loggers = [logging.getLogger(name) for name in current_names(args.logger)]
+        names = current_names(args.logger)
+        if args.logger is not None and not any(name in logging.Logger.manager.loggerDict for name in names):
+            # getLogger creates what it is asked for and keeps it: a name per command would grow
+            # the agent's memory without end.
+            raise CommandFailed("unknown_logger", f"args.logger: no logger {args.logger!r} in the agent")
+        loggers = [logging.getLogger(name) for name in names]
         previous = logging.getLevelName(loggers[-1].getEffectiveLevel())
         for logger in loggers:
             before = logger.level
