@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -306,8 +308,20 @@ def _remote_lines(remote: dict[str, Any] | None) -> list[str]:
     return [line]
 
 
-def _iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
+_EPOCH = datetime(1970, 1, 1)  # naive: the arithmetic is in UTC, printed with a Z
+
+
+def _iso(ts: float) -> str | None:
+    """UTC ISO 8601 with milliseconds; None beyond the years 1 to 9999 (replay takes any time).
+
+    Counted from the epoch rather than by the C library's gmtime: 32-bit ARM's time_t (Raspberry
+    Pi OS armhf) ends in January 2038, and a reading's time may lie beyond it."""
+    whole = math.floor(ts)
+    try:
+        moment = _EPOCH + timedelta(seconds=whole)
+    except OverflowError:
+        return None
+    return moment.isoformat(timespec="seconds") + f".{int((ts - whole) * 1000):03d}Z"
 
 
 def _when(at: float) -> str:
