@@ -317,6 +317,9 @@ class Agent:
             "outbox_error": self.committer.last_error,
             "commit_failing_since": self.committer.failing_since,
             "disk_full": self.committer.disk_full,
+            # buffer.min_free: since when new records are refused for want of free space
+            "disk_low_since": self.committer.outbox.margin.low_since,
+            "disk_free": self.committer.outbox.margin.free,
             "warnings": self.warnings,
             "clock": CLOCK.summary(),
             "remote": self.remote.summary() if self.remote is not None else None,

@@ -69,15 +69,36 @@ def test_counters_quarantine_state_and_health_commit_with_the_records(tmp_path):
 
 
 def test_the_byte_budget_drops_the_oldest_and_counts_them(tmp_path):
-    box = Outbox.open(tmp_path, max_bytes=10_000)
-    add(box, 100, payload="y" * 80)  # ~110 bytes each: 11 kB, over budget
+    box = Outbox.open(tmp_path, max_bytes=300_000)
+    for _ in range(10):
+        add(box, 300, payload="y" * 80)  # ~110 bytes each: 330 kB of rows in 10 commits
+    commit_bytes = 300 * 110 * 2  # a commit's own pages, and their copy in the WAL
+    assert box.footprint() <= 300_000 + commit_bytes
     backlog = box.backlog()
-    assert backlog["bytes"] <= 10_000
     dropped = box.counters()["dropped"]["buffer_full"]
-    assert dropped >= 1 and backlog["rows"] == 100 - dropped
+    assert dropped >= 1 and backlog["rows"] == 3000 - dropped
     assert seqs(box)[0] == dropped + 1  # the oldest went first
-    ranges = box._conn.execute("SELECT first_seq, last_seq, reason FROM dropped_ranges").fetchall()
+    ranges = box._conn.execute("SELECT min(first_seq), max(last_seq), reason FROM dropped_ranges").fetchall()
     assert ranges == [(1, dropped, "buffer_full")]
+    box.close()
+
+
+def test_the_byte_budget_counts_the_wal(tmp_path):
+    """A reader that holds its snapshot keeps the WAL from being reused: the WAL grows, and the
+    budget, which counts it, drops rows though the rows alone are well under it."""
+    box = Outbox.open(tmp_path, max_bytes=1_000_000)
+    add(box, 10)
+    reader = sqlite3.connect(tmp_path / "outbox.db")
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM outbox").fetchone()
+    for i in range(40):
+        box.commit(Changes(records=[("s", float(i), {"p": "w" * 100})]))
+        box.commit(Changes(module_state={"m": {"pad": "z" * 20_000, "i": i}}))  # 40 x 20 kB in the WAL
+    wal = (tmp_path / "outbox.db-wal").stat().st_size
+    rows = box.backlog()["bytes"]
+    assert rows < 20_000 and wal > 1_000_000 - 20_000
+    assert box.counters()["dropped"]["buffer_full"] >= 1
+    reader.close()
     box.close()
 
 

@@ -272,12 +272,20 @@ def _sync_lines(sync: dict[str, Any] | None) -> list[str]:
 
 
 def _outbox_lines(outbox: dict[str, Any] | None) -> list[str]:
-    if not outbox or not outbox.get("failing_since"):
+    if not outbox:
         return []
-    since = time.strftime("%H:%M", time.localtime(outbox["failing_since"]))
-    what = "disk full" if outbox.get("disk_full") else "commits failing"
-    return [f"outbox      {what} since {since}, {outbox.get('held_in_memory', 0)} records held in "
-            f"memory (last error: {outbox.get('last_error')})"]
+    lines = []
+    if outbox.get("disk_low_since"):
+        since = time.strftime("%H:%M", time.localtime(outbox["disk_low_since"]))
+        lines.append(f"outbox      disk low since {since}, {_size(outbox.get('disk_free') or 0)} free "
+                     f"(below buffer.min_free): new records refused, {outbox.get('refused', 0)} "
+                     "so far (dropped disk_low)")
+    if outbox.get("failing_since"):
+        since = time.strftime("%H:%M", time.localtime(outbox["failing_since"]))
+        what = "disk full" if outbox.get("disk_full") else "commits failing"
+        lines.append(f"outbox      {what} since {since}, {outbox.get('held_in_memory', 0)} records held "
+                     f"in memory (last error: {outbox.get('last_error')})")
+    return lines
 
 
 def _clock_lines(clock: dict[str, Any] | None) -> list[str]:

@@ -76,6 +76,9 @@ class BufferConfig(_Section):
     """Accepted records are committed at least this often (and on shutdown)."""
     commit_records: Annotated[int, Field(ge=1)] = 5000
     """...or as soon as this many are waiting."""
+    min_free: Size = 32_000_000
+    """Free space kept on the data directory's file system: below it, new records are refused
+    (counted as ``dropped.disk_low``) so that the file system never fills up; 0 turns it off."""
 
 
 def _check_compression(value: str) -> str:

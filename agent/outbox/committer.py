@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import sqlite3
 import time
@@ -68,7 +69,9 @@ class Committer:
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-agent-outbox")
         try:
             outbox = await asyncio.get_running_loop().run_in_executor(
-                executor, Outbox.open, data_dir, config.max_bytes
+                executor, functools.partial(
+                    Outbox.open, data_dir, config.max_bytes, min_free=config.min_free
+                ),
             )
         except BaseException:
             executor.shutdown(wait=False)

@@ -24,6 +24,7 @@ from typing import Any
 from agent import codec
 from agent.errors import OutboxError
 from agent.outbox import checkpoint as checkpoints
+from agent.outbox import space
 from agent.outbox.records import Changes, OutboxRecord, Quarantined
 from agent.outbox.schema import DB_NAME, connect_reader, connect_writer, transaction
 
@@ -36,24 +37,32 @@ class Outbox:
     """The outbox file. Not thread-safe: use it from one thread."""
 
     def __init__(
-        self, conn: sqlite3.Connection, path: Path, max_bytes: int | None, writer: bool = True
+        self, conn: sqlite3.Connection, path: Path, max_bytes: int | None, writer: bool = True,
+        min_free: int = 0,
     ) -> None:
         self._conn = conn
         self.path = path
         self.max_bytes = max_bytes
+        self.margin = space.Margin(path.parent, min_free)
+        """``buffer.min_free``: below it, new records are refused (counted as ``disk_low``)."""
+        self._wal = path.with_name(path.name + "-wal")
+        if writer and max_bytes is not None:
+            space.size_wal(conn, max_bytes)
         # The byte budget is the writer's alone: a reader (the uploader, ``status``) does not
         # scan the whole table for it (80 ms for a backlog of 1,000,000 records).
         self._bytes = self._scalar("SELECT coalesce(sum(size), 0) FROM outbox") if writer else 0
 
     @classmethod
-    def open(cls, data_dir: Path, max_bytes: int | None = None, synchronous: str = "NORMAL") -> Outbox:
+    def open(
+        cls, data_dir: Path, max_bytes: int | None = None, synchronous: str = "NORMAL", min_free: int = 0
+    ) -> Outbox:
         """Open (creating and migrating) the outbox in ``data_dir`` for writing."""
         path = Path(data_dir) / DB_NAME
         try:
             conn = connect_writer(path, synchronous)
         except (OSError, sqlite3.Error) as exc:
             raise OutboxError(str(path), f"cannot open the outbox: {exc}") from exc
-        return cls(conn, path, max_bytes)
+        return cls(conn, path, max_bytes, min_free=min_free)
 
     @classmethod
     def open_readonly(cls, data_dir: Path) -> Outbox:
@@ -70,10 +79,12 @@ class Outbox:
 
         A record whose data JSON cannot represent (a module emitted a datetime, a set, a
         numpy scalar) is not lost and does not fail the others: it goes to the quarantine with
-        the reason, and counts as ``dropped.not_serialisable``."""
+        the reason, and counts as ``dropped.not_serialisable``. While the file system is below
+        ``min_free``, the newest records that would need new disk space are refused and counted
+        as ``dropped.disk_low``; the rest of the commit is written."""
         conn = self._conn
         now = time.time()
-        rows = []
+        rows: list[_Row] = []
         added_bytes = 0
         quarantined = list(changes.quarantined)
         for stream, ts, data in changes.records:
@@ -88,6 +99,10 @@ class Outbox:
             size = len(stream) + len(text) + 16
             rows.append((stream, ts, text, size))
             added_bytes += size
+        refused = 0
+        room = self.margin.room(conn, added_bytes)
+        if room is not None:
+            rows, refused, added_bytes = _within(rows, room)
         states = []
         for name, state in changes.module_state.items():
             try:
@@ -115,14 +130,24 @@ class Outbox:
             )
             if changes.checkpoint is not None:
                 checkpoints.write(conn, changes.checkpoint)
-            overflow = self._enforce_budget(self._bytes + added_bytes, now)
+            if refused:
+                self._count_dropped("disk_low", refused)
+            overflow = self._enforce_budget(now)
         self._bytes += added_bytes - overflow
 
-    def _enforce_budget(self, total: int, now: float) -> int:
-        """Drop the oldest unsent rows while over ``max_bytes``; return the bytes freed."""
-        if self.max_bytes is None or total <= self.max_bytes:
+    def footprint(self) -> int:
+        """What the byte budget counts: the database's pages in use plus its WAL file."""
+        return space.footprint(self._conn, self._wal)
+
+    def _enforce_budget(self, now: float) -> int:
+        """Drop the oldest unsent rows while the outbox takes more than ``max_bytes`` on disk;
+        return the bytes of the rows dropped. A row's page space is at least its size, so
+        dropping rows of ``excess`` bytes frees at least that much for the next records."""
+        if self.max_bytes is None:
             return 0
-        excess = total - self.max_bytes
+        excess = self.footprint() - self.max_bytes
+        if excess <= 0:
+            return 0
         freed = count = 0
         first_seq = last_seq = None
         for seq, size in self._conn.execute("SELECT seq, size FROM outbox ORDER BY seq"):
@@ -138,12 +163,15 @@ class Outbox:
         self._conn.execute(
             "INSERT INTO dropped_ranges VALUES (?, ?, 'buffer_full', ?)", (first_seq, last_seq, now)
         )
-        self._conn.execute(
-            "INSERT INTO counters VALUES ('dropped', 'buffer_full', ?) "
-            "ON CONFLICT (scope, name) DO UPDATE SET value = value + excluded.value",
-            (count,),
-        )
+        self._count_dropped("buffer_full", count)
         return freed
+
+    def _count_dropped(self, reason: str, count: int) -> None:
+        self._conn.execute(
+            "INSERT INTO counters VALUES ('dropped', ?, ?) "
+            "ON CONFLICT (scope, name) DO UPDATE SET value = value + excluded.value",
+            (reason, count),
+        )
 
     def acknowledge(self, up_to_seq: int) -> int:
         """Remove every record with ``seq <= up_to_seq`` and remember the ack."""
@@ -338,6 +366,20 @@ class Outbox:
 
     def _scalar(self, sql: str, params: Sequence[Any] = ()) -> int:
         return int(self._conn.execute(sql, params).fetchone()[0])
+
+
+_Row = tuple[str, float, str, int]  # stream, ts, data as JSON, size
+
+
+def _within(rows: list[_Row], room: int) -> tuple[list[_Row], int, int]:
+    """The oldest rows that fit in ``room`` bytes: those rows, how many are left out, and the
+    bytes of those kept."""
+    used = 0
+    for index, row in enumerate(rows):
+        if used + row[3] > room:
+            return rows[:index], len(rows) - index, used
+        used += row[3]
+    return rows, 0, used
 
 
 def _json_or_repr(data: Any) -> str:
