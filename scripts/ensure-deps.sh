@@ -15,6 +15,10 @@ if [ "${1:-}" != "demo" ]; then
   # The scale tests' other brokers: a NATS cluster and RabbitMQ's MQTT plugin, started by fixtures.
   command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
   [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || missing+=(rabbitmq-server)
+  # The poor-link test and benchmark: network namespaces, a veth pair and tc (iproute2), and
+  # iptables' NFQUEUE where the kernel has no sch_netem.
+  command -v tc >/dev/null 2>&1 || missing+=(iproute2)
+  command -v iptables >/dev/null 2>&1 || missing+=(iptables)
 fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 echo "installing: ${missing[*]}" >&2
