@@ -20,6 +20,7 @@ from agent.backoff import Backoff
 from agent.bus import Bus
 from agent.counters import CounterSet, ScopedCounters, ThrottledLog
 from agent.health.clock import CLOCK
+from agent.sources.acks import AckLedger
 from agent.sources.readings import (
     BAD_TS,
     DEFAULT_MAX_CLOCK_SKEW,
@@ -65,6 +66,10 @@ class SourceContextImpl:
         self.retained = RetainedMemory()
         """The retained messages an MQTT source took, kept across its restarts and saved with
         each checkpoint (``SourceRunner.retained_cut``)."""
+        self.acks = AckLedger(self.counters, f"source:{config.name}")
+        """The QoS 1 acknowledgements an MQTT source owes the broker, kept across its restarts:
+        a new instance resumes the broker's session, whose resends of what the failed one took
+        are then skipped, not taken twice."""
 
     @property
     def paused(self) -> bool:

@@ -62,7 +62,7 @@ class MqttSource(Source[MqttSourceConfig]):
             self._memory = memory if isinstance(memory, RetainedMemory) else RetainedMemory()
         self._protocol: SubscriberProtocol | None = None
         held = config.qos == 1 and config.ack == "checkpoint"
-        self.acks = AckLedger(self._counters, f"source:{config.name}") if held else None
+        self.acks = _ledger(context, f"source:{config.name}") if held else None
         """QoS 1 readings are acknowledged once a checkpoint covers them (``cut``)."""
         self._unsaved = 0  # messages since the last checkpoint
         self._last_cut = time.monotonic()
@@ -266,6 +266,12 @@ class MqttSource(Source[MqttSourceConfig]):
             self._sensors.clear()
         self._sensors[topic] = sensor
         return sensor
+
+
+def _ledger(context: SourceContext, scope: str) -> AckLedger:
+    """The runner's ledger, which outlives this instance (a new one where there is none)."""
+    ledger = getattr(context, "acks", None)
+    return ledger if isinstance(ledger, AckLedger) else AckLedger(context.counters, scope)
 
 
 def _mark_unsynced(records: list[Record], now: float) -> None:

@@ -1,0 +1,92 @@
+"""QoS 1 acknowledgements owed to the local broker outlive a restart of the MQTT source after an
+error (a new instance, not a reconnect): the broker's resends of what the failed instance took
+are skipped, not taken twice. A real Mosquitto, the real source under its runner."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from agent.api import Record
+from agent.bus import Bus, RecordQueue
+from agent.config.sources import MqttSourceConfig
+from agent.counters import CounterSet
+from agent.runtime.source_runner import SourceRunner
+from agent.sources.mqtt import MqttSource
+from tests.conftest import Broker
+from tests.mqtt_helpers import Publisher
+
+pytestmark = pytest.mark.integration
+
+READINGS = 10
+
+
+async def _until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        await asyncio.sleep(0.05)
+
+
+def _drain(queue: RecordQueue, into: list[Record]) -> int:
+    while (batch := queue.get_nowait()) is not None:
+        into.extend(batch)
+    return len(into)
+
+
+async def _restart_while_acknowledgements_are_owed(broker: Broker) -> tuple[list[Record], dict[str, int]]:
+    config = MqttSourceConfig(type="mqtt", name="local", url=broker.url, topics=["sensors/#"], qos=1,
+                              keepalive=5)
+    bus, counters = Bus(), CounterSet()
+    queue = RecordQueue(10_000)
+    bus.subscribe(["sensors/#"], queue)
+    runner = SourceRunner(MqttSource, config, "gw", bus, counters)
+    task = asyncio.create_task(runner.run())
+    taken: list[Record] = []
+    try:
+        await _until(lambda: runner.context.connected, 10, "the source connected")
+        publisher = Publisher(broker.port)
+        await asyncio.to_thread(
+            publisher.readings, [(f"t{i}", 1_700_000_000.0 + i, float(i)) for i in range(READINGS)]
+        )
+        publisher.close()
+        await _until(lambda: _drain(queue, taken) == READINGS, 10, "the readings taken")
+
+        first = runner._current
+        assert isinstance(first, MqttSource) and first._protocol is not None
+        # No checkpoint yet: all ten PUBACKs are owed. The source fails with an error its own
+        # loop does not handle, so the runner replaces it with a new instance.
+        first._protocol.closed.set_exception(RuntimeError("a fault in the source"))
+        first._protocol.abort()
+        await _until(lambda: runner._current is not first and runner.context.connected, 10,
+                     "a new instance connected")
+        resent = ("source:local", "redelivered_taken")
+        await _until(lambda: counters.totals.get(resent, 0) >= READINGS, 10, "the broker's resends seen")
+        await asyncio.sleep(0.5)  # anything taken twice would be on the bus by now
+        _drain(queue, taken)
+
+        release = runner.cut()  # the checkpoint that covers them has committed
+        assert release is not None
+        release()
+        second = runner._current
+        assert isinstance(second, MqttSource) and second.acks is not None
+        await _until(lambda: second.acks.owed == 0, 5, "every PUBACK sent")
+        return taken, {name: n for (scope, name), n in counters.totals.items() if scope == "source:local"}
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def test_a_source_restarted_after_an_error_does_not_take_the_brokers_resends_again(
+    broker: Broker, monkeypatch
+) -> None:
+    monkeypatch.setattr("agent.runtime.source_runner.RESTART_FIRST", 0.05)
+    taken, counted = asyncio.run(_restart_while_acknowledgements_are_owed(broker))
+    assert sorted(json.dumps(record.data, sort_keys=True) for record in taken) == sorted(
+        json.dumps({"sensor": f"t{i}", "value": float(i)}, sort_keys=True) for i in range(READINGS)
+    )
+    assert counted["restarts"] == 1
+    assert counted["redelivered_taken"] == READINGS
