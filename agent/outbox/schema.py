@@ -48,6 +48,7 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX dropped_ranges_last ON dropped_ranges (last_seq)",
     ],
     checkpoint_migration.MIGRATION,
+    checkpoint_migration.LOG_MIGRATION,
 ]
 
 
