@@ -137,6 +137,20 @@ def _matches(pattern: Path, path: Path) -> bool:
     return len(pattern) == len(path) and all(p in ("*", q) for p, q in zip(pattern, path, strict=True))
 
 
+class _Level:
+    """The fields met at one level of one topic's objects, each resolved once: a key's reading
+    as (sensor id, configured unit, unit key), or None when it is not mapped; the levels below
+    the keys that held objects."""
+
+    __slots__ = ("below", "head", "leaves", "path")
+
+    def __init__(self, head: tuple[str | None, ...], path: Path) -> None:
+        self.head = head
+        self.path = path
+        self.leaves: dict[str, tuple[str, str | None, str | None] | None] = {}
+        self.below: dict[str, _Level] = {}
+
+
 class PayloadMapping:
     """One ``[sources.payload]`` table, compiled. ``map`` appends the readings of one decoded
     payload to ``out`` and tallies the rest; it raises ``Rejected`` only when the message as a
@@ -174,6 +188,11 @@ class PayloadMapping:
         self._unit_hook = type(self).payload_units is not PayloadMapping.payload_units
         self._heads: dict[str, tuple[str | None, ...]] = {}
         self._fields: dict[Path | str, _Field | None] = {}
+        # fields = ["*", ...] with a sensor id from the topic alone: whole sensor ids cached per
+        # topic and level, so a field costs two dict lookups and no string or tuple is built
+        self._by_topic: dict[str, _Level] | None = {} if self._wild and not self._per_item else None
+        self._cached = 0
+        self._last_time: tuple[str, float] = ("", 0.0)  # devices that share a clock share a Time
 
     # -- the mapping ---------------------------------------------------------------------------
 
@@ -204,9 +223,18 @@ class PayloadMapping:
             tally.excluded += 1
             return
         ts = self.time_of(item, now)
-        head = self._head(topic, item, index)
         produced = len(out)
         ignored, drops = tally.fields_ignored, tally.drops
+        if self._by_topic is not None:
+            level = self._by_topic.get(topic)
+            if level is None:
+                level = self._topic_level(topic)
+            units = self.payload_units(item) if self._unit_hook else None
+            self._walk(item, level, self._wild, topic, ts, units, out, tally)
+            if len(out) == produced and tally.fields_ignored == ignored and tally.drops == drops:
+                tally.empty += 1
+            return
+        head = self._head(topic, item, index)
         # Every field of every message passes here: the top-level case iterates the object as
         # it is, with the key itself (not a one-level path tuple) as the cache key.
         pairs: Any = item.items() if self._top_level and type(item) is dict else self._pairs(item)
@@ -247,6 +275,53 @@ class PayloadMapping:
         if len(out) == produced and tally.fields_ignored == ignored and tally.drops == drops:
             tally.empty += 1
 
+    def _walk(
+        self, node: Any, level: _Level, left: int, topic: str, ts: float,
+        units: dict[str, str] | None, out: list[Record], tally: Tally,
+    ) -> None:
+        """``map_item``'s loop for ``_by_topic``: the readings of ``node``'s fields, entering
+        objects and arrays down to ``left`` levels (as ``_leaves`` lists them)."""
+        kind = type(node)
+        if kind is dict:
+            items: Any = node.items()
+        elif kind is list:
+            items = [(str(index), child) for index, child in enumerate(node)]
+        else:
+            return
+        leaves = level.leaves
+        append = out.append
+        for key, raw in items:
+            kind = type(raw)
+            if left > 1 and (kind is dict or kind is list):
+                below = level.below.get(key)
+                if below is None:
+                    below = self._level_below(level, key)
+                self._walk(raw, below, left - 1, topic, ts, units, out, tally)
+                continue
+            entry = leaves.get(key, _UNSEEN)
+            if entry is _UNSEEN:
+                entry = self._leaf(level, key)
+            if entry is None:
+                continue
+            if kind is float and raw - raw == 0.0:  # the common case, without a call
+                value = raw
+            else:
+                try:
+                    value = to_value(raw)
+                except Rejected as rejected:
+                    tally.drop(rejected.reason)
+                    continue
+                if value is None:
+                    tally.fields_ignored += 1
+                    continue
+            sensor, unit, unit_key = entry
+            if unit is None and units and unit_key is not None:
+                unit = units.get(unit_key)
+            data = {"sensor": sensor, "value": value}
+            if unit:
+                data["unit"] = unit
+            append(_new_record(Record, (topic, ts, data)))
+
     def time_of(self, item: Any, now: float) -> float:
         """The reading time of an object: its ``ts`` field, or ``now`` when it has none."""
         if self._ts is None:
@@ -257,10 +332,13 @@ class PayloadMapping:
             if kind is float or kind is int:
                 ts = raw * self._scale
             elif kind is str:
-                try:
-                    ts = float(raw) * self._scale
-                except ValueError:
-                    ts = parse_time(raw, self._zone)
+                text, ts = self._last_time
+                if raw != text:
+                    try:
+                        ts = float(raw) * self._scale
+                    except ValueError:
+                        ts = parse_time(raw, self._zone)
+                    self._last_time = (raw, ts)
             elif raw is _MISSING or raw is None:
                 return now
             else:
@@ -316,13 +394,42 @@ class PayloadMapping:
 
     def _field_entry(self, key: Path | str) -> _Field | None:
         """The ``_Field`` of a path (a top-level field: its key), None for an ignored one; cached."""
-        path: Path = (key,) if isinstance(key, str) else key
-        entry: _Field | None = None
-        if not any(_matches(pattern, path) for pattern in self._ignore):
-            units = self.config.units
-            unit = units.get(".".join(path)) or units.get(path[-1])
-            entry = ("/".join(path), unit, self.unit_key(path[-1]))
+        entry = self._resolve((key,) if isinstance(key, str) else key)
         if len(self._fields) >= _CACHE_LIMIT:
             self._fields.clear()
         self._fields[key] = entry
         return entry
+
+    def _resolve(self, path: Path) -> _Field | None:
+        if any(_matches(pattern, path) for pattern in self._ignore):
+            return None
+        units = self.config.units
+        unit = units.get(".".join(path)) or units.get(path[-1])
+        return ("/".join(path), unit, self.unit_key(path[-1]))
+
+    def _topic_level(self, topic: str) -> _Level:
+        assert self._by_topic is not None
+        self._count_cached()
+        level = self._by_topic[topic] = _Level(self._template.head(topic.split("/")), ())
+        return level
+
+    def _level_below(self, level: _Level, key: str) -> _Level:
+        self._count_cached()
+        below = level.below[key] = _Level(level.head, (*level.path, key))
+        return below
+
+    def _leaf(self, level: _Level, key: str) -> tuple[str, str | None, str | None] | None:
+        self._count_cached()
+        path = (*level.path, key)
+        field = self._resolve(path)
+        entry = None if field is None else (self._template.sensor(level.head, path), field[1], field[2])
+        level.leaves[key] = entry
+        return entry
+
+    def _count_cached(self) -> None:
+        """Bounds the per-topic caches: a flood of new topics or keys starts them afresh."""
+        assert self._by_topic is not None
+        self._cached += 1
+        if self._cached > _CACHE_LIMIT:
+            self._by_topic.clear()
+            self._cached = 0
