@@ -1,11 +1,12 @@
 """How a config's modules are wired, checked as a whole: every input must be able to receive
 something, and ``sync`` may name only outputs a module has.
 
-An input receives something when it overlaps a source's topics (an MQTT source's ``topics``,
-``<topic_prefix>#`` for a source that makes readings under a prefix) or matches another module's
-stream (``<name>``, ``<name>.<output>``). A typo in ``inputs`` would otherwise pass ``check`` and
-the module would silently never receive a record. A config with no source at all (one written
-for ``edge-agent replay``) is not checked against sources.
+An input receives something when it overlaps a source's topics (an MQTT source's ``topics``;
+with a payload ``format``, the fixed part of each followed by ``#``, as its readings go on
+``<fixed part><sensor>``; ``<topic_prefix>#`` for a source that makes readings under a prefix)
+or matches another module's stream (``<name>``, ``<name>.<output>``). A typo in ``inputs``
+would otherwise pass ``check`` and the module would silently never receive a record. A config
+with no source at all (one written for ``edge-agent replay``) is not checked against sources.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from agent.errors import ConfigIssue
-from agent.topics import matches
+from agent.topics import fixed_prefix, matches
 
 DEFAULT_OUTPUT = "default"
 """The name ``sync`` gives a module's own stream (``<name>``) in a list of outputs."""
@@ -81,6 +82,8 @@ def _sync_issues(file: str, where: str, plan: Any) -> list[ConfigIssue]:
 def _source_filters(source: Any) -> list[str]:
     topics = getattr(source, "topics", None)
     if topics:
+        if getattr(source, "format", "reading") != "reading":  # mapped: <fixed prefix><sensor>
+            return [f"{fixed_prefix(topic)}#" for topic in topics]
         return list(topics)
     return [f"{getattr(source, 'topic_prefix', None) or 'sensors/'}#"]
 

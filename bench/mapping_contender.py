@@ -16,6 +16,7 @@ import textwrap
 import time
 from pathlib import Path
 
+from agent.topics import fixed_prefix
 from bench.mapping_payloads import KINDS
 
 
@@ -37,7 +38,7 @@ def agent_config(workdir: Path, port: int, kind: str) -> Path:
         [[modules]]
         name = "win"
         use = "window"
-        inputs = ["{spec.topics}"]
+        inputs = ["{fixed_prefix(spec.topics)}#"]
         sync = true
         [modules.with]
         every = "1s"

@@ -72,7 +72,7 @@ CASES: dict[str, tuple[str, list[str], list[Message], dict[str, float], dict[str
         {"excluded": 2, "dropped": {"value_not_finite": 1}},
     ),
     "shelly": (
-        'format = "shelly"', ["shellies/#", "+/events/rpc"],
+        'format = "shelly"', ["shellies/#", "+/+/+"],  # Gen2 readings: <src>/<component>/<field>
         [
             ("shellies/shelly1-B929CC/online", "true", True),
             ("shellies/shelly1-B929CC/relay/0", "on", False),
@@ -163,6 +163,17 @@ def test_a_preset_gives_exact_sensor_ids_and_values(case: str, tmp_path, broker:
             assert f'edge_agent_source_not_readings_total{{source="dev",kind="{name}"}} {count}' in metrics
     if "dropped" not in counted:
         assert status["dropped"] == {}
+
+
+def test_a_module_takes_one_quantity_of_a_mapped_message_by_topic(tmp_path, broker: Broker, agents) -> None:
+    """Mapped readings go on ``<prefix><sensor id>`` as every reading does, so ``inputs`` can
+    pick one field out of a device's message."""
+    config = source_config(tmp_path, broker, 'format = "zigbee2mqtt"', ["zigbee2mqtt/+/temperature"])
+    run_once(config, broker, agents, [
+        ("zigbee2mqtt/hall", json.dumps({"temperature": 21.5, "humidity": 40.0}), False),
+        ("zigbee2mqtt/attic", json.dumps({"temperature": 30.5, "battery": 80}), False),
+    ])
+    assert values(tmp_path / "data") == {"hall/temperature": 21.5, "attic/temperature": 30.5}
 
 
 def test_a_retained_reading_is_taken_once_across_a_restart(tmp_path, broker: Broker, agents) -> None:

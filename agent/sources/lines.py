@@ -61,7 +61,10 @@ class LineDecoder:
         self._prefix = config.topic_prefix
         self._max_skew = context.max_clock_skew
         self._max_line = config.max_line
-        self._mapping = PayloadMapping(config.payload, self._max_skew) if config.payload else None
+        self._mapping = None
+        if config.payload:
+            prefix = config.topic_prefix
+            self._mapping = PayloadMapping(config.payload, self._max_skew, lambda _: prefix)
         self._pattern = pattern
         self._sensor = sensor
         self._topics: dict[str, str] = {}
@@ -167,11 +170,7 @@ class LineDecoder:
             raise Rejected(NOT_JSON) from None
         assert self._mapping is not None
         tally = Tally()
-        start = len(out)
-        self._mapping.map(self._context.name, body, now, out, tally)
-        for index in range(start, len(out)):  # on the bus by sensor, as every reading is
-            record = out[index]
-            out[index] = record._replace(topic=self._topic(record.data["sensor"]))
+        self._mapping.map(self._context.name, body, now, out, tally)  # on <prefix><sensor>
         for reason, count in tally.dropped.items():
             self._context.reject(reason, count=count, received=False)
 

@@ -52,8 +52,9 @@ class MqttSource(Source[MqttSourceConfig]):
         )
         self._prefixes = [(topic, fixed_prefix(topic)) for topic in config.topics]
         self._sensors: dict[str, str] = {}
+        self._topic_prefixes: dict[str, str] = {}
         self._max_skew = context.max_clock_skew
-        self._mapper = build_mapper(config.format, config.payload, self._max_skew)
+        self._mapper = build_mapper(config.format, config.payload, self._max_skew, self._prefix_of)
         self._excluded: dict[str, bool] = {}
         self._filtering = bool(config.exclude) or self._mapper is not None
         self._memory: RetainedMemory | None = None
@@ -256,12 +257,22 @@ class MqttSource(Source[MqttSourceConfig]):
             reason, "dropped a reading on %s: %s; payload starts %r", topic, reason, payload[:64]
         )
 
+    def _prefix_of(self, topic: str) -> str:
+        """The fixed part of the subscription ``topic`` came by: the agent's own shape takes
+        the rest as the sensor id; a mapped reading goes on ``<this><sensor>`` (docs/design/
+        006-device-payloads.md), so a reading's topic is ``<prefix><sensor>`` whatever its source."""
+        found = self._topic_prefixes.get(topic)
+        if found is not None:
+            return found
+        found = next((prefix for topic_filter, prefix in self._prefixes
+                      if matches(topic_filter, topic) and topic.startswith(prefix)), "")
+        if len(self._topic_prefixes) > 100_000:
+            self._topic_prefixes.clear()
+        self._topic_prefixes[topic] = found
+        return found
+
     def _sensor_of(self, topic: str) -> str:
-        sensor = topic
-        for topic_filter, prefix in self._prefixes:
-            if matches(topic_filter, topic) and topic.startswith(prefix):
-                sensor = topic[len(prefix):] or topic
-                break
+        sensor = topic[len(self._prefix_of(topic)):] or topic
         if len(self._sensors) > 100_000:
             self._sensors.clear()
         self._sensors[topic] = sensor

@@ -1,7 +1,8 @@
 """Payload mapping: what devices publish, as readings, declaratively.
 
-``build_mapper(format, payload, max_skew)`` gives the mapper of a source's ``format`` (None for
-``reading``, the agent's own shape, which the source decodes itself). A mapper says which
+``build_mapper(format, payload, max_skew, prefix_of)`` gives the mapper of a source's ``format``
+(None for ``reading``, the agent's own shape, which the source decodes itself). Its readings go
+on the bus as ``<prefix_of(topic)><sensor>``, as every source's readings do. A mapper says which
 topics carry no readings (``excludes``) and turns one message into readings (``handle``),
 tallying fields that are not readings and readings it refused. ``PayloadMapping`` is the pure
 core, on payloads already decoded, for sources that decode JSON themselves.
@@ -13,7 +14,7 @@ from typing import Protocol
 
 from agent.api import Record
 from agent.sources.payload.config import FORMATS, Format, PayloadConfig
-from agent.sources.payload.mapping import NOT_AN_ARRAY, PayloadMapping, Tally
+from agent.sources.payload.mapping import NOT_AN_ARRAY, PayloadMapping, PrefixOf, Tally
 from agent.sources.payload.presets import (
     NOT_TEXT,
     SHELLY_GEN2_TABLE,
@@ -54,27 +55,30 @@ PRESET_KEYS = frozenset({"timezone", "units"})
 
 
 def build_mapper(
-    format: str, payload: PayloadConfig | None = None, max_skew: float | None = DEFAULT_MAX_CLOCK_SKEW
+    format: str, payload: PayloadConfig | None = None, max_skew: float | None = DEFAULT_MAX_CLOCK_SKEW,
+    prefix_of: PrefixOf | None = None,
 ) -> Mapper | None:
-    """The mapper of ``format`` (None for ``reading``)."""
+    """The mapper of ``format`` (None for ``reading``); without ``prefix_of`` its readings keep
+    the topic they came on."""
     if format == "reading":
         return None
     if format == "json":
-        return JsonMapper(PayloadMapping(payload or PayloadConfig(), max_skew))
+        return JsonMapper(PayloadMapping(payload or PayloadConfig(), max_skew, prefix_of))
     if format == "zigbee2mqtt":
-        return Zigbee2Mqtt(PayloadMapping(preset_config(Z2M_TABLE, payload), max_skew))
+        return Zigbee2Mqtt(PayloadMapping(preset_config(Z2M_TABLE, payload), max_skew, prefix_of))
     if format == "tasmota":
-        return Tasmota(TasmotaMapping(preset_config(TASMOTA_TABLE, payload), max_skew))
+        return Tasmota(TasmotaMapping(preset_config(TASMOTA_TABLE, payload), max_skew, prefix_of))
     if format == "esphome":
-        return EspHome()
+        return EspHome(prefix_of)
     if format == "shelly":
-        return Shelly(PayloadMapping(preset_config(SHELLY_GEN2_TABLE, payload), max_skew))
+        gen2 = PayloadMapping(preset_config(SHELLY_GEN2_TABLE, payload), max_skew, prefix_of)
+        return Shelly(gen2, prefix_of)
     if format == "homeassistant":
-        return HomeAssistant()
+        return HomeAssistant(prefix_of)
     if format == "sparkplug_b":
         from agent.sources.payload.sparkplug import SparkplugB  # needs protobuf
 
-        return SparkplugB(max_skew)
+        return SparkplugB(max_skew, prefix_of)
     raise ValueError(f"unknown format {format!r}; known: {', '.join(FORMATS)}")
 
 
@@ -88,6 +92,7 @@ __all__ = [
     "Mapper",
     "PayloadConfig",
     "PayloadMapping",
+    "PrefixOf",
     "Tally",
     "build_mapper",
 ]

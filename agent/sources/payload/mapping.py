@@ -8,6 +8,7 @@ JSON (the MQTT source, and any source of JSON lines) uses it through ``map``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -33,6 +34,12 @@ Path = tuple[str, ...]
 _Field = tuple[str, str | None, str | None]
 """A mapped path: (its levels joined by /, the configured unit, its ``unit_key``)."""
 _UNSEEN: _Field = ("", None, None)
+_Leaf = tuple[str, str, str | None, str | None]
+"""A field met under one topic: (sensor id, the reading's topic, configured unit, unit key)."""
+_UNMET: _Leaf = ("", "", None, None)
+PrefixOf = Callable[[str], str]
+"""The topic prefix of the readings of a message received on a topic: they go on the bus as
+``<prefix><sensor>``, as every reading does."""
 
 
 class Tally:
@@ -138,27 +145,34 @@ def _matches(pattern: Path, path: Path) -> bool:
 
 
 class _Level:
-    """The fields met at one level of one topic's objects, each resolved once: a key's reading
-    as (sensor id, configured unit, unit key), or None when it is not mapped; the levels below
-    the keys that held objects."""
+    """The fields met at one level of one topic's objects, each resolved once: a key's
+    ``_Leaf``, or None when it is not mapped; the levels below the keys that held objects."""
 
-    __slots__ = ("below", "head", "leaves", "path")
+    __slots__ = ("below", "head", "leaves", "path", "prefix")
 
-    def __init__(self, head: tuple[str | None, ...], path: Path) -> None:
+    def __init__(self, head: tuple[str | None, ...], prefix: str | None, path: Path) -> None:
         self.head = head
+        self.prefix = prefix
         self.path = path
-        self.leaves: dict[str, tuple[str, str | None, str | None] | None] = {}
+        self.leaves: dict[str, _Leaf | None] = {}
         self.below: dict[str, _Level] = {}
 
 
 class PayloadMapping:
     """One ``[sources.payload]`` table, compiled. ``map`` appends the readings of one decoded
     payload to ``out`` and tallies the rest; it raises ``Rejected`` only when the message as a
-    whole is refused (not an object, a reading time that is not one)."""
+    whole is refused (not an object, a reading time that is not one).
 
-    def __init__(self, config: PayloadConfig, max_skew: float | None = DEFAULT_MAX_CLOCK_SKEW) -> None:
+    ``prefix_of`` places the readings on the bus: ``<prefix_of(topic)><sensor>``; without it
+    they keep the topic they came on."""
+
+    def __init__(
+        self, config: PayloadConfig, max_skew: float | None = DEFAULT_MAX_CLOCK_SKEW,
+        prefix_of: PrefixOf | None = None,
+    ) -> None:
         self.config = config
         self.max_skew = max_skew
+        self._prefix_of = prefix_of
         self._patterns = [split_path(field) for field in dict.fromkeys(config.fields)]
         self._ignore = [split_path(path) for path in config.ignore]
         self._ts: Path | None = split_path(config.ts, wildcards=False) if config.ts else None
@@ -235,6 +249,7 @@ class PayloadMapping:
                 tally.empty += 1
             return
         head = self._head(topic, item, index)
+        prefix = self._prefix_of(topic) if self._prefix_of is not None else None
         # Every field of every message passes here: the top-level case iterates the object as
         # it is, with the key itself (not a one-level path tuple) as the cache key.
         pairs: Any = item.items() if self._top_level and type(item) is dict else self._pairs(item)
@@ -271,7 +286,7 @@ class PayloadMapping:
             data = {"sensor": sensor, "value": value}
             if unit:
                 data["unit"] = unit
-            append(_new_record(Record, (topic, ts, data)))
+            append(_new_record(Record, (topic if prefix is None else prefix + sensor, ts, data)))
         if len(out) == produced and tally.fields_ignored == ignored and tally.drops == drops:
             tally.empty += 1
 
@@ -298,9 +313,9 @@ class PayloadMapping:
                     below = self._level_below(level, key)
                 self._walk(raw, below, left - 1, topic, ts, units, out, tally)
                 continue
-            entry = leaves.get(key, _UNSEEN)
-            if entry is _UNSEEN:
-                entry = self._leaf(level, key)
+            entry = leaves.get(key, _UNMET)
+            if entry is _UNMET:
+                entry = self._leaf(level, key, topic)
             if entry is None:
                 continue
             if kind is float and raw - raw == 0.0:  # the common case, without a call
@@ -314,13 +329,13 @@ class PayloadMapping:
                 if value is None:
                     tally.fields_ignored += 1
                     continue
-            sensor, unit, unit_key = entry
+            sensor, placed, unit, unit_key = entry
             if unit is None and units and unit_key is not None:
                 unit = units.get(unit_key)
             data = {"sensor": sensor, "value": value}
             if unit:
                 data["unit"] = unit
-            append(_new_record(Record, (topic, ts, data)))
+            append(_new_record(Record, (placed, ts, data)))
 
     def time_of(self, item: Any, now: float) -> float:
         """The reading time of an object: its ``ts`` field, or ``now`` when it has none."""
@@ -410,19 +425,24 @@ class PayloadMapping:
     def _topic_level(self, topic: str) -> _Level:
         assert self._by_topic is not None
         self._count_cached()
-        level = self._by_topic[topic] = _Level(self._template.head(topic.split("/")), ())
+        prefix = self._prefix_of(topic) if self._prefix_of is not None else None
+        level = self._by_topic[topic] = _Level(self._template.head(topic.split("/")), prefix, ())
         return level
 
     def _level_below(self, level: _Level, key: str) -> _Level:
         self._count_cached()
-        below = level.below[key] = _Level(level.head, (*level.path, key))
+        below = level.below[key] = _Level(level.head, level.prefix, (*level.path, key))
         return below
 
-    def _leaf(self, level: _Level, key: str) -> tuple[str, str | None, str | None] | None:
+    def _leaf(self, level: _Level, key: str, topic: str) -> _Leaf | None:
         self._count_cached()
         path = (*level.path, key)
         field = self._resolve(path)
-        entry = None if field is None else (self._template.sensor(level.head, path), field[1], field[2])
+        entry = None
+        if field is not None:
+            sensor = self._template.sensor(level.head, path)
+            placed = topic if level.prefix is None else level.prefix + sensor
+            entry = (sensor, placed, field[1], field[2])
         level.leaves[key] = entry
         return entry
 

@@ -13,7 +13,7 @@ from typing import Any
 from agent import codec
 from agent.api import Record
 from agent.sources.payload.config import PayloadConfig
-from agent.sources.payload.mapping import PayloadMapping, Tally
+from agent.sources.payload.mapping import PayloadMapping, PrefixOf, Tally
 from agent.sources.payload.values import to_value
 from agent.sources.readings import NOT_JSON, Rejected
 
@@ -108,8 +108,9 @@ class TopicValueMapper:
     """Firmwares that publish one value per topic, as plain text or JSON-encoded (``21.50``,
     ``"21.5"``, ``ON``, ``nan``); the sensor id comes from the topic alone."""
 
-    def __init__(self) -> None:
-        self._sensors: dict[str, str | None] = {}
+    def __init__(self, prefix_of: PrefixOf | None = None) -> None:
+        self._prefix_of = prefix_of
+        self._sensors: dict[str, tuple[str, str] | None] = {}  # topic -> (sensor, its topic)
 
     def sensor_of(self, levels: list[str]) -> str | None:
         """The sensor id of a topic, None when the topic carries no reading."""
@@ -119,25 +120,29 @@ class TopicValueMapper:
         return self._sensor(topic) is None
 
     def handle(self, topic: str, payload: bytes, now: float, out: list[Record], tally: Tally) -> None:
-        sensor = self._sensor(topic)
-        if sensor is None:
+        placed = self._sensor(topic)
+        if placed is None:
             tally.excluded += 1
             return
         value = to_value(plain_value(payload))
         if value is None:
             tally.fields_ignored += 1
             return
-        out.append(Record(topic, now, {"sensor": sensor, "value": value}))
+        out.append(Record(placed[1], now, {"sensor": placed[0], "value": value}))
 
-    def _sensor(self, topic: str) -> str | None:
+    def _sensor(self, topic: str) -> tuple[str, str] | None:
         try:
             return self._sensors[topic]
         except KeyError:
             pass
         if len(self._sensors) >= 100_000:
             self._sensors.clear()
-        sensor = self._sensors[topic] = self.sensor_of(topic.split("/"))
-        return sensor
+        sensor = self.sensor_of(topic.split("/"))
+        placed = None
+        if sensor is not None:
+            placed = (sensor, topic if self._prefix_of is None else self._prefix_of(topic) + sensor)
+        self._sensors[topic] = placed
+        return placed
 
 
 def plain_value(payload: bytes) -> Any:
@@ -200,8 +205,8 @@ SHELLY_GEN2_TABLE: dict[str, Any] = {
 class Shelly:
     """Gen1 devices on ``shellies/...``, Gen2 (Plus, Pro) notifications on ``<id>/events/rpc``."""
 
-    def __init__(self, gen2: PayloadMapping) -> None:
-        self.gen1 = ShellyGen1()
+    def __init__(self, gen2: PayloadMapping, prefix_of: PrefixOf | None = None) -> None:
+        self.gen1 = ShellyGen1(prefix_of)
         self.gen2 = JsonMapper(gen2)
 
     def excludes(self, topic: str) -> bool:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from agent.api import Record
-from agent.sources.payload.mapping import Tally
+from agent.sources.payload.mapping import PrefixOf, Tally
 from agent.sources.payload.sparkplug_schema import SIGNED_BITS, Payload
 from agent.sources.payload.values import text_value, to_value
 from agent.sources.readings import DEFAULT_MAX_CLOCK_SKEW, Rejected, check_ts
@@ -34,8 +34,11 @@ _SESSION = ("bdSeq", "Node Control/", "Device Control/", "Properties/")
 class SparkplugB:
     """The ``sparkplug_b`` format's mapper."""
 
-    def __init__(self, max_skew: float | None = DEFAULT_MAX_CLOCK_SKEW) -> None:
+    def __init__(
+        self, max_skew: float | None = DEFAULT_MAX_CLOCK_SKEW, prefix_of: PrefixOf | None = None
+    ) -> None:
         self.max_skew = max_skew
+        self._prefix_of = prefix_of
         self._aliases: dict[str, dict[int, str]] = {}
 
     def excludes(self, topic: str) -> bool:
@@ -54,6 +57,7 @@ class SparkplugB:
         aliases = self._aliases.get(owner, {})
         if not message.metrics:  # a birth or data message with no metrics: nothing to take
             tally.empty += 1
+        prefix = self._prefix_of(topic) if self._prefix_of is not None else None
         default_ts = message.timestamp / 1000.0 if message.HasField("timestamp") else now
         for metric in message.metrics:
             name = metric.name if metric.HasField("name") else aliases.get(metric.alias)
@@ -73,7 +77,9 @@ class SparkplugB:
             if value is None:
                 tally.fields_ignored += 1
                 continue
-            out.append(Record(topic, ts, {"sensor": f"{owner}/{name}", "value": value}))
+            sensor = f"{owner}/{name}"
+            out.append(Record(topic if prefix is None else prefix + sensor, ts,
+                              {"sensor": sensor, "value": value}))
 
     def _birth(self, owner: str, message: Any) -> None:
         """A birth starts the owner's aliases afresh (a rebirth may number them anew)."""
