@@ -14,9 +14,18 @@ from typing import Any
 import pytest
 
 from agent.health.metrics import render
+from agent.health.status import read_status
 from agent.outbox.store import Outbox
 from tests.conftest import AgentProcess, Broker
-from tests.mapping_helpers import Message, publish, run_once, source_config, summaries, values
+from tests.mapping_helpers import (
+    Message,
+    publish,
+    run_once,
+    source_config,
+    summaries,
+    values,
+    wait_received,
+)
 from tests.sparkplug_helpers import BOOLEAN, DOUBLE, INT32, INT64, payload
 
 pytestmark = pytest.mark.integration
@@ -230,6 +239,28 @@ def test_retained_skip_and_always(tmp_path, broker: Broker, agents) -> None:
     status = run_once(config, broker, agents, [("sensors/live", "4.0", False)], expect_received=2)
     assert status["sources"]["dev"]["retained_skipped"] == 1
     assert set(summaries(tmp_path / "data")) == {"live"}
+
+def test_a_reload_applies_a_new_max_clock_skew_to_the_sources(tmp_path, broker: Broker, agents) -> None:
+    """Two hours ahead passes the default day of skew; after a reload to one hour it is bad_ts."""
+    config = source_config(tmp_path, broker, 'topics = ["sensors/#"]', ["sensors/#"])
+    day = config.read_text()
+    data_dir = tmp_path / "data"
+    agent = AgentProcess(config).start()
+    agents.append(agent)
+    ahead = time.time() + 7200
+    publish(broker, [("sensors/before", json.dumps({"value": 1.0, "ts": ahead}), False)])
+    wait_received(data_dir, 1)
+
+    config.write_text(day.replace('device_id = "test-gw"', 'device_id = "test-gw"\nmax_clock_skew = "1h"'))
+    agent.signal(signal.SIGHUP)
+    agent.wait_for_log("reloaded")
+    publish(broker, [("sensors/after", json.dumps({"value": 2.0, "ts": ahead}), False)])
+    wait_received(data_dir, 2)
+    agent.signal(signal.SIGTERM)
+    assert agent.wait(15) == 0, agent.output()
+    assert read_status(data_dir)["dropped"] == {"bad_ts": 1}
+    assert values(data_dir) == {"before": 1.0}
+
 
 def test_a_millisecond_timestamp_is_refused_as_bad_ts(tmp_path, broker: Broker, agents) -> None:
     config = source_config(tmp_path, broker, 'topics = ["sensors/#"]', ["sensors/#"])

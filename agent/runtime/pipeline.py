@@ -100,13 +100,15 @@ class Pipeline:
         new_sources = {source.name: source for source in config.sources}
         new_plans = {plan.spec.name: plan for plan in loaded.modules}
         supervisor_changed = self._supervisor is not None and self._supervisor != config.supervisor
+        # sources and modules take the skew when they start (a mapper, a window compile it in)
+        skew_changed = self.loaded is not None and self.loaded.agent.max_clock_skew != config.max_clock_skew
         old_runners = {runner.name: runner for runner in self.runners}
         replaced = {
             name: runner for name, runner in old_runners.items()
-            if supervisor_changed or new_plans.get(name) != runner.plan
+            if supervisor_changed or skew_changed or new_plans.get(name) != runner.plan
         }
 
-        going = [n for n, r in self._sources.items() if new_sources.get(n) != r.config]
+        going = [n for n, r in self._sources.items() if skew_changed or new_sources.get(n) != r.config]
         memories = {name: self._sources[name].source.context.retained for name in going}
         await self._stop_sources(going)
         for name in going:
