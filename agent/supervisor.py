@@ -84,7 +84,7 @@ class Agent:
         self.live = LiveHealth(config.data_dir)
         self.saved_state = await committer.call(committer.outbox.module_states)
         saved_checkpoint = await committer.call(committer.outbox.checkpoint)
-        self._count_crash_loss(await committer.call(committer.outbox.health))
+        self._note_crash(await committer.call(committer.outbox.health))
         committer.on_commit(self._snapshot)
         committer.on_commit(self._sync_snapshot)
         await self._start_remote()
@@ -259,24 +259,14 @@ class Agent:
         if self.remote.config is not None:
             self.loaded = await self.remote.config.startup(self.loaded)
 
-    def _count_crash_loss(self, health: dict[str, tuple[dict[str, Any], float]]) -> None:
-        """After a run that did not stop cleanly: what it held that nothing can bring back.
-        QoS 1 readings come again from the broker; QoS 0 ones (and any acknowledged on
-        receipt) taken since the last checkpoint cannot: estimated at their last rate times
-        the commit interval, the most a checkpoint can be behind."""
+    def _note_crash(self, health: dict[str, tuple[dict[str, Any], float]]) -> None:
+        """Say so after a run that did not stop cleanly. What it held comes back from its last
+        checkpoint, and QoS 1 readings from the broker; what cannot (QoS 0 readings taken since
+        that checkpoint) each source counts as it starts (``Pipeline``)."""
         last, _ = health.get("agent", ({}, 0.0))
-        if not last.get("running"):
-            return
-        interval = self.loaded.agent.buffer.commit_interval
-        lost = round(sum(
-            float(source.get("unsaved_rate") or 0.0) for source in last.get("sources", {}).values()
-        ) * interval)
-        log.warning(
-            "the last run (pid %s) did not stop cleanly; it is restored from its last checkpoint%s",
-            last.get("pid"), f", about {lost} QoS 0 readings since then are lost" if lost else "",
-        )
-        if lost:
-            self.counters.incr("dropped", "lost_at_crash:qos0_since_checkpoint", lost)
+        if last.get("running"):
+            log.warning("the last run (pid %s) did not stop cleanly; it is restored from its last "
+                        "checkpoint", last.get("pid"))
 
     def _sync_snapshot(self, changes: Changes) -> None:
         if self.uploader is not None:

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 OWED = "~source:"  # checkpoint entries of a source: the packet ids its last cut covered...
 RETAINED = "retained:"  # ...and, under this prefix, each topic's last message taken (its CRC)
+TAKEN = "taken"  # ...and the count of readings taken that the broker will not give again (QoS 0)
 READY_WAIT = 2.0  # ready once every source has connected or failed once, or after this
 STOP_BUDGET = 8.0  # modules' flush at stop, when no supervisor config says otherwise
 RESERVE = 0.25  # seconds kept for each module still to flush while one finishes
@@ -169,6 +170,8 @@ class Pipeline:
             source.context.retained.restore(
                 {key[len(RETAINED):]: crc for key, crc in saved.items() if key.startswith(RETAINED)}
             )
+            if TAKEN in saved:
+                self._count_lost_at_crash(source, int(saved[TAKEN]))
             task = group.create_task(source.run(), name=f"source:{name}")
             self._sources[name] = _Running(source, source_config, task)
             if name not in change.restarted:
@@ -221,6 +224,9 @@ class Pipeline:
             taken = running.source.retained_cut()
             if taken:  # in the same commit as the effect of those messages, never before it
                 checkpoint.add(f"{OWED}{name}", {f"{RETAINED}{topic}": crc for topic, crc in taken.items()})
+            count = running.source.taken_cut()
+            if count is not None:
+                checkpoint.add(f"{OWED}{name}", {TAKEN: count})
             ids = running.source.owed_ids()
             if ids is not None and (ids or self._owed_saved.get(name)):
                 # a crash between this commit and its PUBACKs: the resends are not taken twice
@@ -232,6 +238,15 @@ class Pipeline:
             self._queues_saved = bool(checkpoint.queued)
         if checkpoint.modules or checkpoint.resets or checkpoint.released or checkpoint.queued is not None:
             changes.checkpoint = checkpoint
+
+    def _count_lost_at_crash(self, source: SourceRunner, checkpointed: int) -> None:
+        """Readings the last run took after its last checkpoint and that no broker will deliver
+        again (QoS 0): lost with its crash, counted in the commit that saves the new count."""
+        lost = source.context.taken.lost_since(checkpointed)
+        if lost:
+            self._counters.incr("dropped", "lost_at_crash:qos0_since_checkpoint", lost)
+            log.warning("source %r: %d readings taken after the last checkpoint before a crash "
+                        "are lost (QoS 0: the broker does not send them again)", source.name, lost)
 
     async def _stop_sources(self, names: list[str]) -> None:
         """Stop reading, commit a checkpoint (which acknowledges what was read), disconnect."""

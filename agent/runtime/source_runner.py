@@ -30,6 +30,7 @@ from agent.sources.readings import (
     check_ts,
 )
 from agent.sources.retained import RetainedMemory
+from agent.sources.taken import TakenCount
 
 log = logging.getLogger("agent.sources")
 
@@ -66,6 +67,9 @@ class SourceContextImpl:
         self.retained = RetainedMemory()
         """The retained messages an MQTT source took, kept across its restarts and saved with
         each checkpoint (``SourceRunner.retained_cut``)."""
+        self.taken = TakenCount(data_dir / f"{config.name}.taken" if data_dir is not None else None)
+        """Readings taken that the broker will not deliver again (QoS 0): what a crash loses of
+        them is the count less the one the last checkpoint saved (``SourceRunner.taken_cut``)."""
         self.acks = AckLedger(self.counters, f"source:{config.name}")
         """The QoS 1 acknowledgements an MQTT source owes the broker, kept across its restarts:
         a new instance resumes the broker's session, whose resends of what the failed one took
@@ -247,6 +251,10 @@ class SourceRunner:
         """The retained-message memory's changes since the last checkpoint, for this one."""
         return self.context.retained.cut()
 
+    def taken_cut(self) -> int | None:
+        """The count of readings taken that cannot come again, if it changed since the last cut."""
+        return self.context.taken.cut()
+
     def owed_ids(self) -> list[int] | None:
         owed = getattr(self._current, "owed_ids", None)
         result: list[int] | None = owed() if owed is not None else None
@@ -265,8 +273,6 @@ class SourceRunner:
             "connected": self.context.connected,
             "last_error": self.context.last_error,
             "restarts": self.restarts,
-            # what a crash would lose a second (QoS 0): counted as lost_at_crash at the restart
-            "unsaved_rate": round(float(getattr(self._current, "unsaved_rate", 0.0)), 1),
         }
 
 

@@ -18,6 +18,7 @@ from agent.sources.mqtt_wire import Message, MqttProtocolError, Session, Subscri
 from agent.sources.payload import Tally, build_mapper
 from agent.sources.readings import OVERSIZED, Rejected, decode_reading
 from agent.sources.retained import RetainedMemory
+from agent.sources.taken import TakenCount
 from agent.topics import fixed_prefix, matches
 
 log = logging.getLogger(__name__)
@@ -65,10 +66,10 @@ class MqttSource(Source[MqttSourceConfig]):
         held = config.qos == 1 and config.ack == "checkpoint"
         self.acks = _ledger(context, f"source:{config.name}") if held else None
         """QoS 1 readings are acknowledged once a checkpoint covers them (``cut``)."""
-        self._unsaved = 0  # messages since the last checkpoint
-        self._last_cut = time.monotonic()
-        self.unsaved_rate = 0.0
-        """Messages a second that a crash would lose (QoS 0, or acknowledged on receipt)."""
+        taken = getattr(context, "taken", None)
+        self._taken = taken if isinstance(taken, TakenCount) and not held else None
+        """Readings the broker will not deliver again (QoS 0, or acknowledged on receipt), counted
+        so that a crash's loss of them is known (``agent/sources/taken.py``)."""
         self._resuming: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
@@ -104,14 +105,7 @@ class MqttSource(Source[MqttSourceConfig]):
 
     def cut(self) -> Callable[[], None] | None:
         """A checkpoint is being taken: what releases the acknowledgements it covers."""
-        if self.acks is not None:
-            return self.acks.cut()
-        now = time.monotonic()
-        if now > self._last_cut:  # smoothed: the rate a crash at any moment would cost
-            rate = self._unsaved / (now - self._last_cut)
-            self.unsaved_rate += 0.2 * (rate - self.unsaved_rate)
-        self._unsaved, self._last_cut = 0, now
-        return None
+        return self.acks.cut() if self.acks is not None else None
 
     def owed_ids(self) -> list[int] | None:
         """The packet ids the last cut covers (saved with the checkpoint), or None."""
@@ -152,7 +146,8 @@ class MqttSource(Source[MqttSourceConfig]):
         else:
             self._mapped(messages, now, records)
         self._counters.incr("received", len(messages))
-        self._unsaved += len(messages)
+        if self._taken is not None and records:
+            self._taken.add(len(records))
         if not CLOCK.synchronised:
             _mark_unsynced(records, now)
         if records and self.context.publish_nowait(records) and self._protocol:
