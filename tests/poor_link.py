@@ -13,6 +13,9 @@ included. ``method`` says which one is in use.
         link.call("cloud", ingest.api, "/api/devices")  # opens and the processes it starts are there
         print(link.wire_bytes())
 
+``write_hour``, ``hour_config`` and ``held`` make the backlog the link is tested with (the
+poor-link test and ``bench/bench_link.py`` share them).
+
 Processes started inside the namespaces are the test's own; ``close`` ends whatever of them is
 still running, then deletes both namespaces (and so the veth pair), also when the test failed.
 """
@@ -23,6 +26,7 @@ import contextlib
 import ctypes
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -33,6 +37,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+
+from agent.outbox import Outbox
+from tests.conftest import Broker, agent_config
 
 T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
@@ -169,6 +176,10 @@ class PoorLink:
             )
         return self._threads[side].submit(fn, *args).result()
 
+    def cut(self, cut: bool = True) -> None:
+        """Take the gateway's end of the link down (``cut``) or up again: an outage."""
+        _run(["ip", "-n", self.netns["device"], "link", "set", self.veth["device"], "down" if cut else "up"])
+
     def wire_bytes(self) -> int:
         """Bytes sent so far across the link, both directions (each end's transmit counter)."""
         total = 0
@@ -193,3 +204,66 @@ def _run(argv: list[str], error: type[Exception] = RuntimeError) -> str:
     if done.returncode:
         raise error(f"{' '.join(argv)}: {done.stderr.strip()}")
     return done.stdout
+
+
+# -- the backlog: an hour offline at 100 readings/s through the shipped pipeline -----------------
+
+SENSORS = 100
+READINGS = 360_000  # an hour at 100 readings/s
+WINDOW = """
+[[modules]]
+name = "win"
+use = "window"
+inputs = ["sensors/#"]
+sync = true
+[modules.with]
+every = "60s"
+stats = ["count", "mean", "min", "max"]
+"""
+
+
+def write_hour(path: Path, start: float) -> None:
+    """READINGS lines ``sensor value ts``: SENSORS sensors each reading once a second from
+    ``start``, values with noise as a real sensor's (the summaries compress no better than
+    real ones would)."""
+    rng = random.Random(7)
+    with path.open("w") as out:
+        for i in range(READINGS):
+            value = 15 + i % SENSORS * 0.1 + rng.gauss(0, 0.5)
+            out.write(f"s{i % SENSORS} {value:.2f} {start + i // SENSORS:.0f}\n")
+
+
+def hour_config(workdir: Path, readings: Path, cloud_url: str, name: str = "agent.toml") -> Path:
+    """An agent that reads ``readings`` from the beginning into configs/pi.toml's 60 s window and
+    syncs to ``cloud_url`` with the shipped settings, but for the reconnect delay's ceiling (5 s):
+    the link is down on purpose while the backlog builds, and waiting up to a minute for the next
+    try proves nothing."""
+    source = f"""
+[[sources]]
+name = "hour"
+type = "tail"
+path = "{readings}"
+format = "text"
+start = "beginning"
+"""
+    return agent_config(workdir, modules=source + WINDOW, name=name,
+                        extra=f'\n[cloud]\nurl = "{cloud_url}"\nreconnect_max = "5s"\n')
+
+
+def held(data_dir: Path) -> tuple[int, int]:
+    """The outbox's unsent summaries, and the readings they count."""
+    box = Outbox.open_readonly(data_dir)
+    try:
+        rows = box.read_rows(0, 1 << 30, 1 << 40)
+    finally:
+        box.close()
+    return len(rows), sum(json.loads(row[3])["count"] for row in rows)
+
+
+def cloud_broker(workdir: Path) -> Broker:
+    """A Mosquitto for the cloud's namespace, listening on every address there (not started)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    broker = Broker(workdir)
+    text = broker.config.read_text()
+    broker.config.write_text(text.replace(f"listener {broker.port} 127.0.0.1", f"listener {broker.port}"))
+    return broker
