@@ -10,6 +10,7 @@ a reconnect) while its acknowledgement is still owed was taken already and is no
 from __future__ import annotations
 
 import logging
+from array import array
 from collections.abc import Callable
 from typing import Protocol
 
@@ -20,6 +21,12 @@ THROTTLE_CUTS = 8
 in a row is holding back the rest: its in-flight limit is lower than our commit interval needs."""
 THROTTLE_LIMIT = 1000
 """Limits at or above this are not worth a warning."""
+RECENT = 32_768
+"""A publish sent again (DUP) whose packet id we acknowledged fewer than this many messages ago
+is one we have: the broker lost our PUBACK with its own crash and came back from an older save.
+Mosquitto hands out ids in sequence, so an id comes round only after 65,535 more messages:
+within half of that it still names the message we acknowledged."""
+_STAMP = 0xFFFFFFFF
 
 
 class Counters(Protocol):
@@ -41,6 +48,9 @@ class AckLedger:
         """The ids the last cut covers: saved with its checkpoint, in case a crash comes
         between the commit and their PUBACKs."""
         self._sender: AckSender | None = None
+        self._taken = 0  # messages taken so far (modulo 2**32)
+        self._acked_at = array("I", bytes(4 * 65536))
+        """Per packet id: 1 + ``_taken`` when its PUBACK went out (0: never)."""
         self._same_count = 0
         self._last_count = -1
         self.throttled_at: int | None = None
@@ -65,22 +75,42 @@ class AckLedger:
             self._since_cut = [pid for pid in self._since_cut if pid not in earlier]
             return
         covered = [pid for pid, done in self._owed.items() if done]
-        if covered and sender.send_acks(covered):
+        if covered and self._send(covered):
             for pid in covered:
                 del self._owed[pid]
 
     def taken(self, packet_ids: list[int]) -> None:
         self._owed.update(dict.fromkeys(packet_ids, False))
         self._since_cut += packet_ids
+        self._taken = (self._taken + len(packet_ids)) & _STAMP
 
     def redelivered(self, packet_id: int) -> bool:
         done = self._owed.get(packet_id)
         if done is None:
-            return True  # not taken before (or acknowledged already): a publish like any other
+            if not self._acknowledged_lately(packet_id):
+                return True  # not taken before: a publish like any other
+            # ours already, and acknowledged: the broker restarted from a save older than that
+            self._counters.incr("redelivered_acked")
+            self._send([packet_id])
+            return False
         self._counters.incr("redelivered_taken")
-        if done and self._sender is not None and self._sender.send_acks([packet_id]):
+        if done and self._send([packet_id]):
             del self._owed[packet_id]
         return False
+
+    def _acknowledged_lately(self, packet_id: int) -> bool:
+        stamp = self._acked_at[packet_id]
+        return bool(stamp) and (self._taken + 1 - stamp) & _STAMP < RECENT
+
+    def _send(self, packet_ids: list[int]) -> bool:
+        """PUBACK these now, if connected; remember when, for the broker's resends."""
+        if self._sender is None or not self._sender.send_acks(packet_ids):
+            return False
+        stamp = (self._taken + 1) & _STAMP or 1
+        acked_at = self._acked_at
+        for pid in packet_ids:
+            acked_at[pid] = stamp
+        return True
 
     def restore(self, packet_ids: list[int]) -> None:
         """The ids of the last committed checkpoint before a crash: their effect is saved, their
@@ -102,7 +132,7 @@ class AckLedger:
             sendable = [pid for pid in ids if pid in owed]
             for pid in sendable:
                 owed[pid] = True
-            if sendable and self._sender is not None and self._sender.send_acks(sendable):
+            if sendable and self._send(sendable):
                 for pid in sendable:
                     owed.pop(pid, None)
 
