@@ -213,11 +213,11 @@ def test_sigkills_while_qos0_readings_flow_count_the_loss_as_lost_at_crash(
     )
 
 
-BROKER_KILLS = 10
+BROKER_KILLS = 7
 AUTOSAVE_INTERVAL = 5.0  # configs/mosquitto-local.conf
 
 
-@pytest.mark.timeout(480)  # about 70 s on an idle machine
+@pytest.mark.timeout(480)  # about 65 s on an idle machine
 def test_sigkills_of_the_local_broker_while_20000_qos1_readings_flow(
     tmp_path, cloud_broker: Broker, agents, ingests
 ) -> None:
@@ -225,7 +225,10 @@ def test_sigkills_of_the_local_broker_while_20000_qos1_readings_flow(
     20,000 QoS 1 readings flow. No reading is counted twice, although the broker comes back from
     a save up to autosave_interval old and sends again what the agent had acknowledged since.
     A reading may be missing only where the broker itself lost it: it had acknowledged the
-    reading to the sensor within autosave_interval before a kill (docs/operations.md)."""
+    reading to the sensor within autosave_interval before a kill (docs/operations.md). Kills
+    come at least one save apart: a broker killed again before its first save comes back from
+    the same old save twice, and sends as new what that save held queued and the agent took
+    meanwhile (a limit docs/operations.md states; packet ids cannot tell those apart)."""
     broker = local_broker(tmp_path / "local-broker").start()
     kills: list[float] = []
     try:
@@ -234,10 +237,10 @@ def test_sigkills_of_the_local_broker_while_20000_qos1_readings_flow(
         config = agent_config(tmp_path, broker.url, extra=cloud_section(cloud_broker.url))
         rng = random.Random(5)
         agent = start_agent(config, agents)
-        sensors = Sensors(broker.port, rate=READINGS / 45)
+        sensors = Sensors(broker.port, rate=READINGS / 50)
         sensors.start()
         for _ in range(BROKER_KILLS):
-            time.sleep(rng.uniform(1.5, 5.5))
+            time.sleep(rng.uniform(AUTOSAVE_INTERVAL + 1.0, AUTOSAVE_INTERVAL + 3.0))
             kills.append(time.monotonic())
             broker.kill()
             broker.start()
