@@ -12,7 +12,9 @@ serve`` behind it, with the shipped sync settings."""
 
 from __future__ import annotations
 
+import functools
 import json
+import random
 import signal
 import subprocess
 import time
@@ -22,9 +24,10 @@ from typing import Any
 
 import pytest
 
+from agent.outbox import Changes, Outbox
 from tests.conftest import EDGE_AGENT, AgentProcess, IngestProcess
 from tests.poor_link import READINGS, LinkUnavailable, PoorLink, cloud_broker, held, hour_config, write_hour
-from tests.sync_helpers import agent_accepted, assert_exactly_once, wait_for
+from tests.sync_helpers import agent_accepted, assert_exactly_once, cloud_records, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -86,3 +89,38 @@ def test_an_hour_of_backlog_drains_exactly_once_over_a_poor_link(tmp_path: Path,
     assert sync["sent"] == records
     print(f"\n{records} records over {link.method} in {drained:.0f} s, "
           f"{(link.wire_bytes() - wire_before) / records:.1f} bytes each on the wire; sync {sync}")
+
+
+@pytest.mark.timeout(300)  # about 30 s
+def test_messages_queued_behind_others_on_a_slow_link_are_not_sent_twice(tmp_path: Path, link: PoorLink,
+                                                                         ingests) -> None:
+    """20,000 records that compress to ~35 bytes each: 1,000-record messages of ~35 kB, 16 in
+    flight, are ~17 s of the link's time, more than ``resend_after`` (15 s). The last of a window
+    is acknowledged long after it was sent while the acks ahead of it keep coming: late, not
+    lost, so nothing is sent twice (before, go-back-N sent a third of them again)."""
+    count = 20_000
+    rng = random.Random(3)
+    box = Outbox.open(tmp_path / "data")
+    records = []
+    for i in range(count):
+        data = {"sensor": f"s{i % 100}", "value": round(rng.gauss(15, 0.5), 2),
+                "trace": f"{rng.getrandbits(128):032x}" * 3}
+        records.append(("raw", 1_700_000_000 + i * 0.01, data))
+    box.commit(Changes(records=records))
+    box.epoch()
+    box.close()
+    cloud = cloud_broker(tmp_path / "cloud")
+    link.call("cloud", cloud.start)
+    ingest = IngestProcess(tmp_path, f"mqtt://127.0.0.1:{cloud.port}", f"sqlite:///{tmp_path}/cloud.db")
+    ingests.append(ingest)
+    link.call("cloud", ingest.start, 60.0)
+    config = hour_config(tmp_path, tmp_path / "unused.log", f"mqtt://{link.address['cloud']}:{cloud.port}")
+    sync = [*EDGE_AGENT, "sync", "-c", str(config), "--once", "--timeout", "240"]
+    done = link.call("device", functools.partial(subprocess.run, sync, capture_output=True, text=True))
+    assert done.returncode == 0, done.stderr
+    cloud.stop()
+
+    rows = link.call("cloud", cloud_records, ingest)
+    assert [r["seq"] for r in rows] == list(range(1, count + 1))
+    counters = status(config)["sync"]["counters"]
+    assert counters.get("resends", 0) == 0 and counters["sent"] == count, counters

@@ -128,8 +128,8 @@ def test_backlog_and_live_cursors_and_the_window() -> None:
     tracker.on_sent(151, 155, 5, now=0.0, live=True)
     tracker.on_sent(101, 105, 5, now=0.0, live=False)
     assert not tracker.room
-    assert tracker.on_ack(105, 155) and tracker.room and tracker.unacked == 5
-    assert not tracker.on_ack(104, 155)
+    assert tracker.on_ack(105, 155, now=1.0) and tracker.room and tracker.unacked == 5
+    assert not tracker.on_ack(104, 155, now=1.0)
 
 
 def test_resend_goes_back_to_the_ack_and_backs_off_while_the_cloud_hears_nothing() -> None:
@@ -145,13 +145,32 @@ def test_resend_goes_back_to_the_ack_and_backs_off_while_the_cloud_hears_nothing
     assert tracker.due(19.0) is None and tracker.due(20.0) is not None  # waited twice as long
 
 
+def test_on_a_slow_link_a_message_queued_behind_others_is_late_not_lost() -> None:
+    """Three messages leave at once and the link takes 10 s for each: the third is acknowledged
+    30 s after it was sent, but the ack moved every 10 s, so nothing is resent."""
+    tracker = SendTracker(unacked_records=100, resend_after=15.0)
+    tracker.start(acked=0, last_seq=0)
+    for first in (1, 11, 21):
+        tracker.on_sent(first, first + 9, 10, now=0.0, live=False)
+    for now, acked in ((10.0, 10), (20.0, 20)):
+        assert tracker.due(now) is None
+        assert tracker.on_ack(acked, acked, now=now)
+    assert tracker.due(30.0) is None
+    assert tracker.on_ack(30, 30, now=30.0) and tracker.unacked == 0
+    # an ack that stops moving still ends in a resend, resend_after after it last moved
+    tracker.on_sent(31, 40, 10, now=31.0, live=False)
+    tracker.on_sent(41, 50, 10, now=31.0, live=False)
+    assert tracker.on_ack(40, 40, now=35.0)
+    assert tracker.due(49.9) is None and tracker.due(50.0) is not None
+
+
 def test_a_message_lost_while_later_ones_arrive_shrinks_batches_then_sets_a_record_aside() -> None:
     tracker = SendTracker(unacked_records=100, resend_after=1.0)
     tracker.start(acked=0, last_seq=0)
     verdicts = []
     for now in (0.0, 2.0):
         tracker.on_sent(1, 10, 10, now=now, live=True, size=5000)
-        tracker.on_ack(0, max_seen=30)  # the cloud got seqs after 10
+        tracker.on_ack(0, max_seen=30, now=now)  # the cloud got seqs after 10
         oldest = tracker.due(now + 1.0)
         assert oldest is not None
         verdicts.append(tracker.resend(oldest))

@@ -117,7 +117,8 @@ class CloudConfig(BrokerLogin):
     unacked_records: Annotated[int, Field(ge=1)] = 100_000
     """Records sent and not yet covered by the cloud's ack, at most."""
     resend_after: PositiveDuration = 15.0
-    """What the cloud has not acknowledged this long after sending is sent again."""
+    """What the cloud has not acknowledged this long after sending (or after its ack last moved,
+    if later) is sent again."""
     backlog_rate_bytes: Size = 2_000_000
     """After an outage, the backlog is sent at most this many bytes per second (0: no limit);
     records made since the reconnect go first, unthrottled."""

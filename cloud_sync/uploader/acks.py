@@ -120,7 +120,7 @@ class Acks:
         if ack.probe in self._probes:
             self.echoed_at = max(self.echoed_at, self._probes[ack.probe])
         before = tracker.acked
-        if tracker.on_ack(ack.seq, ack.max_seq):
+        if tracker.on_ack(ack.seq, ack.max_seq, time.monotonic()):
             self._rate.acked(ack.seq - before)
             self.target = ack.seq
             self._changed.set()

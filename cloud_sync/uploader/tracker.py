@@ -8,7 +8,10 @@ again. The sent ranges are bounded by ``unacked_records``.
 
 Resending is go-back-N: when the oldest range stays unacknowledged past ``resend_after``, both
 cursors go back to the ack and everything after it is sent again (the cloud's store takes the
-repeats idempotently). The timeout doubles while the ack does not move, up to 16 times.
+repeats idempotently). The timeout doubles while the ack does not move, up to 16 times. As TCP
+does with its retransmission timer, a range's wait starts again whenever the ack moves: on a slow
+link the messages of a window leave one after another, and one queued behind the others for
+longer than ``resend_after`` is late, not lost, while the ones ahead of it keep being acknowledged.
 
 A message that keeps getting lost while the cloud receives what came after it (over the
 broker's size limit on MQTT 3.1.1, which drops it silently), that the broker refuses (an MQTT 5
@@ -21,7 +24,7 @@ counted and announced, so it never blocks the queue behind it.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 STRIKES = {"lost": 2, "refused": 1, "disconnect": 3}
 """How many times a message must be lost in each way before it is judged poison."""
@@ -44,6 +47,11 @@ class Sent:
     at: float
     live: bool
     size: int = 0
+    waiting_since: float = field(init=False)
+    """When its resend timer started: when it was sent, or when the ack last moved after that."""
+
+    def __post_init__(self) -> None:
+        self.waiting_since = self.at
 
 
 class SendTracker:
@@ -103,8 +111,8 @@ class SendTracker:
 
     # -- what the cloud says --------------------------------------------------------------------
 
-    def on_ack(self, seq: int, max_seen: int) -> bool:
-        """Apply the cloud's ack; True if it moved forward."""
+    def on_ack(self, seq: int, max_seen: int, now: float) -> bool:
+        """Apply the cloud's ack (received at ``now``); True if it moved forward."""
         self.max_seen = max(self.max_seen, max_seen, seq)
         if seq <= self.acked:
             return False
@@ -112,6 +120,8 @@ class SendTracker:
         for sent in self._sent:
             while sent and sent[0].last <= seq:
                 self.unacked -= sent.popleft().count
+            if sent:
+                sent[0].waiting_since = max(sent[0].waiting_since, now)
         self.backlog_cursor = max(self.backlog_cursor, min(seq, self.live_from))
         self.live_cursor = max(self.live_cursor, seq)
         self._backoff = 1
@@ -123,8 +133,8 @@ class SendTracker:
         heads = [sent[0] for sent in self._sent if sent]
         if not heads:
             return None
-        oldest = min(heads, key=lambda s: s.at)
-        return oldest if now - oldest.at >= self.resend_after * self._backoff else None
+        oldest = min(heads, key=lambda s: s.waiting_since)
+        return oldest if now - oldest.waiting_since >= self.resend_after * self._backoff else None
 
     def resend(self, oldest: Sent, later_arrived: bool = False) -> Verdict | None:
         """Go back to the ack and send everything after it again. When the cloud has meanwhile
