@@ -142,7 +142,7 @@ def run(quick: bool) -> list[Result]:
     # BENCH_MAPPING_READINGS: a smaller full run when the machine is busy (prefilling the
     # brokers is most of the time then)
     readings = int(os.environ.get("BENCH_MAPPING_READINGS", 30_000 if quick else 300_000))
-    rounds = 1 if quick else 3
+    rounds = 1 if quick else int(os.environ.get("BENCH_MAPPING_ROUNDS", 3))  # more: a noisy machine
     rates, cpu_rates, ref = drain_rates(readings, rounds)
     today = statistics.median(rates["reading"])
     results: list[Result] = []
