@@ -159,13 +159,13 @@ class MqttSource(Source[MqttSourceConfig]):
     def _readings(self, messages: list[Message], now: float, records: list[Record]) -> None:
         """The agent's own payload shape: the hot path, kept lean."""
         sensors = self._sensors
-        memory = self._memory
+        note = self._memory.note if self._memory is not None else None
         max_skew = self._max_skew
         for topic, payload, retain in messages:
             if retain and self._retained_taken(topic, payload):
                 continue
-            if memory is not None:
-                memory.note(topic, payload)
+            if note is not None:
+                note(topic, payload)
             sensor = sensors.get(topic)
             if sensor is None:
                 sensor = self._sensor_of(topic)

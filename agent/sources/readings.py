@@ -32,6 +32,7 @@ DEFAULT_MAX_CLOCK_SKEW = 86400.0
 """Seconds a reading time may be ahead of the gateway's clock (the ``max_clock_skew`` key)."""
 
 _NUMBER = (int, float)
+_new_record = tuple.__new__  # Record(...) without the namedtuple's Python-level __new__
 
 
 class Rejected(Exception):
@@ -117,7 +118,7 @@ def reading_from(
         raise Rejected(NOT_AN_OBJECT)
     if type(value) not in _NUMBER:  # bool is an int subclass, but not a reading
         raise Rejected(NOT_A_NUMBER)
-    if not math.isfinite(value):
+    if value - value != 0.0:  # NaN or an infinity; faster than math.isfinite (every reading)
         raise Rejected(NOT_FINITE)
     if type(ts) not in _NUMBER:
         ts = time_of(ts)
@@ -129,4 +130,4 @@ def reading_from(
     data = {"sensor": sensor, "value": value}
     if unit is not None and type(unit) is str:
         data["unit"] = unit
-    return Record(topic, float(ts), data)
+    return _new_record(Record, (topic, ts if type(ts) is float else float(ts), data))
