@@ -277,3 +277,32 @@ def test_a_module_blocking_the_loop_cannot_hold_the_shutdown(tmp_path, broker: B
     synced = rows(tmp_path / "data")
     assert sum(data["count"] for stream, _, data in synced if stream == "win") == 20  # the rest flushed
     assert len([1 for stream, _, _ in synced if stream == "blocking"]) == blocking["processed"]
+
+
+def test_an_async_module_killed_while_it_awaits_loses_no_reading_and_doubles_none(
+    tmp_path, broker: Broker, agents
+) -> None:
+    """A checkpoint saves the records an ``async def process`` is awaiting on with the module's
+    queue: SIGKILL during the await, and the restart processes them again (QoS 1: their PUBACK
+    went out with that checkpoint, so the broker does not). Each reading's output once."""
+    config = agent_config(tmp_path, broker.url, modules=SLOW.format(modules=MODULES, delay=0.3))
+    agent = AgentProcess(config).start()
+    agents.append(agent)
+    publisher = Publisher(broker.port)
+    publisher.readings([("t1", time.time(), float(i)) for i in range(20)])
+    publisher.close()
+    for _ in range(3):  # 6 s of lookups: each kill lands in one of them
+        time.sleep(1.1)
+        agent.signal(signal.SIGKILL)
+        agent.wait(10)
+        agent.start()
+
+    def values() -> list[float]:
+        return sorted(data["value"] for stream, _, data in rows(tmp_path / "data") if stream == "slow")
+
+    deadline = time.monotonic() + 30
+    while len(values()) < 20 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    agent.signal(signal.SIGTERM)
+    assert agent.wait(10) == 0
+    assert values() == [float(i) for i in range(20)]

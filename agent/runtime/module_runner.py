@@ -148,9 +148,15 @@ class ModuleRunner:
                 items = None
             if items:
                 checkpoint.add(self.name, items)
-        if self.queue.size:
+        # An async step in progress: what its finished records emitted goes into this commit
+        # (downstream runners come after this one, their queues with it), and the records it is
+        # still awaiting on, which have no effect yet, are saved ahead of the queue, to be
+        # processed again after a crash rather than lost.
+        self._hand_over()
+        queued = self.instance.in_flight + self.queue.snapshot()
+        if queued:
             assert checkpoint.queued is not None
-            checkpoint.queued[self.name] = self.queue.snapshot()
+            checkpoint.queued[self.name] = queued
 
     def _reset_checkpoint(self) -> None:
         """The module's saved state is void from the next commit on (a fresh instance)."""
@@ -288,20 +294,27 @@ class ModuleRunner:
         self._reset_checkpoint()
 
     async def _deliver(self) -> None:
-        out = self.context.take()
-        if not out:
+        bus_full = self._hand_over()
+        if bus_full is None:
             return
-        self._counters.incr(self._scope, "emitted", len(out))
-        # Both hand-overs before either wait: a checkpoint taken while we wait must find the
-        # output on the bus and pending for the outbox, not in between.
-        bus_full = self._bus.publish(out)
-        if self._synced and self._committer is not None:
-            synced = self._synced
-            self._committer.add(out if self._sync_all else [r for r in out if r.topic in synced])
         if bus_full:
             await self._bus.wait_room()
         if self._synced and self._committer is not None and self._committer.full:
             await self._committer.wait_room()
+
+    def _hand_over(self) -> bool | None:
+        """Put what the module emitted on the bus and pending for the outbox, both in one step
+        of the loop (a checkpoint must find the output in both or in neither); whether the bus
+        is full now (None: nothing was emitted)."""
+        out = self.context.take()
+        if not out:
+            return None
+        self._counters.incr(self._scope, "emitted", len(out))
+        bus_full = self._bus.publish(out)
+        if self._synced and self._committer is not None:
+            synced = self._synced
+            self._committer.add(out if self._sync_all else [r for r in out if r.topic in synced])
+        return bus_full
 
     def _stalled(self, seconds: float) -> None:
         self.count("stalls_seen")
