@@ -77,30 +77,41 @@ class Bus:
     def __init__(self) -> None:
         self._subscriptions: list[tuple[tuple[str, ...], RecordQueue]] = []
         self._routes: dict[str, tuple[RecordQueue, ...]] = {}
+        self._shared: dict[tuple[RecordQueue, ...], tuple[RecordQueue, ...]] = {}
         self.unrouted = 0
 
     def subscribe(self, filters: Sequence[str], queue: RecordQueue) -> None:
         self._subscriptions.append((tuple(filters), queue))
         self._routes.clear()
+        self._shared.clear()
 
     def unsubscribe(self, queue: RecordQueue) -> None:
         self._subscriptions = [(f, q) for f, q in self._subscriptions if q is not queue]
         self._routes.clear()
+        self._shared.clear()
 
     def publish(self, records: list[Record]) -> bool:
         """Route ``records``; True when a destination is now full (call ``wait_room``)."""
         if not records:
             return False
         routes = self._routes
-        first = records[0].topic
-        if all(record.topic == first for record in records):
-            destinations = routes.get(first)
+        destinations: tuple[RecordQueue, ...] | None = None
+        for topic in {record.topic for record in records}:
+            found = routes.get(topic)
+            if found is None:
+                found = self._route(topic)
             if destinations is None:
-                destinations = self._route(first)
-            for queue in destinations:
-                queue.put_nowait(records)
-            self.unrouted += 0 if destinations else len(records)
-            return any(queue.full for queue in destinations)
+                destinations = found
+            elif found is not destinations:  # topics that go to different queues
+                return self._publish_apart(records)
+        assert destinations is not None
+        for queue in destinations:  # the common case: the whole batch goes the same way
+            queue.put_nowait(records)
+        self.unrouted += 0 if destinations else len(records)
+        return any(queue.full for queue in destinations)
+
+    def _publish_apart(self, records: list[Record]) -> bool:
+        routes = self._routes
         buckets: dict[RecordQueue, list[Record]] = {}
         for record in records:
             destinations = routes.get(record.topic)
@@ -130,10 +141,13 @@ class Bus:
                 await queue.wait_room()
 
     def _route(self, topic: str) -> tuple[RecordQueue, ...]:
+        """The queues ``topic`` goes to, as one shared tuple per distinct set of queues, so that
+        ``publish`` tells whether a batch's topics go the same way by identity."""
         if len(self._routes) >= self._CACHE_LIMIT:
             self._routes.clear()
         destinations = tuple(
             queue for filters, queue in self._subscriptions if any(matches(f, topic) for f in filters)
         )
+        destinations = self._shared.setdefault(destinations, destinations)
         self._routes[topic] = destinations
         return destinations

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent.source_harness import SourceRun, run_source
-from agent.sources.modbus_map import RegisterConfig, decode, plan_blocks
+from agent.sources.modbus_map import RegisterConfig, block_values, decode, plan_blocks
 from tests.modbus_helpers import ModbusTestServer, PtyPair, words_of_float32
 from tests.source_helpers import run_agent
 
@@ -238,3 +238,19 @@ def test_rtu_replies_with_a_bad_crc_are_counted_as_crc(tmp_path: Path) -> None:
         right.close()
     assert [r.data["value"] for r in run.records[:2]] == [321, 321]
     assert run.counters["errors.crc"] >= 1
+
+
+def test_a_block_unpacked_at_once_gives_what_each_register_gives_alone() -> None:
+    regs = [RegisterConfig.model_validate(r) for r in [
+        {"name": "f", "address": 0, "type": "float32", "scale": 0.5, "offset": 1.0},
+        {"name": "i", "address": 3, "type": "int16"}, {"name": "d", "address": 4, "type": "float64"},
+        {"name": "u", "address": 8, "type": "uint32", "scale": 10.0},
+    ]]
+    data = [*words("f", 229.5, "ABCD"), 7, *words("h", -5, "ABCD"), *words("d", -1e10 / 3, "ABCD"),
+            *words("I", 4_000_000_000, "ABCD")]
+    swapped = [regs[0].model_copy(update={"order": "CDAB"}), *regs[1:]]
+    for registers, block_words in ((regs, data), (swapped, [data[1], data[0], *data[2:]])):
+        [block] = plan_blocks(registers, max_gap=1)
+        assert (block.layout is None) == (registers is swapped)
+        alone = [decode(block_words[o : o + r.width], r) for o, r in block.values]
+        assert block_values(block, block_words) == alone == [229.5 * 0.5 + 1.0, -5.0, -1e10 / 3, 4e10]

@@ -28,6 +28,7 @@ NO_SENSOR = "no_sensor"
 NOT_TEXT_READING = "not_sensor_value_ts"
 NO_MATCH = "no_match"
 LINE_TOO_LONG = "line_too_long"
+_NUMBERS = frozenset((int, float))  # bool is an int subclass, but not a reading
 
 
 class LineSourceConfig(SourceConfig):
@@ -78,19 +79,20 @@ class LineDecoder:
             self._decode = self._json
 
     def decode(self, lines: list[bytes], now: float) -> list[Record]:
-        """The readings of ``lines`` (without their line endings); counts what was received and
-        rejects (by reason) what was not a reading."""
+        """The readings of ``lines`` (without their line endings); counts every line that is
+        not blank as ``received`` and rejects (by reason) what was not a reading."""
         out: list[Record] = []
         drops: dict[str, int] = {}
         first_bad: dict[str, bytes] = {}
-        if self._decode == self._json:
-            lines = self._fast_json(lines, now, out)  # what remains needs a closer look
+        rest = self._fast_json(lines, now, out) if self._decode == self._json else lines
         decode = self._decode
         max_line = self._max_line
-        for line in lines:
+        blank = 0
+        for line in rest:  # what the inlined path did not take whole: the careful way
             if len(line) > max_line:
                 reason = LINE_TOO_LONG
             elif not line or line.isspace():
+                blank += 1
                 continue
             else:
                 try:
@@ -101,40 +103,43 @@ class LineDecoder:
             drops[reason] = drops.get(reason, 0) + 1
             first_bad.setdefault(reason, line)
         context = self._context
-        context.counters.incr("received", len(lines))
+        context.counters.incr("received", len(lines) - blank)
         for reason, count in drops.items():
             context.reject(reason, f"line starts {first_bad[reason][:64]!r}", count=count, received=False)
         return out
 
     def _fast_json(self, lines: list[bytes], now: float, out: list[Record]) -> list[bytes]:
         """The common case inlined (one reading object a line, every field as it should be):
-        the hot path of ``tail`` and ``exec``. Lines it does not take whole are returned, and
-        decoded again the careful way, which names the reason of a refusal."""
+        the hot path of ``tail`` and ``exec``, one parse and no other allocation than the
+        record a line (the parsed object becomes its data). Lines it does not take whole are
+        returned, and decoded again the careful way, which names the reason of a refusal."""
+        if lines and max(map(len, lines)) > self._max_line:
+            return lines  # a rare batch: every line is measured the careful way
         loads, topics, topic_of = codec.loads, self._topics, self._topic
         latest = now + self._max_skew
-        max_line = self._max_line
-        isfinite = math.isfinite
+        new, record, isfinite = tuple.__new__, Record, math.isfinite
         append = out.append
         rest: list[bytes] = []
+        keep = rest.append
         for line in lines:
             try:
-                body = loads(line) if len(line) <= max_line else None
-            except ValueError:
-                body = None
-            if type(body) is dict:
-                sensor = body.get("sensor")
-                value = body.get("value")
-                ts = body.get("ts", now)
-                unit = body.get("unit")
-                if (type(sensor) is str and sensor and (type(value) is float or type(value) is int)
-                        and isfinite(value) and (type(ts) is float or type(ts) is int)
-                        and 0 <= ts <= latest and (unit is None or type(unit) is str)):
-                    data = {"sensor": sensor, "value": value}
-                    if unit is not None:
-                        data["unit"] = unit
-                    append(Record(topics.get(sensor) or topic_of(sensor), float(ts), data))
+                body = loads(line)
+                sensor, value = body["sensor"], body["value"]
+                ts = body.pop("ts", now)  # a list or a scalar raises TypeError here
+                if (type(sensor) is str and sensor and type(value) in _NUMBERS
+                        and isfinite(value)  # an int beyond any float raises OverflowError
+                        and type(ts) in _NUMBERS and 0 <= ts <= latest):
+                    size = len(body)
+                    if size != 2 and (size != 3 or type(body.get("unit")) is not str):
+                        unit = body.get("unit")  # other keys: only the reading's are kept
+                        body = {"sensor": sensor, "value": value}
+                        if type(unit) is str:
+                            body["unit"] = unit
+                    append(new(record, (topics.get(sensor) or topic_of(sensor), float(ts), body)))
                     continue
-            rest.append(line)
+            except (ValueError, TypeError, KeyError, OverflowError):
+                pass
+            keep(line)
         return rest
 
     def _topic(self, sensor: str) -> str:
@@ -212,15 +217,13 @@ class LineDecoder:
 
 
 def split_lines(buffer: bytearray, chunk: bytes) -> list[bytes]:
-    """Append ``chunk`` to ``buffer`` and take the complete lines out of it (``\\r\\n`` or
-    ``\\n`` endings); a partial last line stays in ``buffer``."""
-    buffer += chunk
-    end = buffer.rfind(b"\n")
-    if end < 0:
-        return []
-    block = bytes(buffer[:end])
-    del buffer[: end + 1]
-    lines = block.split(b"\n")
-    if b"\r" in block:
+    """The complete lines of what ``buffer`` held and ``chunk`` (``\\r\\n`` or ``\\n`` endings);
+    a partial last line stays in ``buffer``. The chunk is split once, not copied first."""
+    lines = chunk.split(b"\n")
+    if buffer:
+        lines[0] = bytes(buffer) + lines[0]
+        buffer.clear()
+    buffer += lines.pop()
+    if b"\r" in chunk or (lines and lines[0].endswith(b"\r")):
         lines = [line.rstrip(b"\r") for line in lines]
     return lines

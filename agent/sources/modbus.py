@@ -18,7 +18,8 @@ from pydantic import AfterValidator, Field, model_validator
 
 from agent.api import Record, Source, SourceConfig, SourceContext
 from agent.extras import require
-from agent.sources.modbus_map import Block, DeviceConfig, decode, plan_blocks
+from agent.sources.modbus_map import Block, DeviceConfig, block_values, plan_blocks
+from agent.sources.readings import NOT_FINITE
 from agent.units import PositiveDuration
 
 if TYPE_CHECKING:
@@ -95,9 +96,19 @@ class ModbusSource(Source[ModbusConfig]):
     def __init__(self, config: ModbusConfig, context: SourceContext) -> None:
         super().__init__(config, context)
         self._connection: Connection | None = None
-        self._plans = {d.name: plan_blocks(d.registers, config.max_gap) for d in config.devices}
+        self._plans = {d.name: self._plan(d) for d in config.devices}
         self._failing: set[str] = set()
         self._lost = asyncio.Event()
+
+    def _plan(self, device: DeviceConfig) -> list[tuple[Block, list[tuple[str, str, str | None]]]]:
+        """The device's requests, each with the sensor id, topic and unit of its values."""
+        prefix = self.config.topic_prefix
+        plan = []
+        for block in plan_blocks(device.registers, self.config.max_gap):
+            sensors = [(f"{device.name}/{register.name}", f"{prefix}{device.name}/{register.name}",
+                        register.unit) for _, register in block.values]
+            plan.append((block, sensors))
+        return plan
 
     async def run(self) -> None:
         from agent.sources.modbus_adapter import Connection
@@ -130,25 +141,35 @@ class ModbusSource(Source[ModbusConfig]):
         assert self._connection is not None
         records: list[Record] = []
         faults = 0
-        for block in self._plans[device.name]:
+        for block, sensors in self._plans[device.name]:
             try:
                 words = await self._connection.read(block.kind, block.address, block.count, device.unit)
             except ModbusFault as fault:
                 faults += 1
                 self.context.fault(fault.reason, f"{device.name}: {fault}")
                 continue
-            self._readings(device, block, words, now, records)
+            self._readings(block, sensors, words, now, records)
         return records, faults
 
     def _readings(
-        self, device: DeviceConfig, block: Block, words: list[int], now: float, out: list[Record]
+        self, block: Block, sensors: list[tuple[str, str, str | None]], words: list[int], now: float,
+        out: list[Record],
     ) -> None:
-        reading = self.context.reading
-        for offset, register in block.values:
-            value = decode(words[offset : offset + register.width], register)
-            record = reading(f"{device.name}/{register.name}", value, ts=now, unit=register.unit)
-            if record is not None:
-                out.append(record)
+        """What ``context.reading`` would make of each value, made here in one pass: the
+        topics are known in advance and ``now`` is a good reading time."""
+        context = self.context
+        append = out.append
+        taken = 0
+        for (sensor, topic, unit), value in zip(sensors, block_values(block, words), strict=True):
+            if value - value != 0.0:  # NaN or an infinity: a float register may hold either
+                context.reject(NOT_FINITE, f"{sensor}: {value!r}")
+                continue
+            data: dict[str, Any] = {"sensor": sensor, "value": value}
+            if unit is not None:
+                data["unit"] = unit
+            append(Record(topic, now, data))
+            taken += 1
+        context.counters.incr("received", taken)
 
     def _note(self, device: str, ok: bool) -> None:
         """Health from the devices' last polls; every device failing means the link is gone."""

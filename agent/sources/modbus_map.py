@@ -4,7 +4,7 @@ words become numbers. No pymodbus here: this is plain data and arithmetic, teste
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -88,6 +88,10 @@ class Block:
     address: int
     count: int
     values: tuple[tuple[int, RegisterConfig], ...]
+    layout: struct.Struct | None = field(default=None, compare=False)
+    """Every value of the block in one unpacking, when they can be (big-endian numbers that
+    do not overlap): a poll's cost is then one call, not one a register."""
+    scaling: tuple[tuple[float, float], ...] = field(default=(), compare=False)
 
 
 def plan_blocks(registers: list[RegisterConfig], max_gap: int = 0) -> list[Block]:
@@ -114,7 +118,30 @@ def plan_blocks(registers: list[RegisterConfig], max_gap: int = 0) -> list[Block
 
 
 def _block(kind: RegisterKind, start: int, end: int, members: list[RegisterConfig]) -> Block:
-    return Block(kind, start, end - start, tuple((r.address - start, r) for r in members))
+    values = tuple((r.address - start, r) for r in members)
+    scaling = tuple((r.scale, r.offset) for r in members)
+    return Block(kind, start, end - start, values, _layout(kind, values), scaling)
+
+
+def _layout(kind: RegisterKind, values: tuple[tuple[int, RegisterConfig], ...]) -> struct.Struct | None:
+    if kind in ("coil", "discrete"):
+        return None
+    layout, at = [">"], 0
+    for offset, register in values:
+        if offset < at or register.order != "ABCD" or register.value_type == "bool":
+            return None  # decoded one by one
+        layout.append("x" * 2 * (offset - at) + _FORMAT[register.value_type])
+        at = offset + register.width
+    return struct.Struct("".join(layout))
+
+
+def block_values(block: Block, words: list[int]) -> list[float]:
+    """The scaled values of ``block``'s registers (in ``block.values`` order) from its words."""
+    if block.layout is None:
+        return [decode(words[offset : offset + register.width], register)
+                for offset, register in block.values]
+    raw = block.layout.unpack_from(struct.pack(f">{len(words)}H", *words))
+    return [value * scale + offset for value, (scale, offset) in zip(raw, block.scaling, strict=True)]
 
 
 def decode(words: list[int], register: RegisterConfig) -> float:

@@ -14,6 +14,7 @@ no skew and accepts any finite time, also before 1970.
 from __future__ import annotations
 
 import math
+import sys
 from datetime import UTC, datetime, tzinfo
 from typing import Any
 
@@ -32,6 +33,7 @@ DEFAULT_MAX_CLOCK_SKEW = 86400.0
 """Seconds a reading time may be ahead of the gateway's clock (the ``max_clock_skew`` key)."""
 
 _NUMBER = (int, float)
+_BIGGEST = int(sys.float_info.max)
 _new_record = tuple.__new__  # Record(...) without the namedtuple's Python-level __new__
 
 
@@ -118,7 +120,9 @@ def reading_from(
         raise Rejected(NOT_AN_OBJECT)
     if type(value) not in _NUMBER:  # bool is an int subclass, but not a reading
         raise Rejected(NOT_A_NUMBER)
-    if value - value != 0.0:  # NaN or an infinity; faster than math.isfinite (every reading)
+    if value - value != 0.0 or (type(value) is int and not -_BIGGEST <= value <= _BIGGEST):
+        # NaN or an infinity (faster than math.isfinite, every reading), or an integer beyond
+        # any float (the standard library's JSON makes them)
         raise Rejected(NOT_FINITE)
     if type(ts) not in _NUMBER:
         ts = time_of(ts)
