@@ -62,6 +62,13 @@ source instance:
   does not; status shows ``connected`` and ``last_error`` per source.
 * ``run`` runs on the agent's event loop: blocking calls (a file read on a slow bus, a vendor
   library) go through ``asyncio.to_thread``.
+* A source whose input can be read again from a place (a file and an offset) may implement
+  ``checkpoint`` and ``restore`` to resume exactly there. ``checkpoint`` is called between two
+  steps of the loop, at every outbox commit, so the place it returns must be just after the
+  last reading it published; it is saved in the same transaction as the modules' state and
+  queued readings, and after a stop or a crash of the agent (or of the source: a new instance)
+  ``restore`` hands it back before ``run``: nothing is read twice or skipped. ``pause`` is
+  called before the last commit of a stop: publish nothing after it.
 """
 
 from __future__ import annotations
@@ -324,6 +331,17 @@ class Source(Generic[SourceConfigT]):
 
     async def stop(self) -> None:
         """Close what ``run`` opened; awaited once, after ``run`` ended."""
+
+    def checkpoint(self) -> Any:
+        """Where the source is in its input, as a JSON value (None: nowhere to resume from);
+        saved when it differs from the last one saved."""
+        return None
+
+    def restore(self, saved: Any) -> None:
+        """Called once, before ``run``, with the last checkpoint saved for this instance name."""
+
+    def pause(self) -> None:
+        """The agent stops: take no more input (the last checkpoint is taken next)."""
 
 
 __all__ = [

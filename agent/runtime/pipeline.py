@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 OWED = "~source:"  # checkpoint entries of a source: the packet ids its last cut covered...
 RETAINED = "retained:"  # ...and, under this prefix, each topic's last message taken (its CRC)
 TAKEN = "taken"  # ...and the count of readings taken that the broker will not give again (QoS 0)
+PLACE = "place"  # ...and where a source that can read its input again goes on from (tail)
 READY_WAIT = 2.0  # ready once every source has connected or failed once, or after this
 STOP_BUDGET = 8.0  # modules' flush at stop, when no supervisor config says otherwise
 RESERVE = 0.25  # seconds kept for each module still to flush while one finishes
@@ -89,6 +90,7 @@ class Pipeline:
         self._restore, self._requeue = saved_checkpoint  # used by the first apply only
         self._queues_saved = True  # whether the last checkpoint saved any queued reading
         self._owed_saved: dict[str, bool] = {}
+        self._places: dict[str, Any] = {}  # of the sources stopped, by name
 
     @property
     def sources(self) -> list[SourceRunner]:
@@ -172,6 +174,7 @@ class Pipeline:
             )
             if TAKEN in saved:
                 self._count_lost_at_crash(source, int(saved[TAKEN]))
+            source.resume = saved[PLACE] if PLACE in saved else self._places.pop(name, None)
             task = group.create_task(source.run(), name=f"source:{name}")
             self._sources[name] = _Running(source, source_config, task)
             if name not in change.restarted:
@@ -227,6 +230,9 @@ class Pipeline:
             count = running.source.taken_cut()
             if count is not None:
                 checkpoint.add(f"{OWED}{name}", {TAKEN: count})
+            place = running.source.place()
+            if place is not None:  # where a source that can read again resumes after a crash
+                checkpoint.add(f"{OWED}{name}", {PLACE: place})
             ids = running.source.owed_ids()
             if ids is not None and (ids or self._owed_saved.get(name)):
                 # a crash between this commit and its PUBACKs: the resends are not taken twice
@@ -260,6 +266,7 @@ class Pipeline:
             running = self._sources.pop(name)
             running.task.cancel()  # the runner awaits the source's own stop
             await asyncio.gather(running.task, return_exceptions=True)
+            self._places[name] = running.source.resume  # a restart with a new config goes on
 
     def _requeue_saved(self, fresh: dict[str, ModuleRunner]) -> None:
         """The readings that were queued for each module at the last checkpoint before a crash."""
