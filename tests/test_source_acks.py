@@ -14,6 +14,7 @@ from agent.bus import Bus, RecordQueue
 from agent.config.sources import MqttSourceConfig
 from agent.counters import CounterSet
 from agent.runtime.source_runner import SourceRunner
+from agent.sources.acks import RECENT, AckLedger
 from agent.sources.mqtt import MqttSource
 from tests.conftest import Broker
 from tests.mqtt_helpers import Publisher
@@ -90,3 +91,45 @@ def test_a_source_restarted_after_an_error_does_not_take_the_brokers_resends_aga
     )
     assert counted["restarts"] == 1
     assert counted["redelivered_taken"] == READINGS
+
+
+class Sent:
+    """The PUBACKs a ledger sends, and the counters it keeps."""
+
+    def __init__(self) -> None:
+        self.acks: list[int] = []
+        self.counts: dict[str, int] = {}
+
+    def send_acks(self, packet_ids: list[int]) -> bool:
+        self.acks += packet_ids
+        return True
+
+    def incr(self, name: str, by: int = 1) -> None:
+        self.counts[name] = self.counts.get(name, 0) + by
+
+
+@pytest.mark.parametrize(
+    ("taken_since", "taken_again"),
+    [(0, False), (RECENT - 2, False), (RECENT + 10, True)],
+)
+def test_a_resend_of_what_was_acknowledged_lately_is_skipped_and_acknowledged_again(
+    taken_since: int, taken_again: bool
+) -> None:
+    """A broker killed outright comes back from a save older than our PUBACK and sends the
+    message again (DUP): skipped. Once ids have moved on by half their range, the same id may be
+    a new message: taken."""
+    sent = Sent()
+    ledger = AckLedger(sent, "source:local")
+    ledger.connected(sent, session_present=False)
+    ledger.taken([7, 8])
+    release = ledger.cut()
+    assert release is not None
+    release()
+    assert sent.acks == [7, 8] and ledger.owed == 0
+    other = list(range(100, 1100))  # further messages, by ids other than 7
+    for _ in range(taken_since // len(other)):
+        ledger.taken(other)
+    ledger.taken(other[: taken_since % len(other)])
+    assert ledger.redelivered(7) is taken_again
+    assert sent.counts.get("redelivered_acked", 0) == (0 if taken_again else 1)
+    assert sent.acks[-1] == (8 if taken_again else 7)  # acknowledged again, so the broker forgets it

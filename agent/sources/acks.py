@@ -49,8 +49,9 @@ class AckLedger:
         between the commit and their PUBACKs."""
         self._sender: AckSender | None = None
         self._taken = 0  # messages taken so far (modulo 2**32)
-        self._acked_at = array("I", bytes(4 * 65536))
-        """Per packet id: 1 + ``_taken`` when its PUBACK went out (0: never)."""
+        self._acked_at: array[int] | None = None
+        """Per packet id: 1 + ``_taken`` when its PUBACK went out (0: never). 256 KiB, made
+        with the first PUBACK: every source's runner has a ledger, few ever acknowledge."""
         self._same_count = 0
         self._last_count = -1
         self.throttled_at: int | None = None
@@ -99,6 +100,8 @@ class AckLedger:
         return False
 
     def _acknowledged_lately(self, packet_id: int) -> bool:
+        if self._acked_at is None:
+            return False
         stamp = self._acked_at[packet_id]
         return bool(stamp) and (self._taken + 1 - stamp) & _STAMP < RECENT
 
@@ -107,6 +110,8 @@ class AckLedger:
         if self._sender is None or not self._sender.send_acks(packet_ids):
             return False
         stamp = (self._taken + 1) & _STAMP or 1
+        if self._acked_at is None:
+            self._acked_at = array("I", bytes(4 * 65536))
         acked_at = self._acked_at
         for pid in packet_ids:
             acked_at[pid] = stamp
