@@ -50,6 +50,22 @@ def test_a_commit_is_all_or_nothing(tmp_path):
     box.close()
 
 
+def test_a_record_json_cannot_hold_is_counted_once_though_its_commit_is_tried_again(tmp_path):
+    box = Outbox.open(tmp_path)
+    box._conn.execute(
+        "CREATE TEMP TRIGGER fail BEFORE INSERT ON outbox WHEN NEW.stream = 'boom' "
+        "BEGIN SELECT RAISE(ABORT, 'disk says no'); END"
+    )
+    changes = Changes(records=[("s", 1.0, {"when": {1, 2}}), ("boom", 2.0, {"ok": 2})])
+    with pytest.raises(sqlite3.IntegrityError):
+        box.commit(changes)
+    box._conn.execute("DROP TRIGGER fail")
+    box.commit(changes)  # what the committer does with a failed commit's changes
+    assert box.counters() == {"dropped": {"not_serialisable": 1}}
+    assert box.quarantine_count() == 1 and seqs(box) == [1]
+    box.close()
+
+
 def test_counters_quarantine_state_and_health_commit_with_the_records(tmp_path):
     box = Outbox.open(tmp_path)
     changes = Changes(records=[("s", 1.0, {"v": 1})])

@@ -85,16 +85,14 @@ class Outbox:
         conn = self._conn
         now = time.time()
         rows: list[_Row] = []
-        added_bytes = 0
+        added_bytes = unserialisable = 0
         quarantined = list(changes.quarantined)
         for stream, ts, data in changes.records:
             try:
                 text = codec.dumps(data)
             except (TypeError, ValueError) as exc:
                 quarantined.append(Quarantined(stream, stream, ts, data, f"not serialisable: {exc}"))
-                changes.counters[("dropped", "not_serialisable")] = (
-                    changes.counters.get(("dropped", "not_serialisable"), 0) + 1
-                )
+                unserialisable += 1  # counted in the transaction: a failed commit is tried again
                 continue
             size = len(stream) + len(text) + 16
             rows.append((stream, ts, text, size))
@@ -132,6 +130,8 @@ class Outbox:
                 checkpoints.write(conn, changes.checkpoint)
             if refused:
                 self._count_dropped("disk_low", refused)
+            if unserialisable:
+                self._count_dropped("not_serialisable", unserialisable)
             overflow = self._enforce_budget(now)
         self._bytes += added_bytes - overflow
 
