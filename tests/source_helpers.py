@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import textwrap
+from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 from agent.health.status import read_status
 from agent.outbox import Outbox
 from tests.conftest import AgentProcess
+from tests.remote_helpers import wait_until
 
 WINDOW = """
 [[modules]]
@@ -42,6 +44,15 @@ def run_agent(
     finally:
         agent.stop()
     return windows(tmp_path / "data"), read_status(tmp_path / "data")
+
+
+def wait_for_sources(
+    data_dir: Path, check: Callable[[dict[str, Any]], bool], what: str, timeout: float = 30.0
+) -> None:
+    """Wait until ``check`` holds for the sources' figures in the committed status (a source
+    not in it yet has no figures)."""
+    wait_until(lambda: check(defaultdict(dict, read_status(data_dir)["sources"])), timeout, what,
+               interval=0.1)
 
 
 def windows(data_dir: Path) -> dict[str, dict[str, Any]]:

@@ -14,7 +14,7 @@ from typing import ClassVar
 import pytest
 
 from agent.source_harness import run_source
-from tests.source_helpers import run_agent
+from tests.source_helpers import run_agent, wait_for_sources
 
 T0 = 1_700_000_000.0
 
@@ -84,16 +84,39 @@ def test_a_reply_mapped_by_a_payload_table_and_a_server_that_is_not_there(endpoi
 
 
 @pytest.mark.integration
-def test_http_readings_reach_window_summaries(endpoint: str, tmp_path: Path) -> None:
-    Endpoint.answers = {"/r": [(200, json.dumps([reading("h", n, n) for n in range(10)]).encode(), 0),
-                               (503, b"", 0)]}
+def test_http_readings_reach_window_summaries_while_another_endpoint_fails(
+    endpoint: str, tmp_path: Path
+) -> None:
+    Endpoint.answers = {
+        "/r": [*[(200, json.dumps([reading("h", n, n), reading("h", n + 0.5, n)]).encode(), 0)
+                 for n in range(5)], (200, b"[]", 0)],
+        "/bad": [(200, b"[]", 2.0), (500, b"oops", 0), (200, b"{not json", 0), (500, b"oops", 0)],
+    }
     sources = f"""
     [[sources]]
     name = "api"
     type = "http"
     url = "{endpoint}/r"
     interval = "200ms"
+
+    [[sources]]
+    name = "bad"
+    type = "http"
+    url = "{endpoint}/bad"
+    interval = "200ms"
+    timeout = "500ms"
     """
-    windows, status = run_agent(tmp_path, sources, lambda agent: time.sleep(1.5))
-    assert windows["h"]["count"] == 10 and windows["h"]["sum"] == sum(range(10))
-    assert status["sources"]["api"]["errors"]["status_503"] >= 2
+    data = tmp_path / "data"
+
+    def during(agent) -> None:
+        wait_for_sources(data, lambda s: s["bad"].get("errors", {}).get("status_500", 0) >= 2
+                         and s["bad"].get("connected") is False, "the failing endpoint counted")
+        wait_for_sources(data, lambda s: s["api"].get("accepted") == 10
+                         and s["api"].get("connected") is True, "the other endpoint's readings")
+
+    windows, status = run_agent(tmp_path, sources, during)
+    assert windows["h"]["count"] == 10 and windows["h"]["sum"] == sum(n + n + 0.5 for n in range(5))
+    assert status["sources"]["api"]["errors"] == {} and status["sources"]["api"]["dropped"] == {}
+    assert status["sources"]["bad"]["errors"]["timeout"] == 1
+    assert status["sources"]["bad"]["dropped"] == {"not_json": 1}
+    assert status["dropped"] == {"not_json": 1}

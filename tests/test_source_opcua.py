@@ -14,21 +14,28 @@ import pytest
 
 from agent.source_harness import SourceRun, run_source
 from tests.conftest import free_port, wait_for_port
-from tests.source_helpers import run_agent
+from tests.source_helpers import run_agent, wait_for_sources
 
 logging.getLogger("asyncua").setLevel(logging.ERROR)
 
 
 class OpcServer:
-    """An asyncua server with a Plant object holding temp (21.5) and running (True)."""
+    """An asyncua server with a Plant object holding temp (21.5), running (True) and mode
+    ("auto", not a number)."""
 
     def __init__(self) -> None:
-        self.port = free_port()
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.nodes: dict[str, Any] = {}
-        self._call(self._start())
+        for attempt in range(5):  # a free port can be taken by another program before we bind it
+            self.port = free_port()
+            try:
+                self._call(self._start())
+                break
+            except OSError:
+                if attempt == 4:
+                    raise
         wait_for_port(self.port)
 
     def _call(self, coro: Any) -> Any:
@@ -44,6 +51,7 @@ class OpcServer:
         plant = await self.server.nodes.objects.add_object(idx, "Plant")
         self.nodes["temp"] = await plant.add_variable(f"ns={idx};s=Plant.Temp", "Temp", 21.5)
         self.nodes["running"] = await plant.add_variable(f"ns={idx};s=Plant.Running", "Running", True)
+        self.nodes["mode"] = await plant.add_variable(f"ns={idx};s=Plant.Mode", "Mode", "auto")
         self.ns = idx
         await self.server.start()
 
@@ -51,6 +59,8 @@ class OpcServer:
         self._call(self.nodes[name].write_value(value))
 
     def stop(self) -> None:
+        if not self.thread.is_alive():
+            return  # stopped already
         self._call(self.server.stop())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
@@ -103,8 +113,8 @@ def test_a_server_that_goes_away_is_reconnected_with_a_new_client(monkeypatch) -
 
 
 @pytest.mark.integration
-def test_opcua_readings_reach_window_summaries(tmp_path: Path) -> None:
-    server = OpcServer()
+def test_opcua_readings_reach_window_summaries_while_another_server_goes_away(tmp_path: Path) -> None:
+    server, other = OpcServer(), OpcServer()
     sources = f"""
     [[sources]]
     name = "plc"
@@ -113,17 +123,39 @@ def test_opcua_readings_reach_window_summaries(tmp_path: Path) -> None:
     sampling_interval = "100ms"
     publishing_interval = "100ms"
     nodes = [ {{ node_id = "ns={server.ns};s=Plant.Temp", name = "plant/temp", unit = "C" }} ]
+
+    [[sources]]
+    name = "line2"
+    type = "opcua"
+    url = "opc.tcp://127.0.0.1:{other.port}/"
+    sampling_interval = "100ms"
+    publishing_interval = "100ms"
+    keepalive = "300ms"
+    timeout = "1s"
+    nodes = [ {{ node_id = "ns={other.ns};s=Plant.Temp", name = "line2/temp" }},
+              {{ node_id = "ns={other.ns};s=Plant.Mode", name = "line2/mode" }} ]
     """
+    data = tmp_path / "data"
 
     def during(agent) -> None:
-        agent.wait_for_log("connected to opc.tcp")
-        time.sleep(1.0)
-        for value in (22.0, 22.5, 23.0):
+        # line2's first values: its temperature, and a mode that is text (dropped, by reason)
+        wait_for_sources(data, lambda s: s["line2"].get("accepted") == 1
+                         and s["line2"].get("dropped") == {"value_not_a_number": 1}
+                         and s["plc"].get("accepted") == 1, "both servers' first values")
+        other.stop()  # line2's server goes away: a new client is tried again and again
+        wait_for_sources(data, lambda s: s["line2"].get("restarts", 0) >= 1
+                         and s["line2"].get("connected") is False
+                         and str(other.port) in (s["line2"].get("last_error") or ""), "line2 named")
+        for n, value in enumerate((22.0, 22.5, 23.0), start=2):  # the other server carries on
             server.write("temp", value)
-            time.sleep(0.5)
+            wait_for_sources(data, lambda s, n=n: s["plc"].get("accepted") == n, f"plc's value {n}")
 
     try:
-        windows, _ = run_agent(tmp_path, sources, during)
+        windows, status = run_agent(tmp_path, sources, during)
     finally:
         server.stop()
+        other.stop()
     assert windows["plant/temp"]["count"] == 4 and windows["plant/temp"]["sum"] == 21.5 + 22.0 + 22.5 + 23.0
+    assert windows["line2/temp"]["count"] == 1 and windows["line2/temp"]["sum"] == 21.5
+    assert status["sources"]["plc"]["dropped"] == {} and "restarts" not in status["sources"]["plc"]
+    assert status["sources"]["line2"]["restarts"] >= 1

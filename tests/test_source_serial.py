@@ -11,7 +11,7 @@ import pytest
 
 from agent.source_harness import SourceRun, run_source
 from tests.modbus_helpers import PtyPair
-from tests.source_helpers import run_agent
+from tests.source_helpers import run_agent, wait_for_sources
 
 T0 = 1_700_000_000.0
 
@@ -22,13 +22,17 @@ class Device:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.pair = PtyPair(folder)
-        self.fd = os.open(self.pair.b, os.O_RDWR | os.O_NOCTTY)
+        self.fd: int | None = os.open(self.pair.b, os.O_RDWR | os.O_NOCTTY)
 
     def write(self, data: bytes) -> None:
+        assert self.fd is not None
         os.write(self.fd, data)
 
     def unplug(self) -> None:
+        if self.fd is None:
+            return
         os.close(self.fd)
+        self.fd = None
         self.pair.close()
         for link in (self.pair.a, self.pair.b):
             Path(link).unlink(missing_ok=True)
@@ -99,8 +103,8 @@ def test_json_and_text_lines(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
-def test_serial_readings_reach_window_summaries(tmp_path: Path) -> None:
-    device = Device(tmp_path)
+def test_serial_readings_reach_window_summaries_while_another_port_is_unplugged(tmp_path: Path) -> None:
+    device, flaky = Device(tmp_path / "board"), Device(tmp_path / "flaky")
     sources = f"""
     [[sources]]
     name = "board"
@@ -108,16 +112,40 @@ def test_serial_readings_reach_window_summaries(tmp_path: Path) -> None:
     port = "{device.pair.a}"
     baudrate = 115200
     format = "text"
+
+    [[sources]]
+    name = "flaky"
+    type = "serial"
+    port = "{flaky.pair.a}"
+    format = "text"
     """
 
-    def during(agent) -> None:
-        agent.wait_for_log("reading ")
-        device.write(b"".join(f"s {n} {T0 + n}\n".encode() for n in range(200)) + b"garbage line here x\n")
-        time.sleep(1.0)
+    def lines(sensor: str, numbers: range) -> bytes:
+        return b"".join(f"{sensor} {n} {T0 + n}\n".encode() for n in numbers)
 
+    def during(agent) -> None:
+        agent.wait_for_log(f"reading {device.pair.a}")
+        agent.wait_for_log(f"reading {flaky.pair.a}")
+        device.write(lines("s", range(100)) + b"garbage line here x\n")
+        flaky.write(lines("f", range(5)) + b"f not-a-number\n")
+        wait_for_sources(data, lambda s: s["flaky"].get("accepted") == 5, "flaky's five readings")
+        flaky.unplug()  # the USB adapter pulled out: reopened with backoff, named in status
+        wait_for_sources(data, lambda s: s["flaky"].get("restarts", 0) >= 2
+                         and s["flaky"].get("connected") is False
+                         and flaky_port in (s["flaky"].get("last_error") or ""), "flaky named in status")
+        device.write(lines("s", range(100, 200)))  # the other port carries on
+        wait_for_sources(data, lambda s: s["board"].get("accepted") == 200
+                         and s["board"].get("connected") is True, "board's 200 readings")
+
+    data, flaky_port = tmp_path / "data", flaky.pair.a
     try:
         windows, status = run_agent(tmp_path, sources, during)
     finally:
         device.unplug()
+        flaky.unplug()
     assert windows["s"]["count"] == 200 and windows["s"]["sum"] == sum(range(200))
+    assert windows["f"]["count"] == 5 and windows["f"]["sum"] == sum(range(5))
     assert status["sources"]["board"]["dropped"] == {"not_sensor_value_ts": 1}
+    assert "restarts" not in status["sources"]["board"]
+    assert status["sources"]["flaky"]["dropped"] == {"not_sensor_value_ts": 1}
+    assert status["sources"]["flaky"]["restarts"] >= 2
