@@ -297,15 +297,20 @@ class Uploader:
     # -- liveness and status --------------------------------------------------------------------
 
     async def _watch(self, client: Client) -> None:
-        """A PUBACK that does not come within one keepalive means the link is dead, even if
-        the socket looks open (a half-open connection); paho's PINGREQ covers an idle link."""
+        """No PUBACK for one keepalive while messages wait for theirs means the link is dead,
+        even if the socket looks open (a half-open connection); paho's PINGREQ covers an idle
+        link. The wait counts from the oldest message's PUBLISH or the last PUBACK, whichever
+        is later: on a slow link a window's messages are acknowledged one after another, and the
+        last may wait far longer than a keepalive on a link that is alive."""
         keepalive = self.config.keepalive
+        progress_at = 0.0
         while True:
             await asyncio.sleep(keepalive / 4)
             inflight = self.sender.inflight
             while inflight and inflight[0][1].done():
                 inflight.popleft()
-            if inflight and time.monotonic() - inflight[0][0] > keepalive:
+                progress_at = time.monotonic()
+            if inflight and time.monotonic() - max(inflight[0][0], progress_at) > keepalive:
                 self._counters.incr(SCOPE, "dead_links")
                 raise LinkDead(f"no PUBACK from the broker for {keepalive:.0f} s: the link is dead")
 
