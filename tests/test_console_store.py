@@ -157,6 +157,19 @@ def test_status_history_keeps_one_point_per_step_and_prunes(store: Store) -> Non
     assert [p["at"] for p in store.status_history("gw-1")] == [125.0, 131.0, 140.0]
 
 
+def test_status_histories_of_a_page_in_one_query_match_each_device_s(store: Store) -> None:
+    store.history_step = 10.0
+    for at in (100.0, 111.0, 125.0, 138.0):
+        store.write([status("gw-1", at=at, backlog={"rows": int(at)}), status("gw-2", at=at + 1)], now=at)
+    ids = ["gw-2", "gw-1", "never"]
+    for since, limit in ((0.0, 5000), (105.0, 5000), (0.0, 2)):
+        histories = store.status_histories(ids, since=since, limit=limit)
+        assert list(histories) == ids and histories["never"] == []
+        for device_id in ("gw-1", "gw-2"):
+            assert histories[device_id] == store.status_history(device_id, since=since, limit=limit)
+    assert store.status_histories([]) == {}
+
+
 def test_streams_latest_records_and_dropped_ranges(store: Store) -> None:
     store.write([batch("gw-1", range(1, 6), "win"), batch("gw-1", range(6, 9), "alerts", event="raised"),
                  batch("gw-2", range(1, 3), "other")], now=NOW)

@@ -76,7 +76,8 @@ class Pages:
         totals = await run_in_threadpool(store.fleet_totals, query)
         now = query.now
         devices = [api_object(row, now, settings.silent_after) for row in rows]
-        hours = await run_in_threadpool(_last_hours, store, [d["device_id"] for d in devices], now)
+        hours = await run_in_threadpool(
+            store.status_histories, [d["device_id"] for d in devices], now - outage.HOUR, 400)
         return self.console.render(
             request, "fleet.html",
             devices=devices, sparklines={k: outage.sparkline(v, now) for k, v in hours.items()},
@@ -102,13 +103,6 @@ class Pages:
             request, "device.html", view=view, d=view.device, now=now,
             live_url=f"/api/events?device={device_id}",
         )
-
-
-def _last_hours(store: Any, device_ids: list[str], now: float) -> dict[str, list[dict[str, Any]]]:
-    """The last hour of status history of the devices on the page (one page: at most a few
-    hundred short indexed reads)."""
-    return {device_id: store.status_history(device_id, since=now - outage.HOUR, limit=400)
-            for device_id in device_ids}
 
 
 def _worst_lag(totals: dict[str, Any], now: float) -> tuple[str, float] | None:

@@ -197,16 +197,29 @@ class ConsoleViews:
         """The summary rows of one page of the fleet, and how many devices match in all."""
         where, params = query.where()
         order, order_params = query.order()
-        sql = f"SELECT {columns} FROM device_summary{where}{order}"
-        page_params: list[Any] = []
-        if query.limit is not None:
-            sql += " LIMIT ? OFFSET ?"
-            page_params = [query.limit, query.offset]
-        rows = self._query(self._sql(sql), [*params, *order_params, *page_params])
-        if query.limit is None or (query.offset == 0 and len(rows) < query.limit):
-            return rows, len(rows) + query.offset
+        if query.limit is None:
+            rows = self._query(self._sql(f"SELECT {columns} FROM device_summary{where}{order}"),
+                               [*params, *order_params])
+            return rows, len(rows)
+        rows = self._page_rows(columns, f"{where}{order} LIMIT ? OFFSET ?",
+                               [*params, *order_params, query.limit, query.offset])
+        if query.offset == 0 and len(rows) < query.limit:
+            return rows, len(rows)
         total = self._query(self._sql(f"SELECT count(*) AS n FROM device_summary{where}"), params)[0]["n"]
         return rows, int(total)
+
+    def _page_rows(self, columns: str, rest: str, params: list[Any]) -> list[dict[str, Any]]:
+        """A page in two steps: sort only the ids, then read the page's whole rows by id. Sorting
+        10,000 whole rows (each with its ``doc``) to keep 50 took twice as long as sorting ids."""
+        ids = [row["device_id"] for row in self._query(
+            self._sql(f"SELECT device_id FROM device_summary{rest}"), params)]
+        if not ids:
+            return []
+        wanted = columns if columns == "*" else f"device_id, {columns}"
+        rows = self._query(self._sql(
+            f"SELECT {wanted} FROM device_summary WHERE device_id IN ({', '.join('?' * len(ids))})"), ids)
+        place = {device_id: index for index, device_id in enumerate(ids)}
+        return sorted(rows, key=lambda row: place[row["device_id"]])
 
     def fleet_docs(self, query: FleetQuery) -> tuple[list[dict[str, Any]], int]:
         """Like ``fleet_page``, only each row's ``doc`` and live columns (``summary.api_list_json``)."""
@@ -245,6 +258,26 @@ class ConsoleViews:
             [device_id, since, limit],
         )
         return rows[::-1]
+
+    def status_histories(
+        self, device_ids: list[str], since: float = 0.0, limit: int = 5000
+    ) -> dict[str, list[dict[str, Any]]]:
+        """``status_history`` of several devices in one query (a page of the fleet's sparklines:
+        one round trip instead of one per device), every listed device present."""
+        out: dict[str, list[dict[str, Any]]] = {device_id: [] for device_id in device_ids}
+        if not device_ids:
+            return out
+        marks = ", ".join("?" * len(device_ids))
+        rows = self._query(
+            self._sql(f"SELECT device_id, {', '.join(HISTORY_COLUMNS[2:])} FROM ("
+                      "SELECT *, row_number() OVER (PARTITION BY device_id ORDER BY bucket DESC) AS newest "
+                      f"FROM status_history WHERE device_id IN ({marks}) AND at > ?"
+                      ") AS recent WHERE newest <= ? ORDER BY device_id, bucket"),
+            [*device_ids, since, limit],
+        )
+        for row in rows:
+            out[row.pop("device_id")].append(row)
+        return out
 
     def streams(self, device_id: str, limit: int = 100) -> list[dict[str, Any]]:
         """Each stream of a device with its newest record (``seq``, ``ts``, ``data``)."""
