@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -75,8 +76,9 @@ class Ingest:
         client_id: str = "edge-cloud-ingest",
         protocol_version: str = "auto",
         flush_interval: float = 0.05,
-        flush_bytes: int = 8 << 20,
+        flush_bytes: int = 256 << 10,
         flush_messages: int = 25,
+        flush_max_messages: int = 1000,
         max_pending_bytes: int = 256 << 20,
         flush_decoded_bytes: int = 64 << 20,
         mqtt_kinds: tuple[protocol.Kind, ...] = ("data", "status"),
@@ -89,6 +91,12 @@ class Ingest:
         self.flush_interval = flush_interval
         self.flush_bytes = flush_bytes
         self.flush_messages = flush_messages
+        """A flush starts once this many messages (or ``flush_bytes``) wait, or after
+        ``flush_interval``; it then takes all that waits, up to ``flush_max_messages`` and
+        ``flush_bytes``. Few big messages (a drain) make flushes of ~25 messages; many small
+        ones (a fleet of devices, or a backlog after a slow moment) make fewer, bigger flushes,
+        whose fixed cost (locks, the commit) is shared by more devices."""
+        self.flush_max_messages = flush_max_messages
         self.max_pending_bytes = max_pending_bytes
         self.flush_decoded_bytes = flush_decoded_bytes
         """Decoded records one flush holds in memory at most (compressed messages inflate up to
@@ -100,7 +108,7 @@ class Ingest:
         self.protocol_version = protocol_version
         self._protocol = "3.1.1" if protocol_version == "3.1.1" else "5"
         self._auto = protocol_version == "auto"
-        self._pending: list[tuple[str, bytes]] = []
+        self._pending: deque[tuple[str, bytes]] = deque()
         self._pending_bytes = 0
         self._has_pending = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -216,14 +224,27 @@ class Ingest:
                 and not self._stopping.is_set()
             ):
                 await asyncio.sleep(min(0.01, self.flush_interval))
-            items, self._pending, self._pending_bytes = self._pending, [], 0
-            self._has_pending.clear()
+            items = self._take()
             if not items:
                 continue
             if await self._write(items):
                 backoff.reset()
             else:
                 await asyncio.sleep(backoff.next_delay())
+
+    def _take(self) -> list[tuple[str, bytes]]:
+        """The next flush's messages from the front of what waits (see ``flush_messages``)."""
+        pending = self._pending
+        items: list[tuple[str, bytes]] = []
+        size = 0
+        while pending and not (items and (len(items) >= self.flush_max_messages or size >= self.flush_bytes)):
+            item = pending.popleft()
+            items.append(item)
+            size += len(item[1])
+        self._pending_bytes -= size
+        if not pending:
+            self._has_pending.clear()
+        return items
 
     async def _write(self, items: list[tuple[str, bytes]]) -> bool:
         """Write one flush; on failure keep its messages for the next try."""
@@ -244,10 +265,10 @@ class Ingest:
         return True
 
     def _keep(self, items: list[tuple[str, bytes]]) -> None:
-        self._pending = items + self._pending
+        self._pending.extendleft(reversed(items))
         self._pending_bytes = sum(len(p) for _, p in self._pending)
         while self._pending and self._pending_bytes > self.max_pending_bytes:
-            _, payload = self._pending.pop(0)
+            _, payload = self._pending.popleft()
             self._pending_bytes -= len(payload)
             self.stats.counters["let_go_store_down"] = self.stats.counters.get("let_go_store_down", 0) + 1
         self._has_pending.set()
