@@ -67,6 +67,8 @@ class FleetReport:
     connects: int = 0
     outages: int = 0
     elapsed_s: float = 0.0
+    drain_s: float = 0.0
+    """From the end of ``duration`` until every backlog was acknowledged (or ``drain`` ran out)."""
 
 
 class Fleet:
@@ -101,11 +103,14 @@ class Fleet:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        drain_started = time.monotonic()
         await self._drain()
+        drained_s = time.monotonic() - drain_started
         keepalive.cancel()
         await asyncio.gather(keepalive, return_exceptions=True)
         report = self.report()
         report.elapsed_s = round(time.monotonic() - started, 2)
+        report.drain_s = round(drained_s, 2)
         for device in self.devices:
             device.disconnect()
         await asyncio.sleep(0.2)  # let the goodbyes reach the socket

@@ -11,7 +11,6 @@ again. The fleet drives it from one asyncio loop (see ``simulators/mqtt_async.py
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import secrets
@@ -24,6 +23,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from agent import codec
 from agent.backoff import Backoff
 from cloud_sync import protocol
 from cloud_sync.protocol import DroppedRange, Encoder, ProtocolError, RawRow
@@ -108,7 +108,7 @@ class VirtualDevice:
             data = {"sensor": name, "start": round(start, 3), "end": round(end, 3),
                     "count": int(self.options.interval), "mean": value, "min": value,
                     "max": value}
-            self._backlog.append((self.next_seq, STREAM, end, json.dumps(data, separators=(",", ":"))))
+            self._backlog.append((self.next_seq, STREAM, end, codec.dumps(data)))
             self.next_seq += 1
             self.counts.produced += 1
         self._bound_backlog()

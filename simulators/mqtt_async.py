@@ -17,6 +17,10 @@ import paho.mqtt.client as mqtt
 
 def bind_to_loop(client: mqtt.Client, loop: asyncio.AbstractEventLoop) -> None:
     """Make ``loop`` drive ``client``'s socket from now on (before ``connect``)."""
+    # What paho queues is written on the loop's next turn, straight away; only a socket whose
+    # send buffer is full is watched for room. Watching every socket for each publish (add and
+    # remove a writer: two epoll changes a message) took a tenth of a 10,000-device fleet's CPU.
+    watching = False  # a writer is registered: the socket's send buffer was full
 
     def opened(client: mqtt.Client, userdata: Any, sock: Any) -> None:
         if isinstance(sock, socket.socket):
@@ -26,13 +30,25 @@ def bind_to_loop(client: mqtt.Client, loop: asyncio.AbstractEventLoop) -> None:
 
     def closed(client: mqtt.Client, userdata: Any, sock: Any) -> None:
         loop.remove_reader(sock)
-        loop.remove_writer(sock)
+        written(client, userdata, sock)
+
+    def write(sock: Any) -> None:
+        nonlocal watching
+        client.loop_write()
+        current = client.socket()  # None, or a new one, if the connection went meanwhile
+        if client.want_write() and current is not None and current is sock and not watching:
+            watching = True
+            loop.add_writer(current, client.loop_write)
 
     def want_write(client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        loop.add_writer(sock, client.loop_write)
+        if not watching:
+            loop.call_soon(write, sock)
 
     def written(client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        loop.remove_writer(sock)
+        nonlocal watching
+        if watching:
+            watching = False
+            loop.remove_writer(sock)
 
     client.on_socket_open = opened
     client.on_socket_close = closed
