@@ -28,6 +28,7 @@ from cloud_sync.server.store.summary import api_object, lag
 if TYPE_CHECKING:
     from cloud_sync.server.auth import Guard
     from cloud_sync.server.console.app import Console
+    from cloud_sync.server.store import Store
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -68,16 +69,9 @@ class Pages:
         except QueryError as exc:
             return self.console.render(request, "error.html", 400, title="Bad request", message=str(exc))
         query = replace(query, silent_after=settings.silent_after, behind_after=settings.behind_after)
-        store = self.console.store
-        rows, total = await run_in_threadpool(store.fleet_page, query)
-        if rows == [] and query.offset and total:  # past the end (devices went away): last page
-            query = query.page((total - 1) // (query.limit or 1) * (query.limit or 1))
-            rows, total = await run_in_threadpool(store.fleet_page, query)
-        totals = await run_in_threadpool(store.fleet_totals, query)
+        query, rows, total, totals, hours = await run_in_threadpool(_read_fleet, self.console.store, query)
         now = query.now
         devices = [api_object(row, now, settings.silent_after) for row in rows]
-        hours = await run_in_threadpool(
-            store.status_histories, [d["device_id"] for d in devices], now - outage.HOUR, 400)
         return self.console.render(
             request, "fleet.html",
             devices=devices, sparklines={k: outage.sparkline(v, now) for k, v in hours.items()},
@@ -103,6 +97,20 @@ class Pages:
             request, "device.html", view=view, d=view.device, now=now,
             live_url=f"/api/events?device={device_id}",
         )
+
+
+def _read_fleet(store: Store, query: FleetQuery) -> tuple[
+        FleetQuery, list[dict[str, Any]], int, dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    """What the fleet page shows, read on one thread in one go: the page (or the last one, when
+    devices went away past it), the totals, and the last hour of the page's devices."""
+    totals = store.fleet_totals(query)
+    unfiltered = not query.where()[0]
+    rows, total = store.fleet_page(query, total=totals["devices"] if unfiltered else None)
+    if rows == [] and query.offset and total:  # past the end (devices went away): last page
+        query = query.page((total - 1) // (query.limit or 1) * (query.limit or 1))
+        rows, total = store.fleet_page(query)
+    hours = store.status_histories([row["device_id"] for row in rows], query.now - outage.HOUR, 400)
+    return query, rows, total, totals, hours
 
 
 def _worst_lag(totals: dict[str, Any], now: float) -> tuple[str, float] | None:

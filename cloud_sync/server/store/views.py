@@ -193,8 +193,11 @@ class ConsoleViews:
 
     # -- reading --------------------------------------------------------------------------------
 
-    def fleet_page(self, query: FleetQuery, columns: str = "*") -> tuple[list[dict[str, Any]], int]:
-        """The summary rows of one page of the fleet, and how many devices match in all."""
+    def fleet_page(
+        self, query: FleetQuery, columns: str = "*", total: int | None = None
+    ) -> tuple[list[dict[str, Any]], int]:
+        """The summary rows of one page of the fleet, and how many devices match in all (``total``
+        when the caller knows it already: the fleet's count, when nothing is filtered)."""
         where, params = query.where()
         order, order_params = query.order()
         if query.limit is None:
@@ -205,6 +208,8 @@ class ConsoleViews:
                                [*params, *order_params, query.limit, query.offset])
         if query.offset == 0 and len(rows) < query.limit:
             return rows, len(rows)
+        if total is not None:
+            return rows, total
         total = self._query(self._sql(f"SELECT count(*) AS n FROM device_summary{where}"), params)[0]["n"]
         return rows, int(total)
 
