@@ -2,7 +2,8 @@
 spread over the nodes and two ingest workers on PostgreSQL; afterwards every device's seqs are
 in the store exactly once. On a 3-node NATS cluster (workers sharing a JetStream consumer), on
 RabbitMQ's MQTT plugin (no ``$share/``: the unshared fallback) and on Mosquitto (``$share/``, with
-a worker added and one removed while the devices send).
+a worker added and one removed while the devices send). Workers also join and one is killed while
+devices send on NATS, where they share a JetStream consumer.
 
 Marked ``scale``: about a minute each (RabbitMQ's start takes 15 s of it)."""
 
@@ -73,6 +74,44 @@ def test_nats_node_killed_mid_drain_two_jetstream_workers(
         assert health["broker_features"]["shared_subscriptions"] is False  # type: ignore[index]
     fed = [stats(w)["jetstream"]["messages"] for w in ingests]  # type: ignore[index]
     assert all(count > 0 for count in fed), f"one worker got no data: {fed}"
+
+
+def test_jetstream_workers_join_and_one_is_killed_while_devices_send(
+    tmp_path: Path, pg_url: str, ingests: list[IngestProcess],
+) -> None:
+    """Workers pulling from the JetStream consumer come and go while the devices send: one at
+    first, a second joins, the first is killed (SIGKILL: what it had pulled but not committed is
+    gone from the stream, so the devices send it again) and comes back under its name."""
+    if not shutil.which("nats-server"):
+        pytest.fail("nats-server is not installed: apt-get install nats-server (.ci/run does it)")
+    cluster = NatsCluster(tmp_path / "nats", size=1).start()
+    try:
+        node = cluster.nodes[0]
+        js = ["--share-group", "ingest", "--jetstream", cluster.nats_urls]
+        ingests.append(start_worker(tmp_path, node.url, pg_url, "w1", *js))
+        fleets = [start_fleet(node.url, f"jsq{i}", devices=15, duration=DURATION) for i in range(2)]
+
+        def add_second() -> None:
+            ingests.append(start_worker(tmp_path, node.url, pg_url, "w2", *js))
+
+        def kill_first() -> None:
+            assert stats(ingests[0])["jetstream"]["messages"] > 0  # type: ignore[index]
+            ingests[0].kill()
+
+        def bring_back_first() -> None:
+            ingests.append(start_worker(tmp_path, node.url, pg_url, "w1", *js))
+
+        reports = run_scenario(fleets, [(3.0, add_second), (8.0, kill_first), (13.0, bring_back_first)],
+                               timeout=150)
+        assert_every_seq_once(pg_url, fleets, reports)
+        for worker in ingests[1:]:
+            health = stats(worker)
+            assert health["sharing"]["mode"] == "jetstream", health  # type: ignore[index]
+            assert health["jetstream"]["messages"] > 0, f"a worker got no data: {health}"  # type: ignore[index]
+    finally:
+        for worker in ingests:
+            worker.kill()
+        cluster.stop()
 
 
 def test_rabbitmq_killed_mid_drain_two_unshared_workers(
