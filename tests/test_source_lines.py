@@ -9,6 +9,7 @@ import pytest
 
 from agent import codec
 from agent.source_harness import run_source
+from agent.sources import lines, tail
 
 T0 = 1_700_000_000.0
 LINES = [
@@ -58,3 +59,31 @@ def test_every_line_is_a_reading_or_a_drop_counted_once(
     assert run.dropped == drops
     blank = sum(1 for line, outcome in LINES if outcome is None)
     assert run.counters["received"] == len(LINES) - blank == run.counters["accepted"] + sum(drops.values())
+
+
+def test_a_line_that_never_ends_is_held_only_to_max_line_and_dropped_once(tmp_path: Path) -> None:
+    path = tmp_path / "lines.jsonl"
+    path.write_bytes(b"x" * 3_000_000)  # three reads of a megabyte, and still no newline
+    held: list[int] = []
+
+    def step(run) -> bool:
+        if not held and run.counters.get("received", 0) == 0 and run.health.get("connected"):
+            held.append(1)
+            with path.open("ab") as file:
+                file.write(b'\n{"sensor": "a", "value": 1}\n')
+        return bool(run.records)
+
+    split = lines.split_lines
+    sizes: list[int] = []
+
+    def measured(buffer: bytearray, chunk: bytes, limit: int | None = None) -> list[bytes]:
+        out = split(buffer, chunk, limit)
+        sizes.append(len(buffer))
+        return out
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tail, "split_lines", measured)
+        run = run_source("tail", {"path": str(path), "start": "beginning", "poll": "50ms",
+                                  "max_line": "1kB"}, until=step, timeout=10)
+    assert [record.data for record in run.records] == [{"sensor": "a", "value": 1}]
+    assert run.dropped == {"line_too_long": 1} and max(sizes) <= 1001

@@ -71,7 +71,7 @@ class ExecSource(Source[ExecConfig]):
         buffer = bytearray()
         try:
             while chunk := await process.stdout.read(CHUNK):
-                lines = split_lines(buffer, chunk)
+                lines = split_lines(buffer, chunk, config.max_line)
                 if lines:
                     await context.publish(self._decoder.decode(lines, time.time()))
             if buffer:  # a last line without its newline

@@ -216,14 +216,18 @@ class LineDecoder:
         out.append(reading_from(self._topic(sensor), sensor, body, now, self._max_skew))
 
 
-def split_lines(buffer: bytearray, chunk: bytes) -> list[bytes]:
+def split_lines(buffer: bytearray, chunk: bytes, limit: int | None = None) -> list[bytes]:
     """The complete lines of what ``buffer`` held and ``chunk`` (``\\r\\n`` or ``\\n`` endings);
-    a partial last line stays in ``buffer``. The chunk is split once, not copied first."""
+    a partial last line stays in ``buffer``. The chunk is split once, not copied first. Of a
+    partial line longer than ``limit`` only ``limit + 1`` bytes are kept: enough to drop it as
+    too long once it ends, and a writer that never ends its line cannot fill the memory."""
     lines = chunk.split(b"\n")
     if buffer:
         lines[0] = bytes(buffer) + lines[0]
         buffer.clear()
     buffer += lines.pop()
+    if limit is not None and len(buffer) > limit:
+        del buffer[limit + 1 :]
     if b"\r" in chunk or (lines and lines[0].endswith(b"\r")):
         lines = [line.rstrip(b"\r") for line in lines]
     return lines

@@ -86,7 +86,7 @@ class SerialSource(Source[SerialConfig]):
         while chunk := await reader.read(CHUNK):
             if carriage:
                 chunk = chunk.replace(b"\r", b"\n")
-            lines = split_lines(buffer, chunk)
+            lines = split_lines(buffer, chunk, config.max_line)
             if lines:
                 await context.publish(self._decoder.decode(lines, time.time()))
         raise ConnectionError(f"{config.port} closed")

@@ -58,6 +58,7 @@ class TailSource(Source[TailConfig]):
         self._fd: int | None = None
         self._inode: tuple[int, int] | None = None
         self._position = 0
+        self._line_start = 0  # where the line being read starts: where a restart goes on from
         self._buffer = bytearray()
         self._saved: dict[str, Any] | None = None
         self._paused = False
@@ -70,7 +71,7 @@ class TailSource(Source[TailConfig]):
         """The offset after the last line published (and the bytes before it)."""
         if self._fd is None or self._inode is None:
             return None
-        offset = self._position - len(self._buffer)
+        offset = self._line_start
         mark = os.pread(self._fd, min(MARK, offset), offset - min(MARK, offset))
         return {"path": str(self.config.path), "dev": self._inode[0], "ino": self._inode[1],
                 "offset": offset, "mark": mark.hex()}
@@ -127,7 +128,7 @@ class TailSource(Source[TailConfig]):
             self.context.log.info("%s was truncated while the agent was stopped; reading it from "
                                   "the top", found)
             offset = 0
-        self._position = offset
+        self._position = self._line_start = offset
         self.context.report_ok()
         self.context.log.info("following %s from byte %d, where the last run stopped", found, offset)
 
@@ -144,7 +145,7 @@ class TailSource(Source[TailConfig]):
             return False
         stat = os.fstat(fd)
         self._fd, self._inode = fd, (stat.st_dev, stat.st_ino)
-        self._position = os.lseek(fd, 0, os.SEEK_END) if from_end else 0
+        self._position = self._line_start = os.lseek(fd, 0, os.SEEK_END) if from_end else 0
         self._buffer.clear()
         self.context.report_ok()
         self.context.log.info("following %s from byte %d", path, self._position)
@@ -156,11 +157,13 @@ class TailSource(Source[TailConfig]):
         if os.fstat(fd).st_size < self._position:  # truncated in place
             self.context.counters.incr("truncations")
             self.context.log.info("%s was truncated; reading it from the top", self.config.path)
-            self._position = 0
+            self._position = self._line_start = 0
             self._buffer.clear()
         while not self._paused and (chunk := os.pread(fd, CHUNK, self._position)):
-            self._position += len(chunk)
-            lines = split_lines(self._buffer, chunk)
+            start, self._position = self._position, self._position + len(chunk)
+            lines = split_lines(self._buffer, chunk, self.config.max_line)
+            if (newline := chunk.rfind(b"\n")) >= 0:
+                self._line_start = start + newline + 1
             if lines:
                 await self.context.publish(self._decoder.decode(lines, time.time()))
 
