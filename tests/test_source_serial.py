@@ -4,7 +4,6 @@ device that disappears (socat killed, like an unplugged USB adapter) and comes b
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -49,21 +48,22 @@ def values(run: SourceRun) -> list[tuple[str, float]]:
 def test_regex_lines_with_crlf_and_a_device_that_is_unplugged_and_back(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr("agent.runtime.source_runner.RESTART_FIRST", 0.05)
     device = Device(tmp_path)
-    steps = iter([
-        lambda: device.write(b"T1=21.50C\r\nnoise\r\nT2=19.25C\r\n"),
-        device.unplug,
-        device.plug,
-        lambda: device.write(b"T1=22.00C\r\n"),
-    ])
-    last = [0.0]
+    phase = [0]
 
-    def step(run: SourceRun) -> bool:
-        if time.monotonic() - last[0] >= 0.4:
-            last[0] = time.monotonic()
-            move = next(steps, None)
-            if move is not None:
-                move()
-        return len(run.records) >= 3
+    def step(run: SourceRun) -> bool:  # each move once the source is ready for it, not by time
+        connected, restarts = run.health.get("connected"), run.counters.get("restarts", 0)
+        if phase[0] == 0 and connected:
+            device.write(b"T1=21.50C\r\nnoise\r\nT2=19.25C\r\n")
+        elif phase[0] == 1 and len(run.records) >= 2:
+            device.unplug()
+        elif phase[0] == 2 and restarts >= 1 and not connected:
+            device.plug()
+        elif phase[0] == 3 and connected:  # opened again
+            device.write(b"T1=22.00C\r\n")
+        else:
+            return len(run.records) >= 3
+        phase[0] += 1
+        return False
 
     config = {"port": device.pair.a, "baudrate": 115200, "line_ending": "\r\n", "format": "regex",
               "pattern": r"^(?P<sensor>T\d)=(?P<value>-?[\d.]+)(?P<unit>C)$"}
