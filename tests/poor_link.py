@@ -95,7 +95,8 @@ class PoorLink:
         device, cloud = self.netns["device"], self.netns["cloud"]
         for ns in (device, cloud):
             _run(["ip", "netns", "add", ns], LinkUnavailable)
-        _run(["ip", "link", "add", self.veth["device"], "type", "veth", "peer", "name", self.veth["cloud"]])
+        _run(["ip", "link", "add", self.veth["device"], "type", "veth", "peer", "name", self.veth["cloud"]],
+             LinkUnavailable)
         for side in SIDES:
             ns, dev = self.netns[side], self.veth[side]
             _run(["ip", "link", "set", dev, "netns", ns])
