@@ -92,10 +92,10 @@ class Ingest:
         self.flush_bytes = flush_bytes
         self.flush_messages = flush_messages
         """A flush starts once this many messages (or ``flush_bytes``) wait, or after
-        ``flush_interval``; it then takes all that waits, up to ``flush_max_messages`` and
-        ``flush_bytes``. Few big messages (a drain) make flushes of ~25 messages; many small
-        ones (a fleet of devices, or a backlog after a slow moment) make fewer, bigger flushes,
-        whose fixed cost (locks, the commit) is shared by more devices."""
+        ``flush_interval``; it then takes what waits, up to ``flush_max_messages`` and
+        ``flush_bytes``. The bound keeps acks flowing when a worker is behind: taking all that
+        waited, a worker thousands of small messages behind wrote them in one transaction, no
+        device got its ack before the last was written, and the next flush was bigger still."""
         self.flush_max_messages = flush_max_messages
         self.max_pending_bytes = max_pending_bytes
         self.flush_decoded_bytes = flush_decoded_bytes
