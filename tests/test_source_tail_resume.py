@@ -1,6 +1,7 @@
 """A restarted agent goes on reading a followed file where the last run stopped: after a stop
 (SIGTERM) and after a crash (SIGKILL), with lines appended, the file rotated or truncated while it
-was down. Every line is counted exactly once in the window summaries of the real agent process."""
+was down, and across a reload that restarts the source. Every line is counted exactly once in the
+window summaries of the real agent process."""
 
 from __future__ import annotations
 
@@ -92,6 +93,12 @@ def test_a_restarted_agent_reads_every_line_once_across_rotation_and_truncation(
         wait_until(lambda: accepted(data) == lines.written, 60, "every line read after a rotation")
         lines.append(300)
         wait_until(lambda: accepted(data) == lines.written, 60, "every line read after a rotation")
+        config.write_text(config.read_text().replace('poll = "50ms"', 'poll = "60ms"'))
+        agent.signal(signal.SIGHUP)  # a reload restarts the source: the new one goes on too
+        lines.append(200)
+        agent.wait_for_log("reloaded: restarted log")
+        lines.append(200)
+        wait_until(lambda: accepted(data) == lines.written, 60, "every line read after a reload")
         agent.signal(stop)
         agent.wait(30)
 
@@ -105,7 +112,7 @@ def test_a_restarted_agent_reads_every_line_once_across_rotation_and_truncation(
         agent.stop()
 
     summary = windows(data)["file"]
-    assert summary["count"] == lines.written == 22_900, agent.output()[-3000:]
+    assert summary["count"] == lines.written == 23_300, agent.output()[-3000:]
     assert summary["sum"] == sum(range(lines.written))
     assert (summary["min"], summary["max"]) == (0, lines.written - 1)
     status = read_status(data)
