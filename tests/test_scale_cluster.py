@@ -65,7 +65,12 @@ def test_nats_node_killed_mid_drain_two_jetstream_workers(
     fleets = [start_fleet(node.url, f"nats{i}", devices=15, duration=DURATION)
               for i, node in enumerate(nodes)]
     victim = nodes[1]  # devices and worker 2's MQTT connection on it
-    reports = run_scenario(fleets, [(6.0, victim.kill), (12.0, victim.start)], timeout=150)
+
+    def kill_once_its_devices_are_on() -> None:  # a busy machine may start them late
+        wait_for(lambda: len(_listed(ingests[0], "nats1-")) == 15, 60, "the devices on the node to kill")
+        victim.kill()
+
+    reports = run_scenario(fleets, [(6.0, kill_once_its_devices_are_on), (12.0, victim.start)], timeout=150)
     assert reports[1]["connects"] > reports[1]["devices"], "the devices on the killed node did not notice"
     assert_every_seq_once(pg_url, fleets, reports)
     for worker in ingests:
@@ -74,6 +79,12 @@ def test_nats_node_killed_mid_drain_two_jetstream_workers(
         assert health["broker_features"]["shared_subscriptions"] is False  # type: ignore[index]
     fed = [stats(w)["jetstream"]["messages"] for w in ingests]  # type: ignore[index]
     assert all(count > 0 for count in fed), f"one worker got no data: {fed}"
+
+
+def _listed(worker: IngestProcess, prefix: str) -> list[str]:
+    devices = worker.api("/api/devices")
+    assert isinstance(devices, list)
+    return [d["device_id"] for d in devices if d["device_id"].startswith(prefix)]
 
 
 def test_jetstream_workers_join_and_one_is_killed_while_devices_send(
@@ -95,7 +106,8 @@ def test_jetstream_workers_join_and_one_is_killed_while_devices_send(
             ingests.append(start_worker(tmp_path, node.url, pg_url, "w2", *js))
 
         def kill_first() -> None:
-            assert stats(ingests[0])["jetstream"]["messages"] > 0  # type: ignore[index]
+            wait_for(lambda: stats(ingests[0])["jetstream"]["messages"] > 0,  # type: ignore[index]
+                     60, "data through the first worker")
             ingests[0].kill()
 
         def bring_back_first() -> None:
