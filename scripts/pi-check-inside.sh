@@ -2,7 +2,9 @@
 # The half of scripts/pi-check.sh that runs inside the emulated Debian (as root in a chroot, the
 # checkout in /src/tidegate):
 #   install  scripts/install.sh as a user runs it, pip allowed wheels only; which wheels were
-#            installed; which extras have wheels for this architecture and which need a compiler
+#            installed
+#   survey   which extras have wheels for this architecture and which need a compiler (pip's
+#            dry runs; read-only, so it runs beside `run`)
 #   run      (no network but loopback) Mosquitto with the installed drop-in, `edge-agent check` on
 #            the installed Pi config, idle RSS, `run` on the simulator and the MQTT source,
 #            status, outbox, SIGTERM and exit status 0
@@ -42,47 +44,87 @@ for dist in sorted(md.distributions(), key=lambda d: d.metadata["Name"].lower())
 if built:
     raise SystemExit(f"compiled from source on the board: {', '.join(built)}")
 EOF
-  survey_extras
 }
 
 # For each extra: the packages it adds, as wheels or sdists (an sdist needs a compiler here).
+# pip resolves each extra's own requirements, as the installed distribution declares them, rather
+# than the checkout with the extra: that would rebuild the checkout's metadata in an emulated
+# setuptools once per extra.
 survey_extras() {
   say "extras on $(uname -m) (pip's choice from PyPI, dry run):"
-  local extra
+  local started=$SECONDS line extra
+  local -A wanted=()
+  while read -r line; do
+    wanted[${line%% *}]=${line#* }
+  done < <("$VENV/bin/python" - <<'EOF'
+import importlib.metadata as md
+extras: dict[str, list[str]] = {}
+for requirement in md.requires("tidegate") or []:
+    spec, _, marker = requirement.partition(";")
+    marker = marker.replace(" ", "").replace("'", '"')
+    if marker.startswith('extra=="'):
+        extras.setdefault(marker[len('extra=="'):-1], []).append(spec.replace(" ", ""))
+for extra, specs in extras.items():
+    print(extra, " ".join(specs))
+EOF
+  )
   for extra in "${EXTRAS[@]}"; do
-    local report=/tmp/extra-$extra.json
-    if ! "$VENV/bin/pip" install -q --dry-run --ignore-installed --report "$report" "$SRC[$extra]" \
+    if [ -z "${wanted[$extra]:-}" ]; then
+      say "  $extra: no such extra in the installed distribution"
+      continue
+    fi
+    local report=/tmp/extra-$extra.json requirements
+    read -r -a requirements <<< "${wanted[$extra]}"
+    if ! "$VENV/bin/pip" install -q --dry-run --report "$report" "${requirements[@]}" \
         >/tmp/extra-$extra.log 2>&1; then
-      say "  $extra: cannot be installed here: $(grep -m 1 -E 'ERROR|error:' /tmp/extra-$extra.log || tail -n 1 /tmp/extra-$extra.log)"
+      local step
+      # an sdist whose build (even of its metadata) needs a compiler, e.g. zstandard's on cffi's
+      step=$(grep -m 1 -oE '[a-z ]+ for [A-Za-z0-9_.-]+ did not run successfully' /tmp/extra-$extra.log) || true
+      if [ -n "$step" ] && grep -q -E 'No working compiler|command .*gcc.* failed|cc: not found|error: command' \
+          /tmp/extra-$extra.log; then
+        step=${step# }; step=${step% did not run successfully}
+        say "  $extra: NEEDS A COMPILER: ${step##* for } comes as source only, and pip's step \"${step% for *}\" failed without one"
+      else
+        say "  $extra: cannot be installed here: $(grep -m 1 -E 'ERROR|error:' /tmp/extra-$extra.log || tail -n 1 /tmp/extra-$extra.log)"
+      fi
       continue
     fi
     "$VENV/bin/python" - "$extra" "$report" <<'EOF'
 import json, sys
 extra, path = sys.argv[1], sys.argv[2]
-base = {"tidegate", "aiomqtt", "paho-mqtt", "pydantic", "pydantic-core", "sqlite-utils", "click",
+base = {"aiomqtt", "paho-mqtt", "pydantic", "pydantic-core", "sqlite-utils", "click",
         "annotated-types", "typing-extensions", "typing-inspection", "click-default-group",
         "pluggy", "python-dateutil", "six", "sqlite-fts4", "tabulate", "tzdata", "orjson", "pip",
         "setuptools"}
 wheels, sdists = [], []
 for item in json.load(open(path))["install"]:
     name = item["metadata"]["name"].lower().replace("_", "-")
-    url = item["download_info"]["url"]
-    if name in base or url.startswith("file:"):
+    if name in base:
         continue
+    url = item["download_info"]["url"]
     (wheels if url.endswith(".whl") else sdists).append(f"{name} {item['metadata']['version']}")
 verdict = "wheels only" if not sdists else "NEEDS A COMPILER for " + ", ".join(sdists)
 print(f"pi-check:   {extra}: {verdict}" + (f" (wheels: {', '.join(wheels)})" if wheels else ""))
 EOF
   done
+  say "extras survey: $((SECONDS - started)) s (emulated)"
 }
 
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 
+# What the run started, stopped however it ends (a failed check leaves nothing running).
+stop_started() {
+  [ -n "${AGENT_PID:-}" ] && kill -KILL "$AGENT_PID" 2>/dev/null
+  [ -s /run/mosquitto/mosquitto.pid ] && kill "$(cat /run/mosquitto/mosquitto.pid)" 2>/dev/null
+  return 0
+}
+
 phase_run() {
+  trap stop_started EXIT
   install -d -o mosquitto -g mosquitto /run/mosquitto
   # it names each file it reads on its console, before its own log file takes over
   mosquitto -c /etc/mosquitto/mosquitto.conf -d > /tmp/mosquitto-start.log 2>&1
-  for _ in $(seq 50); do grep -q 'running' /var/log/mosquitto/mosquitto.log 2>/dev/null && break; sleep 0.2; done
+  for _ in $(seq 300); do grep -q 'running' /var/log/mosquitto/mosquitto.log 2>/dev/null && break; sleep 0.2; done
   grep -q 'Loading config file /etc/mosquitto/conf.d/edge-agent.conf' /tmp/mosquitto-start.log ||
     die "Mosquitto did not read the installed drop-in"
   say "Mosquitto $(mosquitto -h 2>/dev/null | head -n 1 | awk '{print $3}') running with conf.d/edge-agent.conf"
@@ -123,6 +165,7 @@ EOF
   setpriv --reuid edge-agent --regid edge-agent --init-groups -- "$AGENT" run -c /etc/edge-agent/pi-check.toml \
     > "$log" 2>&1 &
   local pid=$!
+  AGENT_PID=$pid
   for _ in $(seq 600); do grep -q 'ready' "$log" && break; kill -0 $pid 2>/dev/null || break; sleep 0.2; done
   grep -q 'ready' "$log" || { cat "$log"; die "the agent did not become ready"; }
   sleep 2
@@ -164,13 +207,14 @@ EOF
   kill -TERM $pid
   local status=0
   wait $pid || status=$?
+  AGENT_PID=
   [ $status -eq 0 ] || { tail -n 20 "$log"; die "exit status $status after SIGTERM"; }
   say "SIGTERM: exit 0"
-  kill "$(cat /run/mosquitto/mosquitto.pid)"
 }
 
 case "${1:-}" in
   install) phase_install ;;
+  survey) survey_extras ;;
   run) phase_run ;;
-  *) echo "usage: $0 install|run" >&2; exit 2 ;;
+  *) echo "usage: $0 install|survey|run" >&2; exit 2 ;;
 esac

@@ -10,7 +10,8 @@
 # Root file systems come from the Debian mirror apt uses here (/etc/apt/sources.list*) and are
 # cached in $PI_CHECK_CACHE (default ~/.cache/tidegate/pi): the first build takes a long while
 # (debootstrap's second stage runs emulated), later runs copy the cached tree. Python packages
-# come from PyPI, as on a Pi; pip's cache is kept beside the root file systems.
+# come from PyPI, as on a Pi; pip's cache is kept beside the root file systems. PI_CHECK_KEEP=1
+# leaves a failed run's system mounted, to look into with chroot (umount -R it afterwards).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")/.." && pwd)
@@ -29,6 +30,9 @@ CLEAN_ENV=(PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOM
            "PI_CHECK_RUN_SECONDS=${PI_CHECK_RUN_SECONDS:-30}" "PI_CHECK_EXTRAS=${PI_CHECK_EXTRAS:-}"
            # TLS under emulation on a busy machine is slow: pip's 15 s default times out
            PIP_DEFAULT_TIMEOUT=120 PIP_RETRIES=10)
+
+# pip inside trusts the certificates this machine trusts (a proxy's CA, where there is one).
+PIP_ENV=(PIP_CERT=/etc/ssl/certs/host-ca-certificates.crt)
 
 qemu_of() { case "$1" in arm64) echo aarch64 ;; armhf) echo arm ;; *) die "unknown architecture $1 (arm64, armhf)" ;; esac; }
 
@@ -99,8 +103,14 @@ ensure_packages() {
 
 # Mounts of one run, undone on exit.
 MOUNTS=()
+SURVEY=
 cleanup() {
-  local i
+  local status=$? i
+  if [ -n "${SURVEY:-}" ]; then kill -- "-$SURVEY" 2>/dev/null || true; SURVEY=; fi
+  if [ "$status" -ne 0 ] && [ -n "${PI_CHECK_KEEP:-}" ] && [ -n "${WORK:-}" ]; then
+    say "kept the failed system in $WORK/root, mounted (PI_CHECK_KEEP): chroot into it to look"
+    return
+  fi
   for ((i = ${#MOUNTS[@]} - 1; i >= 0; i--)); do umount -l "${MOUNTS[$i]}" 2>/dev/null || true; done
   MOUNTS=()
   # never remove a tree that still has /dev or /proc mounted in it
@@ -116,6 +126,12 @@ check_arch() {
   base=$(rootfs "$arch")
   started=$(date +%s)
   WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/pi-check-$arch.XXXXXX")
+  # The system under test lives on a tmpfs. On ext4, a directory's entries carry 64-bit offsets
+  # (hashes); a 32-bit program's readdir() cannot hold them and fails (EOVERFLOW). A real board's
+  # kernel hands 32-bit programs 32-bit offsets, but qemu-user calls the host's 64-bit kernel for
+  # them, so on ext4 armhf's Mosquitto silently read nothing from include_dir (conf.d).
+  mount -t tmpfs -o mode=0755 pi-check "$WORK"
+  MOUNTS+=("$WORK")
   root="$WORK/root"
   cp -a "$base" "$root"  # a pristine system for every run: the install is the first one
   mkdir -p "$root/src/tidegate" "$CACHE/pip-$arch"
@@ -123,18 +139,33 @@ check_arch() {
   (cd "$HERE" && git ls-files -z --cached --others --exclude-standard |
      tar --null -T - -cf - 2>/dev/null) | tar -xf - -C "$root/src/tidegate"
   cp /etc/resolv.conf "$root/etc/resolv.conf"
-  # The certificates this machine trusts (a proxy's CA, where there is one), for pip only.
   cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/host-ca-certificates.crt"
   bind /proc "$root/proc"
   bind /dev "$root/dev"
   bind "$CACHE/pip-$arch" "$root/root/.cache/pip"
+  say "$arch: root file system copied in $(( $(date +%s) - started )) s"
+  local stage; stage=$(date +%s)
   say "$arch: installing (network: PyPI)"
-  nice -n 10 env -i "${CLEAN_ENV[@]}" PIP_CERT=/etc/ssl/certs/host-ca-certificates.crt \
+  nice -n 10 env -i "${CLEAN_ENV[@]}" "${PIP_ENV[@]}" \
     chroot "$root" /bin/bash /src/tidegate/scripts/pi-check-inside.sh install
+  say "$arch: install stage (install.sh, which wheels) in $(( $(date +%s) - stage )) s"
+  stage=$(date +%s)
+  # The extras survey only reads the installed system (pip's dry runs), so it runs beside the
+  # agent's run, in a process group of its own that a failed run stops; its output follows.
+  nice -n 10 env -i "${CLEAN_ENV[@]}" "${PIP_ENV[@]}" setsid \
+    chroot "$root" /bin/bash /src/tidegate/scripts/pi-check-inside.sh survey > "$WORK/survey.log" 2>&1 &
+  SURVEY=$!
   # The run has a network of its own (loopback only): its Mosquitto on 1883 meets nobody else's.
-  say "$arch: running the agent (no network but its own loopback)"
+  say "$arch: running the agent (no network but its own loopback), the extras survey beside it"
   nice -n 10 env -i "${CLEAN_ENV[@]}" unshare --net /bin/bash -c \
     'ip link set lo up && exec chroot "$1" /bin/bash /src/tidegate/scripts/pi-check-inside.sh run' _ "$root"
+  say "$arch: run stage in $(( $(date +%s) - stage )) s"
+  local survey=0
+  wait "$SURVEY" || survey=$?
+  SURVEY=
+  cat "$WORK/survey.log"
+  [ "$survey" -eq 0 ] || die "$arch: the extras survey failed"
+  say "$arch: run stage and extras survey in $(( $(date +%s) - stage )) s"
   cleanup
   say "$arch: ok in $(( $(date +%s) - started )) s"
 }
@@ -144,7 +175,24 @@ for arch in "${ARCHES[@]}"; do
   qemu_of "$arch" >/dev/null
 done
 total=$(date +%s)
-for arch in "${ARCHES[@]}"; do
-  check_arch "$arch"
-done
+if [ ${#ARCHES[@]} -eq 1 ]; then
+  check_arch "${ARCHES[0]}"
+else
+  # Side by side: each architecture is one emulated process at a time, so two fit two cores and
+  # the check takes the longer one's time rather than the sum. Each one's output follows in turn.
+  say "checking ${ARCHES[*]} side by side; each one's output follows when it is done"
+  LOGS=$(mktemp -d)
+  declare -A PIDS=()
+  for arch in "${ARCHES[@]}"; do
+    ( trap cleanup EXIT; check_arch "$arch" ) > "$LOGS/$arch.log" 2>&1 &
+    PIDS[$arch]=$!
+  done
+  failed=()
+  for arch in "${ARCHES[@]}"; do
+    wait "${PIDS[$arch]}" || failed+=("$arch")
+    cat "$LOGS/$arch.log"
+  done
+  rm -rf "$LOGS"
+  [ ${#failed[@]} -eq 0 ] || die "${failed[*]} failed (above)"
+fi
 say "all ok (${ARCHES[*]}) in $(( $(date +%s) - total )) s"
