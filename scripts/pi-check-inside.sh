@@ -47,49 +47,47 @@ EOF
 }
 
 # For each extra: the packages it adds, as wheels or sdists (an sdist needs a compiler here).
-# pip resolves each extra's own requirements, as the installed distribution declares them, rather
-# than the checkout with the extra: that would rebuild the checkout's metadata in an emulated
-# setuptools once per extra.
+# pip resolves each extra's own requirements, as the checkout's pyproject.toml declares them,
+# rather than the checkout with the extra (that would rebuild the checkout's metadata in an
+# emulated setuptools once per extra), in an empty venv with the pip Debian ships: it needs
+# nothing installed, so it runs beside the install and the run.
 survey_extras() {
-  say "extras on $(uname -m) (pip's choice from PyPI, dry run):"
-  local started=$SECONDS line extra
+  local started=$SECONDS line extra survey=/tmp/survey-venv
+  python3 -m venv "$survey"
   local -A wanted=()
   while read -r line; do
     wanted[${line%% *}]=${line#* }
-  done < <("$VENV/bin/python" - <<'EOF'
-import importlib.metadata as md
-extras: dict[str, list[str]] = {}
-for requirement in md.requires("tidegate") or []:
-    spec, _, marker = requirement.partition(";")
-    marker = marker.replace(" ", "").replace("'", '"')
-    if marker.startswith('extra=="'):
-        extras.setdefault(marker[len('extra=="'):-1], []).append(spec.replace(" ", ""))
+  done < <(python3 - "$SRC/pyproject.toml" <<'EOF'
+import sys, tomllib
+with open(sys.argv[1], "rb") as file:
+    extras = tomllib.load(file)["project"]["optional-dependencies"]
 for extra, specs in extras.items():
-    print(extra, " ".join(specs))
+    print(extra, " ".join(spec.replace(" ", "") for spec in specs))
 EOF
   )
+  say "extras on $(uname -m) (pip $("$survey/bin/pip" --version | awk '{print $2}') resolving from PyPI, dry run):"
   for extra in "${EXTRAS[@]}"; do
     if [ -z "${wanted[$extra]:-}" ]; then
-      say "  $extra: no such extra in the installed distribution"
+      say "  $extra: no such extra in pyproject.toml"
       continue
     fi
     local report=/tmp/extra-$extra.json requirements
     read -r -a requirements <<< "${wanted[$extra]}"
-    if ! "$VENV/bin/pip" install -q --dry-run --report "$report" "${requirements[@]}" \
+    if ! "$survey/bin/pip" install --disable-pip-version-check --dry-run --report "$report" "${requirements[@]}" \
         >/tmp/extra-$extra.log 2>&1; then
-      local step
-      # an sdist whose build (even of its metadata) needs a compiler, e.g. zstandard's on cffi's
-      step=$(grep -m 1 -oE '[a-z ]+ for [A-Za-z0-9_.-]+ did not run successfully' /tmp/extra-$extra.log) || true
-      if [ -n "$step" ] && grep -q -E 'No working compiler|command .*gcc.* failed|cc: not found|error: command' \
-          /tmp/extra-$extra.log; then
-        step=${step# }; step=${step% did not run successfully}
-        say "  $extra: NEEDS A COMPILER: ${step##* for } comes as source only, and pip's step \"${step% for *}\" failed without one"
+      if grep -q 'did not run successfully' /tmp/extra-$extra.log &&
+          grep -q -E 'No working compiler|gcc|cc: not found|error: command' /tmp/extra-$extra.log; then
+        # an sdist whose build, even of its metadata, needs a compiler (zstandard's needs cffi's)
+        local sources
+        sources=$(grep -oE '(Downloading|Using cached) [^ ]+\.(tar\.gz|zip)' /tmp/extra-$extra.log |
+                  awk '{print $NF}' | sed -E 's#.*/##; s/\.(tar\.gz|zip)$//' | sort -u | paste -sd, - | sed 's/,/, /g') || true
+        say "  $extra: NEEDS A COMPILER: no wheel here for ${sources:-a dependency} (source only), and pip cannot build it without one"
       else
         say "  $extra: cannot be installed here: $(grep -m 1 -E 'ERROR|error:' /tmp/extra-$extra.log || tail -n 1 /tmp/extra-$extra.log)"
       fi
       continue
     fi
-    "$VENV/bin/python" - "$extra" "$report" <<'EOF'
+    python3 - "$extra" "$report" <<'EOF'
 import json, sys
 extra, path = sys.argv[1], sys.argv[2]
 base = {"aiomqtt", "paho-mqtt", "pydantic", "pydantic-core", "sqlite-utils", "click",
@@ -111,6 +109,15 @@ EOF
 }
 
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+
+# The part of a process's RSS that is qemu-user's own, not the emulated program's: qemu's binary,
+# its translated code (the one writable and executable mapping) and its own heap.
+qemu_kb() {
+  awk '/^[0-9a-f]+-[0-9a-f]+ / {own = ($2 ~ /w/ && $2 ~ /x/) || $6 ~ /qemu-/ || $6 == "[heap]"}
+       /^Rss:/ && own {kb += $2} END {print kb + 0}' "/proc/$1/smaps"
+}
+
+mb() { awk -v kb="$1" 'BEGIN {printf "%.1f MB", kb / 1024}'; }
 
 # What the run started, stopped however it ends (a failed check leaves nothing running).
 stop_started() {
@@ -159,7 +166,7 @@ stats = ["count", "mean", "min", "max"]
 EOF
   # A bare interpreter under the same emulation: what qemu itself adds to every RSS figure.
   python3 -c 'import time; time.sleep(8)' & local bare=$!
-  sleep 6; local bare_rss; bare_rss=$(rss_kb $bare); wait $bare
+  sleep 6; local bare_rss bare_qemu; bare_rss=$(rss_kb $bare); bare_qemu=$(qemu_kb $bare); wait $bare
 
   local log=/var/lib/edge-agent/pi-check.log
   setpriv --reuid edge-agent --regid edge-agent --init-groups -- "$AGENT" run -c /etc/edge-agent/pi-check.toml \
@@ -169,9 +176,9 @@ EOF
   for _ in $(seq 600); do grep -q 'ready' "$log" && break; kill -0 $pid 2>/dev/null || break; sleep 0.2; done
   grep -q 'ready' "$log" || { cat "$log"; die "the agent did not become ready"; }
   sleep 2
-  local rss; rss=$(rss_kb $pid)
-  say "RSS 2 s after ready: agent $((rss / 1024)) MB, bare python3 $((bare_rss / 1024)) MB (both include qemu)"
-  echo "rss_kb=$rss bare_kb=$bare_rss" > /tmp/rss
+  local rss qemu; rss=$(rss_kb $pid); qemu=$(qemu_kb $pid)
+  say "RSS 2 s after ready: agent $(mb "$rss") ($(mb "$qemu") of it qemu's own, so $(mb $((rss - qemu))) emulated)," \
+      "bare python3 $(mb "$bare_rss") ($(mb "$bare_qemu") qemu's, $(mb $((bare_rss - bare_qemu))) emulated)"
 
   "$VENV/bin/python" - <<'EOF'
 import json, paho.mqtt.client as mqtt

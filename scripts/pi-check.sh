@@ -144,28 +144,30 @@ check_arch() {
   bind /dev "$root/dev"
   bind "$CACHE/pip-$arch" "$root/root/.cache/pip"
   say "$arch: root file system copied in $(( $(date +%s) - started )) s"
+  # The extras survey needs nothing installed (pip's dry runs in a venv of its own), so it runs
+  # beside the install and the run, in a process group of its own that a failed check stops; its
+  # output follows theirs.
+  nice -n 10 env -i "${CLEAN_ENV[@]}" "${PIP_ENV[@]}" setsid \
+    chroot "$root" /bin/bash /src/tidegate/scripts/pi-check-inside.sh survey > "$WORK/survey.log" 2>&1 &
+  SURVEY=$!
   local stage; stage=$(date +%s)
-  say "$arch: installing (network: PyPI)"
+  say "$arch: installing (network: PyPI), the extras survey beside it"
   nice -n 10 env -i "${CLEAN_ENV[@]}" "${PIP_ENV[@]}" \
     chroot "$root" /bin/bash /src/tidegate/scripts/pi-check-inside.sh install
   say "$arch: install stage (install.sh, which wheels) in $(( $(date +%s) - stage )) s"
   stage=$(date +%s)
-  # The extras survey only reads the installed system (pip's dry runs), so it runs beside the
-  # agent's run, in a process group of its own that a failed run stops; its output follows.
-  nice -n 10 env -i "${CLEAN_ENV[@]}" "${PIP_ENV[@]}" setsid \
-    chroot "$root" /bin/bash /src/tidegate/scripts/pi-check-inside.sh survey > "$WORK/survey.log" 2>&1 &
-  SURVEY=$!
   # The run has a network of its own (loopback only): its Mosquitto on 1883 meets nobody else's.
-  say "$arch: running the agent (no network but its own loopback), the extras survey beside it"
+  say "$arch: running the agent (no network but its own loopback)"
   nice -n 10 env -i "${CLEAN_ENV[@]}" unshare --net /bin/bash -c \
     'ip link set lo up && exec chroot "$1" /bin/bash /src/tidegate/scripts/pi-check-inside.sh run' _ "$root"
   say "$arch: run stage in $(( $(date +%s) - stage )) s"
+  stage=$(date +%s)
   local survey=0
   wait "$SURVEY" || survey=$?
   SURVEY=
+  say "$arch: the extras survey ended $(( $(date +%s) - stage )) s after the run; its output:"
   cat "$WORK/survey.log"
   [ "$survey" -eq 0 ] || die "$arch: the extras survey failed"
-  say "$arch: run stage and extras survey in $(( $(date +%s) - stage )) s"
   cleanup
   say "$arch: ok in $(( $(date +%s) - started )) s"
 }
