@@ -30,4 +30,6 @@ def test_install_and_run_on_the_pi(arch: str):
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
     assert "BUILT HERE" not in output  # nothing of the base install compiled on the board
+    assert "running with conf.d/edge-agent.conf" in output  # the broker read the installed drop-in
+    assert "extras survey:" in output  # every extra resolved (or said why not) for this architecture
     assert f"pi-check: {arch}: ok" in output and "SIGTERM: exit 0" in output
