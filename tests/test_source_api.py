@@ -197,6 +197,7 @@ def test_a_failing_source_is_named_in_status_and_metrics_while_the_others_carry_
         assert broken["connected"] is False and broken["restarts"] >= 2
         assert "ConnectionError: device gone" in broken["last_error"]
         assert sim["connected"] is True and sim["accepted"] > 0 and sim["restarts"] == 0
+        assert sim["received"] >= sim["accepted"]  # the simulator's readings are received too
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
             metrics = response.read().decode()
         assert 'edge_agent_source_restarts_total{source="broken"}' in metrics
