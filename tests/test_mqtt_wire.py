@@ -13,6 +13,7 @@ from agent.sources.mqtt_wire import (
     SubscriberProtocol,
     _varint,
     connect_packet,
+    puback_packets,
 )
 
 
@@ -128,3 +129,11 @@ async def test_a_refused_subscription_and_garbage_fail_the_connection():
     with pytest.raises(MqttProtocolError, match="malformed remaining length"):
         await protocol.closed
     assert transport.closed
+
+
+@pytest.mark.parametrize(
+    "packet_ids", [[1], [1, 2, 3], [0x0100, 0x00FF, 0xFFFF, 0x1234], list(range(1, 3000))]
+)
+def test_pubacks_are_one_write_of_four_bytes_per_id_in_order(packet_ids: list[int]) -> None:
+    expected = b"".join(b"\x40\x02" + struct.pack("!H", pid) for pid in packet_ids)
+    assert puback_packets(packet_ids) == expected

@@ -133,3 +133,60 @@ def test_a_resend_of_what_was_acknowledged_lately_is_skipped_and_acknowledged_ag
     assert ledger.redelivered(7) is taken_again
     assert sent.counts.get("redelivered_acked", 0) == (0 if taken_again else 1)
     assert sent.acks[-1] == (8 if taken_again else 7)  # acknowledged again, so the broker forgets it
+
+
+class Unplugged(Sent):
+    """A sender whose connection is gone: nothing goes out."""
+
+    def send_acks(self, packet_ids: list[int]) -> bool:
+        return False
+
+
+def test_a_cut_released_while_disconnected_is_acknowledged_on_the_resumed_session() -> None:
+    """The commit came while the link was down: the PUBACKs go out, in the order taken, once the
+    broker has the session back; a resend meanwhile is skipped, not taken again."""
+    ledger = AckLedger(Sent(), "source:local")
+    ledger.connected(Unplugged(), session_present=False)
+    ledger.taken([5, 3, 9])
+    release = ledger.cut()
+    assert release is not None
+    release()
+    assert ledger.owed == 3
+    ledger.connecting()
+    resumed = Sent()
+    assert ledger.redelivered(3) is False  # covered, but no connection to acknowledge it on
+    ledger.connected(resumed, session_present=True)
+    assert resumed.acks == [5, 3, 9] and ledger.owed == 0
+
+
+def test_a_new_session_forgets_what_the_broker_forgot() -> None:
+    """Without its session the broker will not resend the earlier ids, and may give them to
+    new messages: those are not acknowledged for the old ones."""
+    sent = Sent()
+    ledger = AckLedger(sent, "source:local")
+    ledger.connected(sent, session_present=False)
+    ledger.taken([1, 2])
+    ledger.connecting()
+    ledger.connected(sent, session_present=False)
+    ledger.taken([3])
+    release = ledger.cut()
+    assert release is not None
+    release()
+    assert sent.acks == [3] and ledger.owed == 0
+
+
+def test_ids_restored_after_a_crash_are_acknowledged_once_and_a_new_message_may_reuse_one() -> None:
+    sent = Sent()
+    ledger = AckLedger(sent, "source:local")
+    ledger.restore([40, 41])
+    ledger.taken([41])  # not a resend: a new message given id 41
+    assert ledger.owed == 2
+    ledger.connecting()
+    ledger.connected(sent, session_present=True)
+    assert sent.acks == [40] and ledger.owed == 1
+    assert ledger.redelivered(41) is False  # owed, its checkpoint not committed
+    release = ledger.cut()
+    assert release is not None
+    release()
+    assert sent.acks == [40, 41] and ledger.owed == 0
+    assert sent.counts == {"redelivered_taken": 1}

@@ -10,7 +10,7 @@ a reconnect) while its acknowledgement is still owed was taken already and is no
 from __future__ import annotations
 
 import logging
-from array import array
+from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
@@ -38,10 +38,18 @@ class AckSender(Protocol):
 
 
 class AckLedger:
+    """Sets and lists, not a table per packet id: taking a read's ids, cutting and releasing
+    are a few whole-list operations (in C), whatever the number of readings; the per-id work is
+    left to what is rare (a reconnect, a resend)."""
+
     def __init__(self, counters: Counters, scope: str) -> None:
         self._counters = counters
         self._scope = scope
-        self._owed: dict[int, bool] = {}  # packet id -> a committed checkpoint covers it
+        self._owed: set[int] = set()
+        """Ids taken whose checkpoint has not committed yet."""
+        self._covered: dict[int, None] = {}
+        """Ids a committed checkpoint covers whose PUBACK has not gone out (no connection then,
+        or restored after a crash), in the order taken."""
         self._since_cut: list[int] = []
         self._earlier: set[int] = set()
         self.last_cut: list[int] = []
@@ -49,9 +57,11 @@ class AckLedger:
         between the commit and their PUBACKs."""
         self._sender: AckSender | None = None
         self._taken = 0  # messages taken so far (modulo 2**32)
-        self._acked_at: array[int] | None = None
-        """Per packet id: 1 + ``_taken`` when its PUBACK went out (0: never). 256 KiB, made
-        with the first PUBACK: every source's runner has a ledger, few ever acknowledge."""
+        self._sent: deque[tuple[int, list[int]]] = deque()
+        """The PUBACKs sent fewer than ``RECENT`` messages ago, as (1 + ``_taken`` then, ids)."""
+        self._sent_at: dict[int, int] | None = None
+        """Per packet id, the latest stamp in ``_sent``: made at the first resend looked up
+        since the last cut, kept up to date until the next cut."""
         self._same_count = 0
         self._last_count = -1
         self.throttled_at: int | None = None
@@ -59,11 +69,11 @@ class AckLedger:
 
     @property
     def owed(self) -> int:
-        return len(self._owed)
+        return len(self._owed) + len(self._covered)
 
     def connecting(self) -> None:
         """A new connection starts: what is owed now was taken on an earlier one."""
-        self._earlier = set(self._owed)
+        self._earlier = self._owed.union(self._covered)
 
     def connected(self, sender: AckSender, session_present: bool) -> None:
         """The new connection is subscribed; without its session the broker forgot what we
@@ -71,56 +81,65 @@ class AckLedger:
         self._sender = sender
         if not session_present:
             earlier, self._earlier = self._earlier, set()
+            self._owed -= earlier
             for pid in earlier:
-                self._owed.pop(pid, None)
+                self._covered.pop(pid, None)
             self._since_cut = [pid for pid in self._since_cut if pid not in earlier]
             return
-        covered = [pid for pid, done in self._owed.items() if done]
-        if covered and self._send(covered):
-            for pid in covered:
-                del self._owed[pid]
+        if self._covered and self._send(list(self._covered)):
+            self._covered.clear()
 
     def taken(self, packet_ids: list[int]) -> None:
-        self._owed.update(dict.fromkeys(packet_ids, False))
+        self._owed.update(packet_ids)
+        if self._covered:  # an id restored after a crash, now a new message
+            for pid in packet_ids:
+                self._covered.pop(pid, None)
         self._since_cut += packet_ids
         self._taken = (self._taken + len(packet_ids)) & _STAMP
 
     def redelivered(self, packet_id: int) -> bool:
-        done = self._owed.get(packet_id)
-        if done is None:
-            if not self._acknowledged_lately(packet_id):
-                return True  # not taken before: a publish like any other
-            # ours already, and acknowledged: the broker restarted from a save older than that
-            self._counters.incr("redelivered_acked")
-            self._send([packet_id])
+        if packet_id in self._owed:
+            self._counters.incr("redelivered_taken")
             return False
-        self._counters.incr("redelivered_taken")
-        if done and self._send([packet_id]):
-            del self._owed[packet_id]
+        if packet_id in self._covered:
+            self._counters.incr("redelivered_taken")
+            if self._send([packet_id]):
+                del self._covered[packet_id]
+            return False
+        if not self._acknowledged_lately(packet_id):
+            return True  # not taken before: a publish like any other
+        # ours already, and acknowledged: the broker restarted from a save older than that
+        self._counters.incr("redelivered_acked")
+        self._send([packet_id])
         return False
 
     def _acknowledged_lately(self, packet_id: int) -> bool:
-        if self._acked_at is None:
-            return False
-        stamp = self._acked_at[packet_id]
-        return bool(stamp) and (self._taken + 1 - stamp) & _STAMP < RECENT
+        sent_at = self._sent_at
+        if sent_at is None:
+            sent_at = self._sent_at = {}
+            for stamp, ids in self._sent:  # oldest first: the latest stamp of an id stays
+                sent_at.update(dict.fromkeys(ids, stamp))
+        when = sent_at.get(packet_id)
+        return when is not None and (self._taken + 1 - when) & _STAMP < RECENT
 
     def _send(self, packet_ids: list[int]) -> bool:
         """PUBACK these now, if connected; remember when, for the broker's resends."""
         if self._sender is None or not self._sender.send_acks(packet_ids):
             return False
-        stamp = (self._taken + 1) & _STAMP or 1
-        if self._acked_at is None:
-            self._acked_at = array("I", bytes(4 * 65536))
-        acked_at = self._acked_at
-        for pid in packet_ids:
-            acked_at[pid] = stamp
+        stamp = (self._taken + 1) & _STAMP
+        sent = self._sent
+        while sent and (stamp - sent[0][0]) & _STAMP >= RECENT:
+            sent.popleft()
+        sent.append((stamp, packet_ids))
+        if self._sent_at is not None:
+            self._sent_at.update(dict.fromkeys(packet_ids, stamp))
         return True
 
     def restore(self, packet_ids: list[int]) -> None:
         """The ids of the last committed checkpoint before a crash: their effect is saved, their
         PUBACK may not have gone out. The broker's resend of them (DUP) is not taken again."""
-        self._owed.update(dict.fromkeys(packet_ids, True))
+        self._owed.difference_update(packet_ids)
+        self._covered.update(dict.fromkeys(packet_ids))
 
     def cut(self) -> Callable[[], None] | None:
         """Everything received so far is in the checkpoint being taken now: the returned
@@ -128,18 +147,21 @@ class AckLedger:
         nothing new is owed)."""
         ids, self._since_cut = self._since_cut, []
         self.last_cut = ids
-        self._watch_throttle(len(self._owed))
+        self._sent_at = None  # made again if a resend comes: not kept up to date for nothing
+        self._watch_throttle(self.owed)
         if not ids:
             return None
 
         def release() -> None:
             owed = self._owed
-            sendable = [pid for pid in ids if pid in owed]
-            for pid in sendable:
-                owed[pid] = True
-            if sendable and self._send(sendable):
-                for pid in sendable:
-                    owed.pop(pid, None)
+            # every id is still owed unless a reconnect without the session forgot it, or a
+            # resend acknowledged it meanwhile
+            sendable = ids if owed.issuperset(ids) else [pid for pid in ids if pid in owed]
+            if not sendable:
+                return
+            owed.difference_update(sendable)
+            if not self._send(sendable):
+                self._covered.update(dict.fromkeys(sendable))
 
         return release
 

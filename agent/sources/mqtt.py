@@ -8,6 +8,7 @@ import ssl
 import time
 from collections.abc import Callable
 
+from agent import codec
 from agent.api import Record, Source, SourceContext
 from agent.backoff import Backoff
 from agent.config import MqttSourceConfig
@@ -16,7 +17,7 @@ from agent.health.clock import CLOCK
 from agent.sources.acks import AckLedger
 from agent.sources.mqtt_wire import Message, MqttProtocolError, Session, SubscriberProtocol
 from agent.sources.payload import Tally, build_mapper
-from agent.sources.readings import OVERSIZED, Rejected, decode_reading
+from agent.sources.readings import NOT_JSON, OVERSIZED, Rejected, decode_reading, reading_from
 from agent.sources.retained import RetainedMemory
 from agent.sources.taken import TakenCount
 from agent.topics import fixed_prefix, matches
@@ -157,22 +158,35 @@ class MqttSource(Source[MqttSourceConfig]):
                 self._resuming = asyncio.create_task(self._resume_when_room(self._protocol))
 
     def _readings(self, messages: list[Message], now: float, records: list[Record]) -> None:
-        """The agent's own payload shape: the hot path, kept lean."""
+        """The agent's own payload shape: the hot path, kept lean (``decode_reading`` inline,
+        the retained memory noted once a batch)."""
         sensors = self._sensors
-        note = self._memory.note if self._memory is not None else None
+        memory = self._memory
+        latest: dict[str, bytes] = {}  # topic -> the last payload taken on it in this batch
         max_skew = self._max_skew
+        loads = codec.loads
         for topic, payload, retain in messages:
-            if retain and self._retained_taken(topic, payload):
-                continue
-            if note is not None:
-                note(topic, payload)
+            if retain:
+                if memory is not None and latest:  # the memory up to date for its check
+                    memory.note_all(latest)
+                    latest = {}
+                if self._retained_taken(topic, payload):
+                    continue
+            latest[topic] = payload
             sensor = sensors.get(topic)
             if sensor is None:
                 sensor = self._sensor_of(topic)
             try:
-                records.append(decode_reading(topic, sensor, payload, now, max_skew))
+                body = loads(payload)
+            except (ValueError, UnicodeDecodeError):
+                self._reject(NOT_JSON, topic, payload)
+                continue
+            try:
+                records.append(reading_from(topic, sensor, body, now, max_skew))
             except Rejected as rejected:
                 self._reject(rejected.reason, topic, payload)
+        if memory is not None and latest:
+            memory.note_all(latest)
 
     def _mapped(self, messages: list[Message], now: float, records: list[Record]) -> None:
         """Exclusions, then the format's mapping (or the agent's own shape)."""

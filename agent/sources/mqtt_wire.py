@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import sys
 import time
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 CONNECT, CONNACK, PUBLISH, PUBACK, SUBSCRIBE, SUBACK = 0x10, 0x20, 0x30, 0x40, 0x82, 0x90
 PINGREQ, PINGRESP, DISCONNECT = b"\xc0\x00", 0xD0, b"\xe0\x00"
+_PUBACK_HEAD = b"\x40\x02\x00\x00"  # the packet id goes in the last two bytes
 
 CONNACK_REASONS = {
     1: "the broker does not speak MQTT 3.1.1",
@@ -91,6 +94,19 @@ def connect_packet(session: Session) -> bytes:
             payload += _string(session.password)
     body = _string("MQTT") + bytes([4, flags]) + struct.pack("!H", session.keepalive) + payload
     return _packet(CONNECT, body)
+
+
+def puback_packets(packet_ids: list[int]) -> bytes:
+    """One PUBACK per id, in order, as one write: built by whole-buffer copies, not per id
+    (a checkpoint releases thousands)."""
+    ids = array("H", packet_ids)
+    if sys.byteorder == "little":
+        ids.byteswap()  # packet ids go big-endian on the wire
+    raw = ids.tobytes()
+    out = bytearray(_PUBACK_HEAD * len(ids))
+    out[2::4] = raw[0::2]
+    out[3::4] = raw[1::2]
+    return bytes(out)
 
 
 def subscribe_packet(packet_id: int, subscriptions: tuple[tuple[str, int], ...]) -> bytes:
@@ -190,7 +206,7 @@ class SubscriberProtocol(asyncio.Protocol):
         if not self._transport or self._transport.is_closing():
             return False
         if packet_ids:
-            self._write(b"".join(b"\x40\x02" + struct.pack("!H", pid) for pid in packet_ids))
+            self._write(puback_packets(packet_ids))
         return True
 
     def disconnect(self) -> None:
@@ -211,22 +227,25 @@ class SubscriberProtocol(asyncio.Protocol):
     ) -> int:
         pos, end = 0, len(buf)
         max_payload = self.session.max_payload
+        held_acks = self._held
         while end - pos >= 2:
             header = buf[pos]
-            length = 0
-            shift = 0
-            index = pos + 1
-            while True:
-                if index >= end:
-                    return pos
-                byte = buf[index]
-                length |= (byte & 0x7F) << shift
-                index += 1
-                if not byte & 0x80:
-                    break
-                shift += 7
-                if shift > 21:
-                    raise MqttProtocolError("malformed remaining length")
+            length = buf[pos + 1]
+            index = pos + 2
+            if length & 0x80:  # a packet of 128 bytes or more: the length takes more bytes
+                length &= 0x7F
+                shift = 7
+                while True:
+                    if index >= end:
+                        return pos
+                    byte = buf[index]
+                    length |= (byte & 0x7F) << shift
+                    index += 1
+                    if not byte & 0x80:
+                        break
+                    shift += 7
+                    if shift > 21:
+                        raise MqttProtocolError("malformed remaining length")
             stop = index + length
             kind = header & 0xF0
             if kind == PUBLISH:
@@ -237,7 +256,7 @@ class SubscriberProtocol(asyncio.Protocol):
                 payload_start = topic_end + (2 if qos else 0)
                 if payload_start > end:
                     return pos
-                held = self._held if qos else None
+                held = held_acks if qos else None
                 if qos and held is None:
                     acks.append(b"\x40\x02" + bytes(buf[topic_end:payload_start]))
                 if stop - payload_start > max_payload:
@@ -253,9 +272,12 @@ class SubscriberProtocol(asyncio.Protocol):
                     if qos and held is None:
                         acks.pop()  # acked when the whole packet is here
                     return pos
-                if held is not None and not self._take(held, header, buf, topic_end, taken):
-                    pos = stop  # a redelivery of a publish already taken, not yet acknowledged
-                    continue
+                if held is not None:  # _take, inline: this is once a reading
+                    packet_id = buf[topic_end] << 8 | buf[topic_end + 1]
+                    if header & 0x08 and not held.redelivered(packet_id):
+                        pos = stop  # a redelivery of a publish already taken or acknowledged
+                        continue
+                    taken.append(packet_id)
                 try:
                     topic = buf[index + 2 : topic_end].decode()
                 except UnicodeDecodeError:

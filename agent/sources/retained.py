@@ -36,6 +36,17 @@ class RetainedMemory:
         kept = payload if len(payload) <= _KEEP_BYTES else zlib.crc32(payload)
         last[topic] = self._changed[topic] = kept
 
+    def note_all(self, taken: dict[str, bytes]) -> None:
+        """``note`` of each topic's payload (the last taken on it in a batch), as two dict
+        updates when no payload is long and there is room for every topic."""
+        last = self._last
+        if len(last) + len(taken) > MAX_TOPICS or max(map(len, taken.values())) > _KEEP_BYTES:
+            for topic, payload in taken.items():
+                self.note(topic, payload)
+            return
+        last.update(taken)
+        self._changed.update(taken)
+
     def repeat(self, topic: str, payload: bytes) -> bool:
         """Whether ``payload`` is the one last taken on ``topic``."""
         last = self._last.get(topic)
