@@ -6,7 +6,8 @@ delivers again are exactly those whose effect was not committed (docs/design/004
 
 A commit appends the keys that changed to ``checkpoint_log`` instead of updating them in place:
 with 100,000 open windows, the 2,500 sensors one commit touches lie on nearly as many pages of a
-keyed table, and rewriting those pages cost 370 ms per commit, longer than the commit interval.
+keyed table, and rewriting those pages cost 70 ms per commit on an idle machine, 374 ms on a
+loaded one: more than the commit interval (docs/benchmarks.md).
 Appends fill a few pages at the end of the log; now and then the log is folded into
 ``checkpoint`` in one sorted pass, once it holds a quarter as many rows (at least ``FOLD_MIN``).
 """
