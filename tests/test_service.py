@@ -61,13 +61,21 @@ def test_notify_messages_and_metrics_from_a_running_agent(tmp_path, broker: Brok
     assert messages[0].startswith("READY=1")
     assert any(m == "WATCHDOG=1" for m in messages)
 
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
-        body = response.read().decode()
+    # the watchdog can beat before the readings are taken: wait for the counters, not for a time
+    expected = ['edge_agent_dropped_total{reason="not_json"} 1',
+                'edge_agent_source_accepted_total{source="local"} 100',
+                'edge_agent_module_processed_total{module="win"} 100']
+    deadline = time.monotonic() + 15
+    while True:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+            body = response.read().decode()
+        if all(line in body for line in expected) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert "edge_agent_up 1" in body
-    assert 'edge_agent_dropped_total{reason="not_json"} 1' in body
-    assert 'edge_agent_source_accepted_total{source="local"} 100' in body
-    assert 'edge_agent_module_processed_total{module="win"} 100' in body
+    for line in expected:
+        assert line in body, line
     assert "edge_agent_backlog_records " in body
     with pytest.raises(urllib.error.HTTPError) as missing:
         urllib.request.urlopen(f"http://127.0.0.1:{port}/other", timeout=5)
