@@ -215,6 +215,19 @@ def test_reading_a_recording_uses_the_configs_topic_prefix(tmp_path: Path) -> No
     assert records[0].topic == "plant/line1/t1"
 
 
+def test_a_recorded_topic_is_used_as_is(tmp_path: Path) -> None:
+    """Sources with several prefixes (a Shelly Gen2's ``+/status/#`` beside ``sensors/#``): a line
+    that names its topic keeps it, in JSON lines and in CSV."""
+    (tmp_path / "r.jsonl").write_text(
+        '{"sensor": "t1", "ts": 1, "value": 2, "topic": "shelly-1/t1"}\n'
+        '{"sensor": "t2", "ts": 2, "value": 3}\n'
+    )
+    (tmp_path / "r.csv").write_text("sensor,ts,value,topic\nt1,1,2,shelly-1/t1\nt2,2,3,\n")
+    for name in ("r.jsonl", "r.csv"):
+        records = list(read_recording(tmp_path / name, "sensors/", ReplayReport()))
+        assert [r.topic for r in records] == ["shelly-1/t1", "sensors/t2"], name
+
+
 @pytest.mark.integration
 def test_replay_gives_the_same_summaries_as_the_live_path(tmp_path: Path, broker: Broker, agents):
     rng = random.Random(11)

@@ -149,8 +149,9 @@ def _csv_rows(stream: TextIO) -> Iterator[tuple[int, Any]]:
                 body["value"] = float(value)
             except ValueError:
                 body["value"] = value  # refused below as value_not_a_number
-        if row.get("unit"):
-            body["unit"] = row["unit"]
+        for optional in ("unit", "topic"):
+            if row.get(optional):
+                body[optional] = row[optional]
         yield reader.line_num, body
 
 
