@@ -97,3 +97,53 @@ def test_wall_clock_steps_of_an_hour_and_a_day_lose_nothing(tmp_path, faketime, 
     assert status["clock"]["steps"] >= 3  # as status showed it while running
     assert "the wall clock stepped back by 1.0 d" in agent.output()
 
+
+POLLER = Path(__file__).parent / "parity" / "io_modules.py"
+
+
+def test_a_producers_timer_neither_stalls_nor_bursts_across_wall_clock_steps(
+    tmp_path, faketime, broker: Broker, agents
+) -> None:
+    """A producer (``inputs = []``) polling every 0.5 s of the monotonic clock, while the
+    gateway's wall clock steps back a day, forward a day, and back to the right time: it goes on
+    polling in each phase (no stall after the step back), and never polls more often than its
+    interval allows (no burst after the step forward); each poll is stamped with the wall time
+    of its moment. The harness runs the same module across the same steps in
+    tests/test_module_io.py."""
+    config = agent_config(tmp_path, broker.url, modules=f"""
+        [[modules]]
+        name = "poller"
+        use = "{POLLER}:Poller"
+        inputs = []
+        sync = true
+        """)
+    agent = FakeTimeAgent(config, tmp_path / "offset")
+    started = time.monotonic()
+    agent.start()
+    agents.append(agent)
+    phases = (0, -DAY, DAY, 0)
+    for offset in phases:
+        agent.set_offset(offset)
+        time.sleep(2.0)
+    agent.signal(signal.SIGTERM)
+    elapsed = time.monotonic() - started
+    assert agent.wait(10) == 0, agent.output()
+
+    box = Outbox.open_readonly(tmp_path / "data")
+    try:
+        polls = [(record.ts, record.data["poll"]) for record in box.unsent() if record.stream == "poller"]
+        steps = box.counters()["clock"]["steps"]
+    finally:
+        box.close()
+    numbers = [number for _, number in polls]
+    assert numbers == list(range(1, len(numbers) + 1)), numbers  # none skipped, none twice
+    assert len(numbers) <= elapsed / 0.5 + 1, (len(numbers), elapsed)  # no burst
+    now = time.time()
+    back = [ts for ts, _ in polls if ts < now - DAY / 2]
+    ahead = [ts for ts, _ in polls if ts > now + DAY / 2]
+    right = [ts for ts, _ in polls if abs(ts - now) < DAY / 2]
+    assert len(back) >= 2 and len(ahead) >= 2 and len(right) >= 4, polls  # no stall in any phase
+    # in the order they were made: the stamps follow the wall clock's steps
+    assert [ts for ts, _ in polls] != sorted(ts for ts, _ in polls)
+    assert steps >= 3
+
