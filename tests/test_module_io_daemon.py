@@ -143,7 +143,14 @@ def test_sigterm_mid_io_exits_in_time_and_accounts_for_every_record(
     publisher = Publisher(broker.port)
     publisher.readings([("t1", time.time(), float(i)) for i in range(6)])
     publisher.close()
-    time.sleep(1.0)  # the first lookup is under way
+    # the first lookup is under way: status shows the records the module has taken, unfinished
+    deadline = time.monotonic() + 5
+    while _in_flight(tmp_path / "data") < 1:
+        assert time.monotonic() < deadline, agent.output()
+        time.sleep(0.1)
+    text = subprocess.run([*EDGE_AGENT, "status", "-c", str(config)], capture_output=True,
+                          text=True, timeout=60).stdout
+    assert "module      slow [" in text and "in flight " in text, text
     started = time.monotonic()
     agent.signal(signal.SIGTERM)
     assert agent.wait(10) == 0, agent.output()
@@ -160,6 +167,13 @@ def test_sigterm_mid_io_exits_in_time_and_accounts_for_every_record(
     text = subprocess.run([*EDGE_AGENT, "status", "-c", str(config)], capture_output=True,
                           text=True, timeout=60).stdout
     assert "module      slow [" in text and f"abandoned {abandoned}" in text  # a module's own counts
+
+
+def _in_flight(data_dir: Path) -> int:
+    try:
+        return int(read_status(data_dir)["modules"]["slow"].get("in_flight", 0))
+    except Exception:  # not written yet
+        return 0
 
 
 def test_a_producer_runs_on_its_timer(tmp_path, broker: Broker, agents) -> None:

@@ -31,8 +31,14 @@ def test_modules_still_lists_every_module_with_its_schema() -> None:
     )
     assert listing["window"]["target"] == "modules.window:Window"
     assert "every" in listing["window"]["config_schema"]["properties"]
+    # a field's docstring in the module's Config is its description, in the schema and the text
+    every = listing["window"]["config_schema"]["properties"]["every"]
+    assert every["description"] == 'Window length: "10s", "1m", "1h".'
     plain = CliRunner().invoke(main, ["modules"])
     assert plain.exit_code == 0 and "window " in plain.output and "every (default 60.0)" in (
+        plain.output
+    )
+    assert 'every (default 60.0)\n                    Window length: "10s", "1m", "1h".\n' in (
         plain.output
     )
 
