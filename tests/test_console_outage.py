@@ -101,6 +101,16 @@ def signed_in(browser: Any, demo: Demo, password: str, viewport: dict[str, int],
     return page
 
 
+def too_wide(page: Any, width: int = 390) -> list[str]:
+    """The innermost elements that reach past ``width`` (a phone's screen)."""
+    return list(page.evaluate(
+        "(width) => [...document.querySelectorAll('body *')].filter((e) => e.getBoundingClientRect().right > "
+        "width + 1 && e.children.length === 0).slice(0, 5)"
+        ".map((e) => `${e.tagName.toLowerCase()}.${e.className}: ${(e.textContent || '').slice(0, 40)}`)",
+        width,
+    ))
+
+
 def test_the_fleet_page_during_a_real_cut_and_after_it(demo: Demo, browser: Any) -> None:
     password = demo.wait_line(r"sign in as\s+demo / (\S+)", 90).group(1)
     page = signed_in(browser, demo, password, {"width": 1400, "height": 900})
@@ -124,7 +134,7 @@ def test_the_fleet_page_during_a_real_cut_and_after_it(demo: Demo, browser: Any)
     phone_row = phone.locator(f"tr[data-device='{CUT}']")
     expect(phone_row.locator(".badge")).to_have_text("offline")
     width = phone.evaluate("document.documentElement.scrollWidth")
-    assert width <= 390 + 1, f"the phone page scrolls sideways ({width} px)"
+    assert width <= 390 + 1, f"the phone page scrolls sideways ({width} px): {too_wide(phone)}"
     shoot(phone, "fleet-phone.png")
 
     demo.wait_line(rf"link of {CUT} restored", CUT_FOR + 30)
@@ -158,4 +168,6 @@ def test_the_fleet_page_during_a_real_cut_and_after_it(demo: Demo, browser: Any)
     expect(phone.locator("#history-chart canvas")).to_have_count(1)
     plot = phone.locator("#history-chart .u-over").bounding_box()
     assert plot is not None and plot["width"] >= 250, f"the phone's backlog chart is {plot}"
+    width = phone.evaluate("document.documentElement.scrollWidth")
+    assert width <= 390 + 1, f"the phone's device page scrolls sideways ({width} px): {too_wide(phone)}"
     shoot(phone, "device-phone.png")

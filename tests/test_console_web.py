@@ -55,6 +55,7 @@ def store(tmp_path: Path) -> Iterator[Store]:
             "online": True, "version": HOSTILE[0], "last_error": HOSTILE[1], "config_version": HOSTILE[1],
             "errors": {HOSTILE[0]: 2}, "dropped": {HOSTILE[1]: 3},
             "backlog": {"rows": 4, "bytes": 400, "oldest_unsent_age_s": 12.0},
+            "clock": {"time": now - 0.03, "synced": True},  # a hair behind: no "-0.0 s" on the page
         }, now)),
         ("edge/gw-2/status", Status("gw-2", {"online": False}, now)),
     ], now=now)
@@ -264,6 +265,7 @@ def test_the_device_page_shows_events_summaries_drops_and_errors(client: TestCli
     for part in ("Alerts and anomalies", "raised", "Latest summaries", "Drops by reason", "Recent errors",
                  'id="history-chart"', 'id="stream-chart"'):
         assert part in html
+    assert '<span class="label">Clock</span><span class="value">0.0 s</span>' in html
     assert client.get("/devices/nobody").status_code == 404
     assert client.get("/devices/bad%20id").status_code == 404
 

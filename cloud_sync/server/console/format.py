@@ -102,7 +102,16 @@ def field(name: str, v: Any) -> str:
 
 TIME_FIELDS = frozenset({"start", "end", "since", "raised_at", "last_seen"})
 
+
+def skew(seconds: float | None) -> str:
+    """A clock offset with its sign, ``+1.2 s`` or ``-0.4 s``; under 0.05 s either way, ``0.0 s``
+    (not ``-0.0 s``)."""
+    if seconds is None or not math.isfinite(float(seconds)):
+        return DASH
+    tenths = round(float(seconds), 1)
+    return "0.0 s" if tenths == 0 else f"{tenths:+.1f} s"
+
 FILTERS = {
     "duration": duration, "ago": ago, "timestamp": timestamp, "iso": iso, "size": size, "count": count,
-    "rate": rate, "value": value,
+    "rate": rate, "value": value, "skew": skew,
 }
