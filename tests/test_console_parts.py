@@ -1,10 +1,11 @@
 """The console's parts on their own: users file, sessions, sign-in throttle, live hub, formats,
-and ``edge-cloud user``."""
+what the fleet page says of a device that is away, and ``edge-cloud user``."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from click.testing import CliRunner
 
 from cloud_sync.server.cli import main as edge_cloud
 from cloud_sync.server.console import format as fmt
+from cloud_sync.server.console import outage
 from cloud_sync.server.console.live import MAX_IDS, ChangeHub
 from cloud_sync.server.console.security import is_loopback
 from cloud_sync.server.console.sessions import Sessions
@@ -194,9 +196,58 @@ def test_sizes(n: float | None, text: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(None, "\u2013"), (0.0, "0.0 s"), (-0.04, "0.0 s"), (0.049, "0.0 s"), (-0.06, "-0.1 s"),
+     (1.25, "+1.2 s"), (float("nan"), "\u2013")],
+)
+def test_clock_offsets_have_a_sign_but_no_negative_zero(seconds: float | None, text: str) -> None:
+    assert fmt.skew(seconds) == text
+
+
+@pytest.mark.parametrize(
     ("host", "loopback"),
     [("127.0.0.1", True), ("127.8.9.1", True), ("::1", True), ("[::1]", True), ("localhost", True),
      ("app.localhost", True), ("10.0.0.1", False), ("example.com", False), (None, False)],
 )
 def test_loopback_hosts(host: str | None, loopback: bool) -> None:
     assert is_loopback(host) is loopback
+
+
+# -- a device that is away (fleet page) -------------------------------------------------------------
+
+AWAY = {"state": "offline", "last_seen": 1000.0, "backlog": 2, "send_rate": 4.0, "oldest_unsent_age_s": 1.5}
+
+
+def test_an_away_devices_figures_are_stale_and_only_those() -> None:
+    assert outage.is_stale(AWAY) and outage.is_stale({**AWAY, "state": "silent"})
+    assert not outage.is_stale({**AWAY, "state": "online"})
+    assert not outage.is_stale({**AWAY, "last_seen": None})  # never reported: nothing to age
+
+
+def test_the_backlog_is_estimated_only_for_a_device_that_was_keeping_up() -> None:
+    assert outage.backlog_estimate(AWAY, now=1030.0) == 2 + 4 * 30
+    assert outage.backlog_estimate(AWAY, now=990.0) == 2  # a clock behind the report: no negative growth
+    # already behind when it went away: its send rate is not the rate it makes records at
+    assert outage.backlog_estimate({**AWAY, "oldest_unsent_age_s": 600.0}, now=1030.0) is None
+    assert outage.backlog_estimate({**AWAY, "send_rate": 0.0}, now=1030.0) is None
+    assert outage.backlog_estimate({**AWAY, "backlog": None}, now=1030.0) is None
+    assert outage.backlog_estimate({**AWAY, "state": "online"}, now=1030.0) is None  # live figures
+
+
+def test_the_sparkline_keeps_the_last_hours_outage_shaded() -> None:
+    now = 10_000.0
+    points = [
+        {"at": now - 5000, "online": False, "oldest_unsent_age_s": 999.0},  # older than the hour
+        {"at": now - 600, "online": True, "oldest_unsent_age_s": 0.0},
+        {"at": now - 300, "online": False, "oldest_unsent_age_s": 40.0},
+        {"at": now - 240, "online": True, "oldest_unsent_age_s": 70.0},
+        {"at": now - 180, "online": True, "oldest_unsent_age_s": 1.0},
+    ]
+    svg = str(outage.sparkline(points, now))
+    assert svg.count('class="spark-off"') == 1
+    assert 'aria-label="last 10 min: worst lag 70 s, offline for a while"' in svg
+    line = re.search(r'<polyline points="([^"]*)"', svg)
+    assert line is not None and len(line.group(1).split()) == 4  # the point before the hour is left out
+    quiet = str(outage.sparkline([{**p, "online": True} for p in points[1:]], now))
+    assert "spark-off" not in quiet and "offline" not in quiet
+    assert str(outage.sparkline(points[:2], now)) == f'<span class="spark-none">{fmt.DASH}</span>'
