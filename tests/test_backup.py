@@ -115,3 +115,16 @@ def test_a_backup_refuses_a_folder_in_use_and_restore_refuses_what_is_not_a_back
     (tmp_path / "junk" / "outbox.db").write_bytes(b"not a database" * 100)
     bad = edge_agent("restore", "-c", str(config), str(tmp_path / "junk"))
     assert bad.returncode == 1 and "not a readable SQLite database" in bad.stderr
+
+
+def test_a_backup_to_a_folder_that_cannot_be_made_says_so_in_one_line(
+    tmp_path: Path, config: Path, agents: list[AgentProcess]
+) -> None:
+    agent = AgentProcess(config).start()
+    agents.append(agent)
+    time.sleep(0.5)
+    (tmp_path / "a-file").write_text("")
+    made = edge_agent("backup", "-c", str(config), str(tmp_path / "a-file" / "backup"))
+    assert made.returncode == 1 and "Traceback" not in made.stderr
+    assert made.stderr.startswith(f"cannot back up {tmp_path / 'data'} to {tmp_path / 'a-file' / 'backup'}: ")
+    assert len(made.stderr.splitlines()) == 1

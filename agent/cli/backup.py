@@ -46,9 +46,15 @@ def backup(config_path: Path, dest: Path) -> None:
         _fail(f"{source}: no outbox yet: the agent has not run with this data_dir")
     if dest.exists() and any(dest.iterdir()):
         _fail(f"{dest}: not empty; give a new folder")
-    dest.mkdir(parents=True, exist_ok=True, mode=0o700)
-    copy_database(source, dest / DB_NAME, read_only=True)
-    others = _copy_others(data_dir, dest)
+    try:
+        dest.mkdir(parents=True, exist_ok=True, mode=0o700)
+        copy_database(source, dest / DB_NAME, read_only=True)
+        others = _copy_others(data_dir, dest)
+    except (OSError, sqlite3.Error) as exc:
+        # run as the service user, a folder it cannot create or a data directory it cannot read
+        _fail(f"cannot back up {data_dir} to {dest}: {getattr(exc, 'strerror', None) or exc} "
+              f"({getattr(exc, 'filename', None) or source}); give a folder the user running this "
+              "can create, and run it as the data directory's owner or root")
     records, first, last = _summary(dest / DB_NAME)
     click.echo(f"backed up {data_dir} to {dest}: {DB_NAME} ({records} unsent records, seq {first}..{last}, "
                f"integrity ok) and {others} other files")
