@@ -5,28 +5,39 @@
   (MQTT 5). aiomqtt's own ``publish`` awaits each message and drops the reason code.
 * ``connack_properties``: the broker's limits (MQTT 5 Maximum Packet Size, Receive Maximum).
 * Socket registration that survives a connection failing at once (see ``_watch``).
+* ``read_retained``: a short synchronous look at a broker's retained messages (``$SYS``).
 
-This is the one file that touches aiomqtt's internals (its paho client and callbacks); the
-version range in pyproject.toml pins the aiomqtt it was written against.
+This is the one file that imports paho or aiomqtt (``tests/test_layers.py`` holds it to that):
+the rest of the code takes the names it needs from here (``MqttError``, ``Message``, ``Will``,
+``ReasonCode``). The version range in pyproject.toml pins the aiomqtt it was written against.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import ssl
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import aiomqtt
 import paho.mqtt.client as paho
+from aiomqtt import Message, MqttError, Will
 from aiomqtt.exceptions import MqttConnectError
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import BrokerLogin
+
+__all__ = [
+    "Client", "ClosedBeforeConnack", "Message", "MqttError", "ReasonCode", "Will", "make_client",
+    "read_retained", "ssl_context", "wrong_protocol",
+]
 
 log = logging.getLogger(__name__)
 
@@ -236,3 +247,42 @@ def wrong_protocol(exc: BaseException) -> bool:
         rc = getattr(exc, "rc", None)
         return getattr(rc, "value", rc) in _WRONG_PROTOCOL
     return False
+
+
+def read_retained(
+    login: BrokerLogin, client_id: str, topics: Sequence[str], timeout: float = 3.0
+) -> dict[str, bytes] | None:
+    """The retained messages on ``topics`` (exact names), with paho's own thread: one SUBSCRIBE
+    in that order (the broker sends the retained messages filter by filter), waiting until the
+    last topic's message came or ``timeout`` passed. ``None`` when the broker cannot be reached
+    or sent nothing. For commands that ask once and exit, outside any event loop."""
+    got: dict[str, bytes] = {}
+    done = threading.Event()
+    last = topics[-1]
+
+    def on_message(client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        got[message.topic] = bytes(message.payload)
+        if message.topic == last:
+            done.set()
+
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"{client_id}-{os.getpid()}",
+                         clean_session=True)
+    if login.username:
+        secret = login.password()
+        client.username_pw_set(login.username, secret.get_secret_value() if secret else None)
+    tls = ssl_context(login)
+    if tls is not None:
+        client.tls_set_context(tls)
+    client.on_connect = lambda c, *_: c.subscribe([(topic, 0) for topic in topics])
+    client.on_message = on_message
+    try:
+        client.connect(login.host, login.port, keepalive=max(5, round(timeout) + 5))
+    except (OSError, ValueError):
+        return None
+    client.loop_start()
+    try:
+        done.wait(timeout)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return got or None

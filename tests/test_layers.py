@@ -1,8 +1,10 @@
-"""The import rules of the code base, read from the source with ``ast`` (docs/design/004-code-map.md).
+"""The import rules of the code base, read from the source with ``ast`` (docs/design/005-code-map.md).
 
 - Device code (``agent/``, ``cloud_sync/uploader/``, ``cloud_sync/protocol/``) never imports
   ``cloud_sync/server/``: a gateway's install never needs the server's code.
 - In ``agent/``, only ``agent/cli/`` imports click: the daemon's fast path stays light.
+- In ``agent/`` and ``cloud_sync/``, only ``cloud_sync/mqtt.py`` imports paho or aiomqtt: one
+  file knows the client library (and the version range pyproject.toml pins it to).
 - No import circles between our modules, counting every import in a file: deferred imports and
   ``if TYPE_CHECKING:`` blocks included, so a circle cannot hide behind either.
 """
@@ -88,6 +90,18 @@ def test_only_the_cli_imports_click():
         if _within(target, "click")
     ]
     assert offenders == []
+
+
+def test_only_cloud_sync_mqtt_imports_the_mqtt_clients():
+    offenders = [
+        f"{name} line {line} imports {target}"
+        for name, imports in GRAPH.items()
+        if (_within(name, "agent") or _within(name, "cloud_sync")) and name != "cloud_sync.mqtt"
+        for target, line in imports
+        if _within(target, "paho") or _within(target, "aiomqtt")
+    ]
+    assert offenders == []
+    assert any(_within(target, "aiomqtt") for target, _ in GRAPH["cloud_sync.mqtt"])
 
 
 def _cycles() -> list[list[str]]:

@@ -12,57 +12,24 @@ counters cannot show the loss: ``edge-agent status`` asks the broker instead.
 
 from __future__ import annotations
 
-import os
-import ssl
-import threading
 from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-
 from agent.config import MqttSourceConfig
+from cloud_sync.mqtt import read_retained
 
 DROPPED = "$SYS/broker/publish/messages/dropped"
 DROP_RATE = "$SYS/broker/load/publish/dropped/15min"
-UPTIME = "$SYS/broker/uptime"  # always there: sent last, it says the other two were sent if retained
+UPTIME = "$SYS/broker/uptime"
 ADVICE = "raise max_queued_messages (configs/mosquitto-local.conf, docs/install.md)"
 
 
 def read_drops(source: MqttSourceConfig, timeout: float = 3.0) -> dict[str, Any] | None:
     """``{"dropped": total or None, "dropped_per_min_15": average or None}`` from the broker's
     ``$SYS``; ``None`` when it cannot be reached or does not answer within ``timeout``."""
-    got: dict[str, bytes] = {}
-    done = threading.Event()
-
-    def on_message(client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        got[message.topic] = bytes(message.payload)
-        if message.topic == UPTIME:
-            done.set()
-
-    client_id = f"{source.client_id or 'edge-agent'}-status-{os.getpid()}"
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
-    if source.username:
-        secret = source.password()
-        client.username_pw_set(source.username, secret.get_secret_value() if secret else None)
-    if source.tls:
-        context = ssl.create_default_context(cafile=source.tls_ca)
-        if source.tls_cert and source.tls_key:
-            context.load_cert_chain(source.tls_cert, source.tls_key)
-        client.tls_set_context(context)
-    # one SUBSCRIBE, in this order: the broker sends the retained messages filter by filter
-    client.on_connect = lambda c, *_: c.subscribe([(DROPPED, 0), (DROP_RATE, 0), (UPTIME, 0)])
-    client.on_message = on_message
-    try:
-        client.connect(source.host, source.port, keepalive=max(5, round(timeout) + 5))
-    except (OSError, ValueError):
-        return None
-    client.loop_start()
-    try:
-        done.wait(timeout)
-    finally:
-        client.disconnect()
-        client.loop_stop()
-    if not got:
+    # UPTIME last: always there, it says the other two were sent if they are retained
+    got = read_retained(source, f"{source.client_id or 'edge-agent'}-status", (DROPPED, DROP_RATE, UPTIME),
+                        timeout)
+    if got is None:
         return None
     return {
         "dropped": _number(got.get(DROPPED), int),

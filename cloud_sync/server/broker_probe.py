@@ -28,10 +28,8 @@ import secrets
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import aiomqtt
-
 from agent.config import BrokerLogin
-from cloud_sync.mqtt import Client, make_client, ssl_context, wrong_protocol
+from cloud_sync.mqtt import Client, MqttError, make_client, ssl_context, wrong_protocol
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +93,7 @@ async def probe(
                 tried = True
                 await _try_features(client, features, f"{prefix}/_probe_{secrets.token_hex(4)}")
             return features
-        except aiomqtt.MqttError as exc:
+        except MqttError as exc:
             if tried:
                 return features  # the broker hung up on the large message: that was the answer
             if version == "5" and len(versions) > 1 and wrong_protocol(exc):
@@ -127,7 +125,7 @@ async def _try_features(client: Client, features: BrokerFeatures, base: str) -> 
         await client.unsubscribe([f"{base}/retained", f"{base}/+"])
         await _publish(client, f"{base}/retained", b"", retain=True)  # clears it
 
-    except (aiomqtt.MqttError, TimeoutError) as exc:
+    except (MqttError, TimeoutError) as exc:
         features.notes.append(f"the probe stopped early: {exc!r}")
         reader.cancel()
         return
@@ -136,11 +134,11 @@ async def _try_features(client: Client, features: BrokerFeatures, base: str) -> 
         await client.subscribe(f"{base}/large", 1)
         await _publish(client, f"{base}/large", big)
         features.large_message = await _arrives(inbox, f"{base}/large", big)
-    except (aiomqtt.MqttError, TimeoutError):
+    except (MqttError, TimeoutError):
         features.large_message = False  # the broker dropped the connection over its size
     finally:
         reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+        with contextlib.suppress(asyncio.CancelledError, MqttError):
             await reader
 
 

@@ -23,13 +23,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import aiomqtt
-
 from agent.backoff import Backoff
 from agent.config import BrokerLogin
 from agent.counters import ThrottledLog
 from cloud_sync import protocol
-from cloud_sync.mqtt import Client, make_client, ssl_context, wrong_protocol
+from cloud_sync.mqtt import Client, MqttError, make_client, ssl_context, wrong_protocol
 from cloud_sync.protocol import DataBatch, ProtocolError
 from cloud_sync.server import isolate
 from cloud_sync.server.isolate import QUARANTINE_BYTES, Message
@@ -127,7 +125,7 @@ class Ingest:
                 try:
                     await self._session()
                     backoff.reset()
-                except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
+                except (MqttError, OSError, TimeoutError) as exc:
                     self.stats.connected = False
                     self.stats.last_error = f"broker {self.login.url}: {exc}"
                     if self._auto and self._protocol == "5" and wrong_protocol(exc):
@@ -167,7 +165,7 @@ class Ingest:
             filters = [protocol.subscription(self.prefix, kind, self.share_group) for kind in self.mqtt_kinds]
             granted = await client.subscribe([(f, 1) for f in filters])
             if any(getattr(code, "value", code) >= 0x80 for code in granted):
-                raise aiomqtt.MqttError(f"the broker refused the subscriptions {filters}: {granted}")
+                raise MqttError(f"the broker refused the subscriptions {filters}: {granted}")
             log.info("ingesting %s from %s", ", ".join(filters), self.login.url)
             await self._subscribe_side(client)
             reader = asyncio.create_task(self._read(client), name="ingest:read")
@@ -334,7 +332,7 @@ class Ingest:
             ack = protocol.Ack(state.acked, state.epoch, state.max_seq, now, flush.probes.get(device_id, 0))
             try:
                 client.send(protocol.topic(self.prefix, device_id, "ack"), ack.encode(), qos=1, retain=True)
-            except aiomqtt.MqttError as exc:
+            except MqttError as exc:
                 self._errors.warning("ack", "cannot publish the ack for %s: %s", device_id, exc)
                 return
 
@@ -360,7 +358,7 @@ class Ingest:
         try:
             client.send(topic, payload, 1, retain, correlation=correlation, response_topic=response_topic,
                         expiry=expiry)
-        except aiomqtt.MqttError:
+        except MqttError:
             return False
         return True
 

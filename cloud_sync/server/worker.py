@@ -11,10 +11,8 @@ import asyncio
 import contextlib
 import logging
 
-import aiomqtt
-
 from agent.backoff import Backoff
-from cloud_sync.mqtt import make_client, ssl_context
+from cloud_sync.mqtt import MqttError, make_client, ssl_context
 from cloud_sync.server import sharing
 from cloud_sync.server.broker_probe import BrokerFeatures, probe
 from cloud_sync.server.ingest import Ingest
@@ -80,7 +78,7 @@ class Worker:
                 async with client:
                     pass
             log.info("left the share group %s (session %s ended)", self.requested_group, ingest.client_id)
-        except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
+        except (MqttError, OSError, TimeoutError) as exc:
             log.warning("could not end the session %s: %s", ingest.client_id, exc)
 
     async def _probe(self) -> BrokerFeatures:
@@ -89,7 +87,7 @@ class Worker:
         while not self._stopping.is_set():
             try:
                 features = await probe(ingest.login, ingest.client_id, ingest.prefix, ingest.protocol_version)
-            except (aiomqtt.MqttError, OSError) as exc:
+            except (MqttError, OSError) as exc:
                 ingest.health_extra["broker_features"] = {"probe": f"waiting for the broker: {exc}"}
                 log.warning("cannot probe the broker %s: %s", ingest.login.url, exc)
                 with contextlib.suppress(TimeoutError):

@@ -14,13 +14,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiomqtt
-
 from agent.backoff import Backoff
 from agent.counters import CounterSet, ThrottledLog
 from agent.outbox import Outbox
 from cloud_sync import protocol
-from cloud_sync.mqtt import Client
+from cloud_sync.mqtt import Client, Message
 from cloud_sync.uploader.errors import LinkDead
 from cloud_sync.uploader.reader import OutboxReader
 from cloud_sync.uploader.status import SCOPE, SendRate
@@ -86,7 +84,7 @@ class Acks:
             del self._probes[min(self._probes)]
 
     async def read(
-        self, client: Client, ack_topic: str, first: asyncio.Event, other: Callable[[aiomqtt.Message], None]
+        self, client: Client, ack_topic: str, first: asyncio.Event, other: Callable[[Message], None]
     ) -> None:
         """Every message of the connection: acks are taken here, the rest go to ``other``."""
         async for message in client.messages:

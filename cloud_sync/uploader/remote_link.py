@@ -5,9 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
-import aiomqtt
-
-from cloud_sync.mqtt import Client
+from cloud_sync.mqtt import Client, Message
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +32,7 @@ async def subscribe(client: Client, remote: RemoteLink, prefix: str, device_id: 
     return refused
 
 
-def deliver(remote: RemoteLink | None, prefix: str, message: aiomqtt.Message) -> None:
+def deliver(remote: RemoteLink | None, prefix: str, message: Message) -> None:
     """Hand a message that is not an ack to remote control."""
     if remote is None or not isinstance(message.payload, bytes | bytearray):
         return

@@ -15,12 +15,10 @@ import time
 from collections import deque
 from collections.abc import Awaitable
 
-from paho.mqtt.reasoncodes import ReasonCode
-
 from agent.config import CloudConfig
 from agent.counters import CounterSet, ThrottledLog
 from agent.outbox import Outbox
-from cloud_sync.mqtt import Client
+from cloud_sync.mqtt import Client, ReasonCode
 from cloud_sync.uploader.acks import Acks, Writer
 from cloud_sync.uploader.errors import LinkDead
 from cloud_sync.uploader.ratelimit import RateLimit

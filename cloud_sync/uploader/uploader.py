@@ -24,15 +24,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
-
 from agent.backoff import Backoff
 from agent.config import CloudConfig
 from agent.counters import CounterSet, ThrottledLog
 from agent.outbox import Changes, Outbox
 from agent.tasks import supervised
 from cloud_sync import protocol
-from cloud_sync.mqtt import Client, make_client, ssl_context, wrong_protocol
+from cloud_sync.mqtt import Client, Message, MqttError, Will, make_client, ssl_context, wrong_protocol
 from cloud_sync.uploader import remote_link
 from cloud_sync.uploader.acks import Acks, Writer
 from cloud_sync.uploader.errors import LinkDead
@@ -199,7 +197,7 @@ class Uploader:
         """One connection, from connect to loss (or ``stop``)."""
         try:
             await self._session()
-        except* (aiomqtt.MqttError, LinkDead, OSError, TimeoutError) as group:
+        except* (MqttError, LinkDead, OSError, TimeoutError) as group:
             never_up = not self.connected
             self._lost(group.exceptions[0])
             if not isinstance(group.exceptions[0], LinkDead):  # not our own verdict on the link
@@ -233,7 +231,7 @@ class Uploader:
     # -- one connection -------------------------------------------------------------------------
 
     async def _session(self) -> None:
-        will = aiomqtt.Will(self._topics["status"], protocol.encode_status({"online": False}), 1, True)
+        will = Will(self._topics["status"], protocol.encode_status({"online": False}), 1, True)
         login = self.config.node(self._node)
         client = make_client(
             login,
@@ -289,7 +287,7 @@ class Uploader:
 
     async def _say_goodbye(self, client: Client) -> None:
         """Retained ``online: false`` (a clean DISCONNECT suppresses the Will)."""
-        with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+        with contextlib.suppress(MqttError, TimeoutError):
             figures = await self.reader.call(self.reader.backlog_figures)
             async with asyncio.timeout(1.0):
                 await client.send(self._topics["status"], self._status(False, figures), 1, True)
@@ -368,7 +366,7 @@ class Uploader:
             self.last_error = f"the broker refused our subscription to {', '.join(refused)} (ACL?)"
             log.error("%s", self.last_error)
 
-    def _to_remote(self, message: aiomqtt.Message) -> None:
+    def _to_remote(self, message: Message) -> None:
         remote_link.deliver(self.remote, self.config.prefix, message)
 
     def publish(
@@ -380,7 +378,7 @@ class Uploader:
             return False
         try:
             client.send(topic, payload, 1, retain, correlation=correlation)
-        except aiomqtt.MqttError:
+        except MqttError:
             return False
         return True
 
