@@ -244,7 +244,7 @@ class Agent:
 
     async def _start_remote(self) -> None:
         """``[remote]``: warn about loose secret files, and start from the persisted remote
-        config where there is one (agent/remote_config.py says when)."""
+        config where there is one (agent/remote/config.py says when)."""
         from agent.secret_files import check_secret_files
 
         self.warnings = check_secret_files(self.loaded.agent)

@@ -1,7 +1,7 @@
 """Cloud-to-device control (``[remote]``): what the uploader's connection hands over from the
 device's ``config/desired`` and ``cmd/<name>`` topics goes to ``RemoteConfig`` or ``Commands``.
 
-The uploader knows this only as a ``RemoteLink`` (cloud_sync/uploader.py): which filters to
+The uploader knows this only as a ``RemoteLink`` (cloud_sync/uploader/remote_link.py): which filters to
 subscribe to, where to pass a message, what to do on each connect, what to add to the status.
 One MQTT connection per device carries sync, configs and commands.
 """

@@ -18,7 +18,8 @@ from cloud_sync.protocol.values import check_values
 
 # -- cloud to device: desired config, its reported result, commands and replies -----------------
 # (docs/protocol.md, "Remote configuration and commands"). Both ends use these; the device's
-# handling is agent/remote_config.py and agent/commands.py, the console's cloud_sync/console/remote.py.
+# handling is agent/remote/config.py and agent/remote/commands.py, the console's
+# cloud_sync/server/console/remote.py.
 
 MAX_DESIRED = 256 << 10
 """A desired-config document is at most this many bytes..."""

@@ -354,7 +354,7 @@ class Uploader:
             "epoch": self.acks.epoch,
         }
 
-    # -- cloud to device: config and commands over this connection (agent/remote.py) -------------
+    # -- cloud to device: config and commands over this connection (agent/remote/link.py) -------
 
     async def _subscribe_remote(self, client: Client) -> None:
         self._client = client
