@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Annotated, Any, Protocol, TypeVar
 
 from pydantic import AfterValidator, Field
@@ -107,6 +107,24 @@ def value_of(record: Record, counters: Counters) -> float | None:
         counters.incr(NOT_FINITE)
         return None
     return float(value)
+
+
+def numeric_readings(records: Iterable[Record], counters: Counters) -> Iterator[tuple[Record, Any, str]]:
+    """``(record, value, sensor)`` for each record whose ``value`` is a finite number (an int or
+    a float, as it came), counting the others as ``value_of`` does; the sensor is the record's
+    ``sensor`` field, else its topic. The batch loop of the modules that check every reading."""
+    incr = counters.incr
+    for record in records:
+        data = record.data
+        value: Any = data.get("value")  # checked just below, without isinstance (hot path)
+        kind = type(value)
+        if kind is not float and kind is not int:  # type(True) is bool: not a reading
+            incr(NOT_A_NUMBER)
+            continue
+        if value - value != 0:  # NaN or an infinity
+            incr(NOT_FINITE)
+            continue
+        yield record, value, data.get("sensor") or record.topic
 
 
 def sensor_of(record: Record) -> str:

@@ -13,11 +13,10 @@ from pydantic import Field, field_validator
 
 from agent import Context, Module, ModuleConfig, PositiveDuration, Record
 from modules._common import (
-    NOT_A_NUMBER,
-    NOT_FINITE,
     OUT_OF_ORDER,
     TOO_MANY_SENSORS,
     ClockWatch,
+    numeric_readings,
     shift_arrivals,
 )
 
@@ -151,17 +150,7 @@ class Anomaly(Module[AnomalyConfig]):
         now = self.context.clock()
         self._clock_jumped(now)
         counters = self.context.counters
-        for record in records:
-            data = record.data
-            value: Any = data.get("value")  # checked just below, without isinstance (hot path)
-            kind = type(value)
-            if kind is not float and kind is not int:
-                counters.incr(NOT_A_NUMBER)
-                continue
-            if value - value != 0:
-                counters.incr(NOT_FINITE)
-                continue
-            name = data.get("sensor") or record.topic
+        for record, value, name in numeric_readings(records, counters):
             sensor = self._sensors.get(name)
             if sensor is None:
                 if len(self._sensors) >= self.config.max_sensors:

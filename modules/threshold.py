@@ -11,12 +11,11 @@ from pydantic import Field, field_validator, model_validator
 
 from agent import Context, Duration, Module, ModuleConfig, Record
 from modules._common import (
-    NOT_A_NUMBER,
-    NOT_FINITE,
     OUT_OF_ORDER,
     TOO_MANY_SENSORS,
     SensorPatterns,
     SensorSelector,
+    numeric_readings,
 )
 
 Severity = Literal["info", "warning", "critical"]
@@ -133,17 +132,7 @@ class Threshold(Module[ThresholdConfig]):
 
     def process_batch(self, records: Iterable[Record]) -> None:
         counters = self.context.counters
-        for record in records:
-            data = record.data
-            value: Any = data.get("value")  # checked just below, without isinstance (hot path)
-            kind = type(value)
-            if kind is not float and kind is not int:
-                counters.incr(NOT_A_NUMBER)
-                continue
-            if value - value != 0:
-                counters.incr(NOT_FINITE)
-                continue
-            name = data.get("sensor") or record.topic
+        for record, value, name in numeric_readings(records, counters):
             sensor = self._sensors.get(name) or self._new_sensor(name)
             if sensor is None:
                 continue
