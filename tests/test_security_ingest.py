@@ -140,3 +140,28 @@ def test_compressed_giants_are_refused_and_cost_the_ingest_little(
     assert ingest.process is not None
     peak = Path(f"/proc/{ingest.process.pid}/status").read_text().split("VmHWM:")[1].split()[0]
     assert int(peak) < 250_000, f"the ingest's peak memory: {int(peak) // 1024} MiB"
+
+
+def test_a_bad_record_json_cannot_hold_costs_its_message_nothing_else(
+    ingest: IngestProcess, devices: dict[str, Device]
+) -> None:
+    """A record refused for its stream whose data nests deeper than JSON text is written: the
+    record is kept aside, its message's other records are stored and acknowledged (before, the
+    whole message was unstorable, never acknowledged, and sent again for ever)."""
+    evil = devices["evil-gw"]
+    deep: Any = 1
+    for _ in range(300):  # read by orjson (1,024 levels), not written (255)
+        deep = {"a": deep}
+    acks: list[bytes] = []
+    evil.client.on_message = lambda client, userdata, message: acks.append(bytes(message.payload))
+    evil.client.subscribe(protocol.topic("edge", "evil-gw", "ack"), 1)  # type: ignore[arg-type]
+    evil.records(1)
+    rows = [(2, "", 1.0, json.dumps({"v": deep})), (3, "win", 1.0, '{"value":3}')]
+    evil.publish("data", evil.encoder.encode(rows, 0))
+    wait_for(lambda: len(cloud_records(ingest, "evil-gw")) >= 2, 10, "the message's good record")
+    assert [r["seq"] for r in cloud_records(ingest, "evil-gw")] == [1, 3]
+    quarantined = ingest.api("/api/quarantine")
+    assert isinstance(quarantined, list)
+    kept = [(q["reason"], q["seq"]) for q in quarantined if q["device_id"] == "evil-gw"]
+    assert kept == [("bad_record", 2)], quarantined
+    wait_for(lambda: any(protocol.decode_ack(a).seq == 3 for a in acks), 10, "an ack of seq 3")

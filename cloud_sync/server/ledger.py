@@ -245,7 +245,7 @@ def _batch(state: DeviceState, topic: str, batch: DataBatch, flush: Flush, now: 
                 topic,
                 "bad_record",
                 bad.reason,
-                codec.dumps_bytes(bad.raw)[:4096],
+                _kept(bad.raw),
                 0,
                 state.device_id,
                 bad.seq,
@@ -265,6 +265,16 @@ def _batch(state: DeviceState, topic: str, batch: DataBatch, flush: Flush, now: 
         state.add(first, last)
     if state.acked > before:
         state.last_sync = now
+
+
+def _kept(raw: Any) -> bytes:
+    """What is kept of a bad record (4 KiB of its JSON): one that JSON text cannot hold (nested
+    deeper than the encoder goes, inside a field that was refused for another reason) is kept as
+    a note, so that the rest of its message is still stored."""
+    try:
+        return codec.dumps_bytes(raw)[:4096]
+    except (TypeError, ValueError):
+        return b'"(not kept: nested or numbered beyond what JSON text holds)"'
 
 
 def _admit(state: DeviceState, topic: str, batch: DataBatch, flush: Flush) -> bool:
