@@ -6,6 +6,7 @@ command replies) takes it without raising and can still answer as JSON."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from cloud_sync import protocol
 from cloud_sync.protocol import DroppedRange, Encoder
 from cloud_sync.server.console.remote import RemoteDesk
 from cloud_sync.server.ingest import Ingest
+from cloud_sync.server.ledger import Quarantined
 from cloud_sync.server.store import Store, open_store
 
 HUGE = st.integers(min_value=-(1 << 80), max_value=1 << 80)
@@ -122,14 +124,59 @@ def test_no_message_stops_a_well_behaved_devices_records(
     flush, _ = ingest._process(messages)
 
     assert [r["seq"] for r in store.records(good)] == [1, 2, 3]
-    kept = store.quarantined(limit=1000, device_id=hostile)
-    assert all(q["reason"] for q in kept)
-    handled = flush.counters.get("messages", 0) + len(flush.quarantined)
-    statuses = sum(1 for topic, _ in messages if topic.endswith("/status"))
-    assert handled + statuses >= len(messages), (flush.counters, len(flush.quarantined))
-    device = store.device(hostile)
-    if any(topic.endswith("/data") for topic, _ in messages[:-1]) and device is not None:
-        assert device.records + device.bad_records + sum(device.dropped.values()) >= 0
+    assert all(q.reason and q.detail for q in flush.quarantined)
+    _each_stored_or_quarantined(store, hostile, messages[:-1], flush.quarantined)
+
+
+def _each_stored_or_quarantined(
+    store: Store, device: str, messages: list[tuple[str, bytes]], quarantined: list[Quarantined]
+) -> None:
+    """Every message of ``device`` is either quarantined with the reason its decoder gives (or,
+    read, as one the store cannot hold), or stored: its records under their seqs (or each bad one
+    quarantined by seq) and, the last status read, as the device's status."""
+    whole = [(q.topic, q.reason, q.payload) for q in quarantined
+             if q.seq is None and q.reason != "epoch_conflict"]
+    bad_seqs = {q.seq for q in quarantined if q.seq is not None}
+    conflicts = any(q.reason == "epoch_conflict" for q in quarantined)
+    stored = {r["seq"]: r for r in store.records(device, limit=100_000)}
+    status: dict[str, Any] | None = None
+    for topic, payload in messages:
+        kind = topic.rsplit("/", 1)[1]
+        try:
+            item: Any = (protocol.decode_batch(device, payload) if kind == "data"
+                         else protocol.decode_status(payload))
+        except protocol.ProtocolError as exc:
+            assert (topic, exc.reason, payload[:4096]) in whole, (exc.reason, payload[:200])
+            whole.remove((topic, exc.reason, payload[:4096]))
+            continue
+        if (topic, "unstorable", payload[:4096]) in whole:
+            whole.remove((topic, "unstorable", payload[:4096]))
+            continue
+        if kind == "status":
+            status = item if item["online"] is not False else {**(status or {}), "online": False}
+            continue
+        for seq, stream, _ts, data in item.records:
+            assert seq in stored or conflicts, (seq, sorted(stored)[:20])
+            if seq in stored and sum(r[0] == seq for m in _batches(device, messages) for r in m.records) == 1:
+                assert (stored[seq]["stream"], _json(stored[seq]["data"])) == (stream, _json(data))
+        assert conflicts or all(bad.seq in bad_seqs for bad in item.bad), (item.bad, bad_seqs)
+    assert not whole, whole  # nothing quarantined that was not one of these messages
+    if status is not None:
+        state = store.device(device)
+        assert state is not None and (state.status == status or not status["online"]), (state, status)
+
+
+def _json(data: Any) -> Any:
+    return codec.loads(data) if isinstance(data, str | bytes) else data
+
+
+def _batches(device: str, messages: list[tuple[str, bytes]]) -> list[Any]:
+    found = []
+    for topic, payload in messages:
+        if topic.endswith("/data"):
+            with contextlib.suppress(protocol.ProtocolError):
+                found.append(protocol.decode_batch(device, payload))
+    return found
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

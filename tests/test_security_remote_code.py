@@ -4,6 +4,7 @@ Mosquitto for the cloud's broker, documents naming module files every way an att
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 from agent.remote.rules import MODULE_FILE_REASON
 from cloud_sync.protocol import DesiredConfig
 from tests.conftest import AgentProcess, Broker
-from tests.remote_helpers import CloudClient, body, remote_config
+from tests.remote_helpers import CloudClient, body, remote_config, wait_until
 
 pytestmark = pytest.mark.integration
 DEVICE = "test-gw"
@@ -135,3 +136,79 @@ def test_a_giant_retained_desired_config_never_reaches_the_agents_memory(
     peak = Path(f"/proc/{agent.process.pid}/status").read_text().split("VmHWM:")[1].split()[0]
     assert int(peak) < 150_000, f"the agent's peak memory: {int(peak) // 1024} MiB"
     assert "too_large" not in agent.output() and "refused a desired config" not in agent.output()
+
+
+GOOD = '''
+from pathlib import Path
+from agent import Module
+Path({marker!r}).write_text("imported")
+class Good(Module):
+    def process(self, record):
+        pass
+'''
+STOPS = '''
+from agent import Module
+class Stops(Module):
+    async def start(self):
+        raise SystemExit("{where}")
+    def process(self, record):
+        raise SystemExit("process")
+'''
+
+
+def test_signed_documents_name_module_files_only_as_the_operator_allows_and_none_stops_the_agent(
+    tmp_path: Path, cloud_broker: Broker, cloud: CloudClient, agents: list[AgentProcess]
+) -> None:
+    """``[remote] allow_module_files``: a signed document may name an absolute module file, which
+    the device imports; one whose import or start raises ``SystemExit`` is refused or rolled
+    back, the agent alive; unsigned or relative, nothing is imported."""
+    from cloud_sync import signing
+
+    private_pem, public_pem = signing.generate()
+    (tmp_path / "signer.pem").write_bytes(private_pem)
+    (tmp_path / "config-signing.pub").write_bytes(public_pem)
+    key = signing.load_private_key(tmp_path / "signer.pem")
+    marker = tmp_path / "good-imported"
+    (tmp_path / "good.py").write_text(GOOD.format(marker=str(marker)))
+    (tmp_path / "exits.py").write_text(EXITS)
+    (tmp_path / "stops.py").write_text(STOPS.format(where="start"))
+    remote = (f'allow_config = true\ngrace_period = "1500ms"\nallow_module_files = true\n'
+              f'public_key_file = "{tmp_path / "config-signing.pub"}"')
+    config = remote_config(tmp_path, cloud_broker.url, remote=remote)
+    agent = _start(config, agents, "agent")
+    base = body(config)
+
+    def signed(version: int, use: str) -> DesiredConfig:
+        return signing.sign(DesiredConfig(version, _with_module(base, use), DEVICE), key)
+
+    def ends(version: int) -> list[str]:
+        return [r["result"] for r in cloud.reports(DEVICE)
+                if r["version"] == version and r["result"] in ("applied", "rejected", "rolled_back")]
+
+    def alive() -> None:
+        assert agent.process is not None and agent.process.poll() is None, agent.output()[-3000:]
+
+    cloud.desired(DEVICE, DesiredConfig(1, _with_module(base, f"{tmp_path}/good.py:Good")))  # unsigned
+    assert cloud.wait_report(DEVICE, 1, "rejected", timeout=10)["detail"].startswith("unsigned")
+    cloud.desired(DEVICE, signed(2, "good.py:Good"))  # signed, but relative: refused as named
+    report = cloud.wait_report(DEVICE, 2, "rejected", timeout=10)
+    assert report["errors"] == [{"path": "modules[2].use", "reason": MODULE_FILE_REASON}], report
+    assert not marker.exists()
+
+    cloud.desired(DEVICE, signed(3, f"{tmp_path}/exits.py:Exits"))  # SystemExit at import
+    report = cloud.wait_report(DEVICE, 3, "rejected", timeout=10)
+    assert "stopped while importing" in json.dumps(report), report
+    alive()
+
+    cloud.desired(DEVICE, signed(4, f"{tmp_path}/stops.py:Stops"))  # SystemExit when started
+    wait_until(lambda: ends(4), 20, "v4 to end")
+    assert ends(4) in (["rejected"], ["rolled_back"]), cloud.reports(DEVICE)
+    alive()
+
+    cloud.desired(DEVICE, signed(5, f"{tmp_path}/good.py:Good"))  # signed and absolute: the operator allows
+    cloud.wait_report(DEVICE, 5, "applied", timeout=15)
+    assert marker.exists()
+    time.sleep(0.5)
+    for version in range(1, 6):
+        assert len(ends(version)) == 1, (version, cloud.reports(DEVICE))
+    alive()
