@@ -89,3 +89,37 @@ def test_out_of_range_integers_and_times_give_clear_answers_not_500(
         page = http.get("/devices/far-future")
         assert page.status_code == 200, page.text[:2000]
         assert http.get("/fleet?offset=100000000000000000000").status_code in (200, 400)
+
+
+def test_behind_the_proxy_a_guesser_counts_under_its_own_address_and_locks_no_one_out(
+    console: dict[str, Any]
+) -> None:
+    """Behind the TLS proxy of docs/cloud.md, which sets ``X-Forwarded-For`` to the client's
+    own address (replacing any the client sent), each client counts under that address: the
+    guesser gets 429 after 10 failures, and the user it guessed for signs in from elsewhere."""
+    url = console["url"]
+    with httpx.Client(base_url=url, timeout=60) as http:
+        token = _signin_form(http)
+
+        def attempt(address: str, password: str) -> int:
+            return http.post("/signin", data={"csrf": token, "name": "viewer", "password": password},
+                             headers={"Origin": url, "X-Forwarded-For": address}).status_code
+
+        codes = [attempt("203.0.113.7", f"guess {number}") for number in range(12)]
+        assert codes == [401] * 10 + [429] * 2, codes
+        assert attempt("203.0.113.7", PASSWORD) == 429  # even the right password, from there
+        assert attempt("198.51.100.20", PASSWORD) == 303
+
+
+def test_the_documented_proxy_replaces_the_clients_forwarded_for() -> None:
+    """A proxy that passes on the client's own ``X-Forwarded-For`` lets a guesser name a new
+    address with every attempt (uvicorn trusts the header from 127.0.0.1), and one that sets
+    none makes every client 127.0.0.1 (ten failures would lock a user out for everyone): the
+    nginx configuration of docs/cloud.md sets it in every location that reaches the console."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "cloud.md").read_text()
+    block = text.split("```nginx\n", 1)[1].split("```", 1)[0]
+    locations = block.split("location ")[1:]
+    assert locations
+    for location in locations:
+        assert "proxy_pass" in location
+        assert "proxy_set_header X-Forwarded-For $remote_addr;" in location, location
