@@ -64,6 +64,11 @@ def test_the_five_commands(cloud: CloudClient, agent: AgentProcess) -> None:
     result = ok(cloud.command(DEVICE, "set-log-level", {"level": "DEBUG", "logger": "agent.modules",
                                                          "duration": 60}))
     assert result["level"] == "DEBUG" and result["logger"] == "agent.modules"
+    # a logger name from before the code moved (agent/pipeline.py) sets the module's new logger too
+    moved = ok(cloud.command(DEVICE, "set-log-level", {"level": "DEBUG", "logger": "agent.pipeline"}))
+    assert moved["logger"] == "agent.pipeline" and moved["previous"] != "DEBUG"
+    now = ok(cloud.command(DEVICE, "set-log-level", {"level": "INFO", "logger": "agent.runtime.pipeline"}))
+    assert now["previous"] == "DEBUG"
     assert agent.process is not None and agent.process.poll() is None
 
 
