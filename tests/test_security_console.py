@@ -123,3 +123,33 @@ def test_the_documented_proxy_replaces_the_clients_forwarded_for() -> None:
     for location in locations:
         assert "proxy_pass" in location
         assert "proxy_set_header X-Forwarded-For $remote_addr;" in location, location
+
+
+def test_the_fleet_page_and_totals_hold_figures_at_the_top_of_64_bits(console: dict[str, Any]) -> None:
+    """Two devices reporting ``backlog.rows = 2^63-1`` (and drops as large): their sum is beyond
+    any 64-bit integer, yet /api/fleet and the fleet page answer, with bounded figures."""
+    ingest: IngestProcess = console["ingest"]
+    big = (1 << 63) - 1
+    devices = [Device(console["broker"].port, name) for name in ("huge-1", "huge-2")]
+    try:
+        for device in devices:
+            device.status({"backlog": {"rows": big, "bytes": big, "oldest_unsent_age_s": big},
+                           "dropped": {"x": big}, "errors": {"mqtt": big}, "send_rate": big})
+        headers = {"Authorization": f"Bearer {ingest.token}"}
+        with httpx.Client(base_url=console["url"], timeout=20, headers=headers) as api:
+            wait_for(lambda: {"huge-1", "huge-2"} <= {d["device_id"] for d in api.get("/api/devices").json()},
+                     10, "both devices at the cloud")
+            fleet = api.get("/api/fleet")
+            assert fleet.status_code == 200, fleet.text
+            assert 0 <= fleet.json()["backlog"] <= 10**15, fleet.json()
+    finally:
+        for device in devices:
+            device.close()
+    with httpx.Client(base_url=console["url"], timeout=20) as http:
+        token = _signin_form(http)
+        signed = http.post("/signin", data={"csrf": token, "name": "viewer", "password": PASSWORD},
+                           headers={"Origin": console["url"]})
+        assert signed.status_code == 303, signed.text
+        page = http.get("/fleet")
+        assert page.status_code == 200, page.text[:2000]
+        assert "huge-1" in page.text and "huge-2" in page.text
