@@ -251,3 +251,12 @@ def test_the_sparkline_keeps_the_last_hours_outage_shaded() -> None:
     quiet = str(outage.sparkline([{**p, "online": True} for p in points[1:]], now))
     assert "spark-off" not in quiet and "offline" not in quiet
     assert str(outage.sparkline(points[:2], now)) == f'<span class="spark-none">{fmt.DASH}</span>'
+
+
+def test_an_ipv6_client_counts_as_its_64() -> None:
+    from cloud_sync.server.console.throttle import client_network
+
+    assert client_network("2001:db8:1:2::7") == client_network("2001:db8:1:2:ffff::1") == "2001:db8:1:2::/64"
+    assert client_network("2001:db8:1:3::7") != client_network("2001:db8:1:2::7")
+    assert client_network("::ffff:203.0.113.7") == client_network("203.0.113.7") == "203.0.113.7"
+    assert client_network("?") == "?"

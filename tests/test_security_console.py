@@ -95,20 +95,25 @@ def test_behind_the_proxy_a_guesser_counts_under_its_own_address_and_locks_no_on
     console: dict[str, Any]
 ) -> None:
     """Behind the TLS proxy of docs/cloud.md, which sets ``X-Forwarded-For`` to the client's
-    own address (replacing any the client sent), each client counts under that address: the
-    guesser gets 429 after 10 failures, and the user it guessed for signs in from elsewhere."""
+    own address (replacing any the client sent), each client counts under that address (an IPv6
+    one under its /64): the guesser gets 429 after 10 failures, and the user it guessed for
+    signs in from elsewhere."""
     url = console["url"]
+
+    def attempt(address: str, password: str, http: httpx.Client) -> int:
+        return http.post("/signin", data={"csrf": _signin_form(http), "name": "viewer", "password": password},
+                         headers={"Origin": url, "X-Forwarded-For": address}).status_code
+
     with httpx.Client(base_url=url, timeout=60) as http:
-        token = _signin_form(http)
-
-        def attempt(address: str, password: str) -> int:
-            return http.post("/signin", data={"csrf": token, "name": "viewer", "password": password},
-                             headers={"Origin": url, "X-Forwarded-For": address}).status_code
-
-        codes = [attempt("203.0.113.7", f"guess {number}") for number in range(12)]
+        codes = [attempt("203.0.113.7", f"guess {number}", http) for number in range(12)]
         assert codes == [401] * 10 + [429] * 2, codes
-        assert attempt("203.0.113.7", PASSWORD) == 429  # even the right password, from there
-        assert attempt("198.51.100.20", PASSWORD) == 303
+        assert attempt("203.0.113.7", PASSWORD, http) == 429  # even the right password, from there
+        # an IPv6 guesser counts as its /64: a new address of it for every guess gains nothing
+        codes = [attempt(f"2001:db8:7:7::{number:x}", f"guess {number}", http) for number in range(1, 13)]
+        assert codes == [401] * 10 + [429] * 2, codes
+    for address in ("2001:db8:7:8::1", "198.51.100.20"):  # the next /64 is someone else, and so is v4
+        with httpx.Client(base_url=url, timeout=60) as http:
+            assert attempt(address, PASSWORD, http) == 303
 
 
 def test_the_documented_proxy_replaces_the_clients_forwarded_for() -> None:

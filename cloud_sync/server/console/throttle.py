@@ -4,8 +4,9 @@ Each attempt is *reserved* before its password is verified: it counts as a failu
 moment it starts (so 30 guesses sent at once are 10 verified and 20 refused, not 30 verified),
 and is taken back if the password was right. Attempts are counted over a sliding ``window`` per
 client address and user name together (``limit``), and per client address (``client_limit``,
-higher: many people may share one address). There is no count per user name alone, so nobody
-can lock a user out by failing in their name from elsewhere; guessing from many addresses is
+higher: many people may share one address); an IPv6 address counts as its /64. There is no
+count per user name alone, so nobody can lock a user out by failing in their name from
+elsewhere; guessing from many addresses is
 slowed by each address's own limit and by ``concurrency``: at most that many Argon2
 verifications run at once (each takes 64 MiB and ~0.1 s of CPU).
 """
@@ -13,9 +14,25 @@ verifications run at once (each takes 64 MiB and ~0.1 s of CPU).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import time
 from collections import deque
 from collections.abc import Callable
+
+
+def client_network(client: str) -> str:
+    """The address attempts are counted under: an IPv6 client by its /64, the network one
+    subscriber or server is given (a guesser holding it could otherwise try 10 times from each
+    of 2^64 addresses); an IPv4 one, mapped into IPv6 or not, as itself."""
+    try:
+        address = ipaddress.ip_address(client)
+    except ValueError:
+        return client
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 class SignInThrottle:
@@ -38,6 +55,7 @@ class SignInThrottle:
 
     def keys(self, client: str, user: str) -> dict[str, int]:
         """The keys an attempt by ``user`` from ``client`` counts under, with their limits."""
+        client = client_network(client)
         return {f"client:{client}": self.client_limit, f"pair:{client}\n{user}": self.limit}
 
     def reserve(self, keys: dict[str, int]) -> float:
