@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 
@@ -120,3 +120,97 @@ def test_http_readings_reach_window_summaries_while_another_endpoint_fails(
     assert status["sources"]["bad"]["errors"]["timeout"] == 1
     assert status["sources"]["bad"]["dropped"] == {"not_json": 1}
     assert status["dropped"] == {"not_json": 1}
+
+
+class Hostile:
+    """A server that answers every request one way: a reply sent a byte every 0.2 s, or 300 MiB of
+    JSON whitespace gzipped to 300 KB."""
+
+    def __init__(self, mode: str) -> None:
+        import socket
+        import zlib
+
+        if mode == "bomb":
+            packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+            self.bomb = b"".join(packer.compress(b" " * (1 << 20)) for _ in range(300)) + packer.flush()
+        self.mode = mode
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}/"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: Any) -> None:
+        with conn:
+            try:
+                conn.recv(65536)
+                head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                if self.mode == "bomb":
+                    conn.sendall(f"{head}Content-Encoding: gzip\r\nContent-Length: {len(self.bomb)}\r\n\r\n"
+                                 .encode() + self.bomb)
+                    return
+                conn.sendall(f"{head}Content-Length: 1000\r\n\r\n".encode())
+                for _ in range(100):
+                    conn.sendall(b" ")
+                    time.sleep(0.2)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.server.close()
+
+
+@pytest.mark.integration
+def test_a_reply_dribbled_or_inflating_a_thousandfold_costs_a_timeout_or_a_drop_not_memory(
+    endpoint: str, tmp_path: Path
+) -> None:
+    """Before, a reply sent a byte at a time held its poll for as long as the server liked (the
+    timeout was per read), and 300 KB gzipped took the agent past 600 MB while it inflated."""
+    Endpoint.answers = {"/r": [*[(200, json.dumps([reading("h", n, n)]).encode(), 0) for n in range(3)],
+                               (200, b"[]", 0)]}
+    dribble, bomb = Hostile("dribble"), Hostile("bomb")
+    sources = f"""
+    [[sources]]
+    name = "api"
+    type = "http"
+    url = "{endpoint}/r"
+    interval = "200ms"
+
+    [[sources]]
+    name = "dribble"
+    type = "http"
+    url = "{dribble.url}"
+    interval = "200ms"
+    timeout = "1s"
+
+    [[sources]]
+    name = "bomb"
+    type = "http"
+    url = "{bomb.url}"
+    interval = "500ms"
+    timeout = "5s"
+    """
+    data = tmp_path / "data"
+    peak: list[int] = []
+
+    def during(agent: Any) -> None:
+        wait_for_sources(data, lambda s: s["dribble"].get("errors", {}).get("timeout", 0) >= 2
+                         and s["bomb"].get("dropped", {}).get("line_too_long", 0) >= 2
+                         and s["api"].get("accepted") == 3, "timeouts, drops and the good readings")
+        status = Path(f"/proc/{agent.process.pid}/status").read_text()
+        peak.append(int(status.split("VmHWM:")[1].split()[0]))
+
+    try:
+        windows, status = run_agent(tmp_path, sources, during)
+    finally:
+        dribble.close()
+        bomb.close()
+    assert windows["h"]["count"] == 3
+    assert peak[0] < 150_000, f"the agent's peak memory: {peak[0] // 1024} MiB"
+    assert set(status["sources"]["bomb"]["dropped"]) == {"line_too_long"}
