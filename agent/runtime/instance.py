@@ -142,12 +142,10 @@ class ModuleInstance:
     def process(self, batch: list[Record]) -> None:
         """Hand ``batch`` to the module, quarantining what it raises on; an instance that is
         not running (its start failed) drops the batch, counted."""
-        if self.status != "running":
-            why = "failed" if self.status == "failed" else "not_running"
-            self.events.dropped(f"module_{why}:{self.name}", len(batch))
+        admitted = self._admitted(batch)
+        if admitted is None:
             return
-        if self._named:
-            batch = self.tagged(batch)
+        batch = admitted
         self.watch.enter(self.name, "process")
         try:
             if self.batched:
@@ -163,6 +161,15 @@ class ModuleInstance:
         finally:
             self.watch.leave()
         self.events.count("processed", len(batch))
+
+    def _admitted(self, batch: list[Record]) -> list[Record] | None:
+        """``batch`` as the module gets it (tagged with its inputs' names where it has named
+        inputs); None, the batch dropped and counted, when the instance is not running."""
+        if self.status != "running":
+            why = "failed" if self.status == "failed" else "not_running"
+            self.events.dropped(f"module_{why}:{self.name}", len(batch))
+            return None
+        return self.tagged(batch) if self._named else batch
 
     def _process_each(self, batch: list[Record]) -> None:
         process = self.module.process
@@ -193,12 +200,10 @@ class ModuleInstance:
     async def aprocess(self, batch: list[Record]) -> None:
         """``process`` for an ``async def`` module: the loop is free while it awaits, and the
         records not finished yet stay in ``in_flight``."""
-        if self.status != "running":
-            why = "failed" if self.status == "failed" else "not_running"
-            self.events.dropped(f"module_{why}:{self.name}", len(batch))
+        admitted = self._admitted(batch)
+        if admitted is None:
             return
-        if self._named:
-            batch = self.tagged(batch)
+        batch = admitted
         # no try/finally: records of a step cancelled at stop stay in ``in_flight`` for
         # ``abandon`` to account for
         self._step, self._done = batch, 0
