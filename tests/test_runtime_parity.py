@@ -27,7 +27,9 @@ MODULES = Path(__file__).parent / "parity" / "modules.py"
 T0 = float(int(time.time()) + 3600)  # ahead of the wall clock: windows close by reading time
 
 
-def pipeline(tmp_path: Path, broker_url: str) -> Path:
+def pipeline(tmp_path: Path, broker_url: str, isolation: str = "in-process") -> Path:
+    """``isolation`` of ``double`` and ``tally`` (the daemon only: the harness runs a module in
+    the test's process either way)."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     return agent_config(tmp_path, broker_url, modules=f"""
         [[modules]]
@@ -35,12 +37,14 @@ def pipeline(tmp_path: Path, broker_url: str) -> Path:
         use = "{MODULES}:Doubler"
         inputs = ["sensors/#"]
         sync = true
+        isolation = "{isolation}"
 
         [[modules]]
         name = "tally"
         use = "{MODULES}:Tally"
         inputs = ["sensors/#"]
         sync = true
+        isolation = "{isolation}"
 
         [[modules]]
         name = "win"
@@ -64,8 +68,10 @@ PHASES = [phase(0, 40), phase(40, 35)]
 """Readings before and after a restart of the whole agent."""
 
 
-def through_daemon(tmp_path: Path, broker: Broker, agents: list[AgentProcess]) -> dict[str, Any]:
-    config = pipeline(tmp_path, broker.url)
+def through_daemon(
+    tmp_path: Path, broker: Broker, agents: list[AgentProcess], isolation: str = "in-process"
+) -> dict[str, Any]:
+    config = pipeline(tmp_path, broker.url, isolation)
     for number, readings in enumerate(PHASES, start=1):
         agent = AgentProcess(config).start()
         agents.append(agent)
@@ -88,6 +94,8 @@ def through_daemon(tmp_path: Path, broker: Broker, agents: list[AgentProcess]) -
     finally:
         box.close()
     status = read_status(tmp_path / "data")
+    for name in ("double", "tally"):  # where the daemon ran them
+        assert status["modules"][name].get("isolation", "in-process") == isolation, status
     return {
         "records": _by_stream(records),
         "quarantined": quarantined,
@@ -159,8 +167,12 @@ def _by_stream(records: list[tuple[str, float, dict[str, Any]]]) -> dict[str, li
     return streams
 
 
-def test_daemon_and_harness_emit_the_same(tmp_path: Path, broker: Broker, agents) -> None:
-    daemon = through_daemon(tmp_path / "daemon", broker, agents)
+@pytest.mark.parametrize("isolation", ["in-process", "process"])
+def test_daemon_and_harness_emit_the_same(tmp_path: Path, broker: Broker, agents, isolation: str) -> None:
+    """In-process, and with ``double`` and ``tally`` each in a process of its own in the daemon:
+    their state (``tally``'s counts) saved from the child and handed to the next one across the
+    restart, what ``stop`` emits, and what they quarantine, as in process."""
+    daemon = through_daemon(tmp_path / "daemon", broker, agents, isolation)
     harness = through_harness(tmp_path / "harness", broker)
 
     assert daemon["records"] == harness["records"]
