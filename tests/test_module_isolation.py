@@ -6,6 +6,7 @@ quarantined; ``window`` carries on; every reading is passed on or quarantined, n
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import time
@@ -103,3 +104,41 @@ def test_a_module_that_leaks_past_max_rss_is_restarted(tmp_path, broker: Broker,
 
 def test_a_module_that_hangs_is_restarted(tmp_path, broker: Broker, agents) -> None:
     check(run(tmp_path, broker, agents, "Hanger"), "hangs")
+
+
+def test_the_guides_isolation_example_runs_in_a_process_of_its_own(
+    tmp_path, broker: Broker, agents
+) -> None:
+    """docs/modules.md's Isolation chapter, its config as written: the lookup of "Doing I/O" in a
+    child process, each reading passed on with its site."""
+    root = Path(__file__).resolve().parent.parent
+    guide = (root / "docs" / "modules.md").read_text()
+    chapter = guide[guide.index("## 13. Isolation"):]
+    (block,) = re.findall(r"```toml\n(.*?)```", chapter, flags=re.S)
+    examples = root / "docs" / "modules" / "examples"
+    config = agent_config(tmp_path, broker.url,
+                          modules=block.replace("docs/modules/examples/", f"{examples}/"))
+    agent = AgentProcess(config).start()
+    agents.append(agent)
+    publisher = Publisher(broker.port)
+    now = time.time()
+    publisher.readings([("t1", now, 20.5), ("t2", now + 1, 21.0), ("t1", now + 2, 21.5)])
+    publisher.close()
+
+    def synced() -> list[tuple[str, dict]]:
+        box = Outbox.open_readonly(tmp_path / "data")
+        try:
+            return [(r.stream, r.data) for r in box.unsent()]
+        finally:
+            box.close()
+
+    deadline = time.monotonic() + 20
+    while len(synced()) < 3:
+        assert time.monotonic() < deadline, agent.output()
+        time.sleep(0.2)
+    status = read_status(tmp_path / "data")["modules"]["lookup"]
+    agent.signal(signal.SIGTERM)
+    assert agent.wait(15) == 0, agent.output()
+    assert synced() == [("lookup", {"sensor": s, "value": v, "site": f"site-{s}"})
+                        for s, v in (("t1", 20.5), ("t2", 21.0), ("t1", 21.5))]
+    assert status["isolation"] == "process" and status["pid"], status
