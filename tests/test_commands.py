@@ -4,6 +4,7 @@ and expiry in the payload)."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 
 from tests.conftest import AgentProcess, Broker
 from tests.remote_helpers import CloudClient, remote_config
+from tests.sync_helpers import HalfOpenProxy
 
 pytestmark = pytest.mark.integration
 DEVICE = "test-gw"
@@ -70,6 +72,75 @@ def test_the_five_commands(cloud: CloudClient, agent: AgentProcess) -> None:
     now = ok(cloud.command(DEVICE, "set-log-level", {"level": "INFO", "logger": "agent.runtime.pipeline"}))
     assert now["previous"] == "DEBUG"
     assert agent.process is not None and agent.process.poll() is None
+
+
+SLOW_STOP = '''
+import asyncio
+from pathlib import Path
+
+from agent import Module, ModuleConfig
+
+
+class SlowStop(Module):
+    """Stops only once the test lets it: a restart-module that outlasts the link."""
+
+    class Config(ModuleConfig):
+        flag: str
+
+    def process(self, record):
+        pass
+
+    async def stop(self):
+        self.context.log.warning("stopping, slowly")
+        while not Path(self.config.flag).exists():
+            await asyncio.sleep(0.05)
+'''
+
+
+def test_a_reply_that_finds_the_link_down_goes_out_once_it_is_back(
+    tmp_path: Path, cloud_broker: Broker, agents: list[AgentProcess]
+) -> None:
+    """A reconnect while a command runs (here the link goes silent, as under a machine so busy
+    that a PUBACK is late, or a NAT that forgets the connection): the reply waits for the next
+    connection instead of being dropped, and the cloud gets it."""
+    (tmp_path / "slow.py").write_text(SLOW_STOP)
+    flag = tmp_path / "let-it-stop"
+    proxy = HalfOpenProxy(cloud_broker.port)
+    config = remote_config(tmp_path, f"mqtt://127.0.0.1:{proxy.port}", remote="allow_commands = true",
+                           modules=f'''
+        [[modules]]
+        name = "slow"
+        use = "slow.py:SlowStop"
+        inputs = ["sensors/#"]
+        [modules.with]
+        flag = "{flag}"
+        ''')
+    # the module's stop may wait this long (the command's own limit is 15 s): room for a loaded
+    # machine to notice the silent link
+    agent = AgentProcess(config).start(env={"EDGE_AGENT__SUPERVISOR__STOP_TIMEOUT": '"13s"'})
+    agents.append(agent)
+    agent.wait_for_log("remote control: subscribed")
+    cloud = CloudClient(cloud_broker.port)
+    cloud.subscribe(f"edge/{DEVICE}/reply/#")
+    replies: list[dict[str, Any]] = []
+    asking = threading.Thread(target=lambda: replies.append(
+        cloud.command(DEVICE, "restart-module", {"name": "slow"}, command_id="across-a-cut", timeout=60)))
+    try:
+        asking.start()
+        agent.wait_for_log("stopping, slowly")  # the command runs...
+        proxy.freeze()  # ...and the link goes silent under it
+        agent.wait_for_log("cloud link:", timeout=20)
+        flag.touch()
+        agent.wait_for_log("command restart-module (across-a-cut) done")  # its reply finds no link
+        assert not replies
+        proxy.heal()
+        asking.join(60)
+        assert replies and ok(replies[0]) == {"module": "slow", "status": "running"}
+        assert agent.output().count("connected to") >= 2
+    finally:
+        flag.touch()
+        proxy.close()
+        cloud.close()
 
 
 def test_bad_requests_get_an_error_reply_and_the_agent_carries_on(

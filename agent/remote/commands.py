@@ -14,6 +14,10 @@ command expires, across restarts (``seen``). A device that runs only signed conf
 an unsigned request must not do what an unsigned config may not. Unknown commands,
 bad arguments, a handler that fails or takes longer than ``TIMEOUT``: an error reply, counted,
 never a crash. At most ``CONCURRENT`` run at once; more get ``busy``.
+
+A reply that finds the link down (a reconnect while the command ran: a link judged dead, a
+broker restart) is not dropped: it waits, and goes out when the link is back, unless its command
+has expired by then (``UNSENT`` at most).
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ CONCURRENT = 4
 REMEMBERED = 256
 """Replies remembered, to answer a redelivery with the first reply (the ids themselves are
 remembered longer: ``seen``)."""
+UNSENT = 64
+"""Replies kept while the link is down, for the next connection."""
 MAX_EXPIRY = 3600.0
 """The longest a command may wait for the device: a command for later is not a command."""
 READ_ONLY = frozenset({"ping", "status"})
@@ -92,6 +98,7 @@ class Commands:
             "set-log-level": (_LogLevelArgs, self._set_log_level),
         }
         self._replies: OrderedDict[str, bytes] = OrderedDict()
+        self._unsent: OrderedDict[str, tuple[str, bytes | None, bytes, float]] = OrderedDict()
         self._running: set[asyncio.Task[None]] = set()
         remote = agent.file_loaded.agent.remote
         self.signed_only = remote is not None and remote.public_key_file is not None
@@ -119,9 +126,22 @@ class Commands:
             self._fail(destination, correlation, command_id, name, exc.code, str(exc))
             return
         self.seen.add(command.id, until)
-        task = asyncio.create_task(self._run(command, destination, correlation), name=f"cmd:{name}")
+        task = asyncio.create_task(self._run(command, destination, correlation, until), name=f"cmd:{name}")
         self._running.add(task)
         task.add_done_callback(self._running.discard)
+
+    def connected(self) -> None:
+        """The link is (back) up: the replies that waited for it go out, those whose commands
+        are still alive."""
+        waiting, self._unsent = self._unsent, OrderedDict()
+        now = time.time()
+        for command_id, (topic, correlation, payload, until) in waiting.items():
+            if until < now:
+                self.agent.counters.incr(SCOPE, "replies_expired")
+                log.warning("the reply to command %s is not sent: its command expired while the link "
+                            "was down", command_id)
+                continue
+            self._send(topic, correlation, payload, command_id, until)
 
     async def stop(self) -> None:
         for task in list(self._running):
@@ -175,7 +195,7 @@ class Commands:
 
     # -- running and replying ---------------------------------------------------------------------
 
-    async def _run(self, command: Command, destination: str, correlation: bytes | None) -> None:
+    async def _run(self, command: Command, destination: str, correlation: bytes | None, until: float) -> None:
         model, handler = self._handlers[command.name]
         await asyncio.to_thread(self.seen.save)  # before it runs: at most once, even across a crash
         try:
@@ -186,40 +206,52 @@ class Commands:
             async with asyncio.timeout(TIMEOUT):
                 result = await handler(args)
         except CommandFailed as exc:
-            self._fail(destination, correlation, command.id, command.name, exc.code, str(exc))
+            self._fail(destination, correlation, command.id, command.name, exc.code, str(exc), until)
             return
         except TimeoutError:
             self._fail(destination, correlation, command.id, command.name, "timeout",
-                       f"not done within {TIMEOUT:g} s")
+                       f"not done within {TIMEOUT:g} s", until)
             return
         except Exception as exc:  # a bug in a handler is an error reply, not a dead agent
             log.exception("command %s failed", command.name)
-            self._fail(destination, correlation, command.id, command.name, "internal_error", repr(exc))
+            self._fail(destination, correlation, command.id, command.name, "internal_error", repr(exc), until)
             return
         log.info("command %s (%s) done", command.name, command.id)
         self._remember(command.id, protocol.encode_reply(command.id, result))
-        self._send(destination, correlation, self._replies[command.id])
+        self._send(destination, correlation, self._replies[command.id], command.id, until)
 
     def _fail(
         self, destination: str, correlation: bytes | None, command_id: str | None, name: str,
-        code: str, message: str,
+        code: str, message: str, until: float | None = None,
     ) -> None:
         self.agent.counters.incr(SCOPE, "command_errors")
         log.warning("command %s refused (%s): %s", name[:40], code, message)
         reply = protocol.encode_reply(command_id, error=(code, message))
         if command_id is not None and code not in ("busy", "expired"):
             self._remember(command_id, reply)
-        self._send(destination, correlation, reply)
+        self._send(destination, correlation, reply, command_id, until)
 
     def _remember(self, command_id: str, reply: bytes) -> None:
         self._replies[command_id] = reply
         while len(self._replies) > REMEMBERED:
             self._replies.popitem(last=False)
 
-    def _send(self, topic: str, correlation: bytes | None, payload: bytes) -> None:
+    def _send(
+        self, topic: str, correlation: bytes | None, payload: bytes, command_id: str | None = None,
+        until: float | None = None,
+    ) -> None:
+        """Publish a reply; one that finds the link down waits for the next connection, if its
+        command is known and will still be alive (``connected``)."""
         uploader = self.agent.uploader
-        if uploader is None or not uploader.publish(topic, payload, correlation=correlation):
+        if uploader is not None and uploader.publish(topic, payload, correlation=correlation):
+            return
+        if command_id is None or until is None:
             log.warning("could not send a command reply on %s: not connected", topic)
+            return
+        self._unsent[command_id] = (topic, correlation, payload, until)
+        while len(self._unsent) > UNSENT:
+            self._unsent.popitem(last=False)
+        log.warning("the reply to command %s waits for the link to the cloud (not connected)", command_id)
 
     # -- the commands -----------------------------------------------------------------------------
 

@@ -57,6 +57,8 @@ class Remote:
     def connected(self) -> None:
         if self.config is not None:
             self.config.connected()
+        if self.commands is not None:
+            self.commands.connected()  # replies that waited for the link
 
     def status_fields(self) -> dict[str, Any]:
         """Added to the retained status: which config runs (the console shows it)."""
