@@ -46,7 +46,8 @@ SENT = 300
 TRIGGERS = (60, 180)  # the readings that set the module off
 
 
-def run(tmp_path: Path, broker: Broker, agents: list[AgentProcess], cls: str, extra: str = "") -> dict:
+def run(tmp_path: Path, broker: Broker, agents: list[AgentProcess], cls: str, kind: str,
+        extra: str = "") -> dict:
     config = agent_config(
         tmp_path, broker.url, modules=CONFIG.format(modules=MODULES, cls=cls, extra=extra),
         extra="[supervisor]\nhang_timeout = \"1s\"",
@@ -60,7 +61,12 @@ def run(tmp_path: Path, broker: Broker, agents: list[AgentProcess], cls: str, ex
         publisher.readings([("t1", start + index * 0.01, value)])
         time.sleep(0.01)
     publisher.close()
-    time.sleep(9.0)  # each trigger ends two children (its batch, then itself alone), with backoff
+    # each trigger ends two children (its batch, then itself alone), each restarted with backoff:
+    # wait for the last restart, not for a time (a loaded machine is slow to leak 200 MB)
+    deadline = time.monotonic() + 60
+    while _restarts(tmp_path, kind) < 2 * len(TRIGGERS):
+        assert time.monotonic() < deadline, agent.output()
+        time.sleep(0.25)
     agent.signal(signal.SIGTERM)
     assert agent.wait(15) == 0, agent.output()
     box = Outbox.open_readonly(tmp_path / "data")
@@ -72,6 +78,12 @@ def run(tmp_path: Path, broker: Broker, agents: list[AgentProcess], cls: str, ex
                           text=True, timeout=60).stdout
     return {"status": read_status(tmp_path / "data"), "rows": rows, "text": text,
             "output": agent.output()}
+
+
+def _restarts(tmp_path: Path, kind: str) -> int:
+    bad = (read_status(tmp_path / "data") or {}).get("modules", {}).get("bad", {})
+    counters = bad.get("counters", {})
+    return min(counters.get(kind, 0), counters.get("restarts", 0))
 
 
 def check(result: dict, kind: str) -> None:
@@ -95,15 +107,15 @@ def check(result: dict, kind: str) -> None:
 
 
 def test_a_module_that_aborts_is_restarted(tmp_path, broker: Broker, agents) -> None:
-    check(run(tmp_path, broker, agents, "Crasher"), "crashes")
+    check(run(tmp_path, broker, agents, "Crasher", "crashes"), "crashes")
 
 
 def test_a_module_that_leaks_past_max_rss_is_restarted(tmp_path, broker: Broker, agents) -> None:
-    check(run(tmp_path, broker, agents, "Leaker", 'max_rss = "200MB"'), "rss_kills")
+    check(run(tmp_path, broker, agents, "Leaker", "rss_kills", 'max_rss = "200MB"'), "rss_kills")
 
 
 def test_a_module_that_hangs_is_restarted(tmp_path, broker: Broker, agents) -> None:
-    check(run(tmp_path, broker, agents, "Hanger"), "hangs")
+    check(run(tmp_path, broker, agents, "Hanger", "hangs"), "hangs")
 
 
 def test_the_guides_isolation_example_runs_in_a_process_of_its_own(
