@@ -278,3 +278,18 @@ def test_isolation_and_max_rss(tmp_path):
         load_config(write(tmp_path, VALID.replace("sync = true", 'sync = true\nmax_rss = "200MB"')))
     with pytest.raises(ConfigError, match=r"isolation"):
         load_config(write(tmp_path, VALID.replace("sync = true", 'sync = true\nisolation = "thread"')))
+
+
+def test_a_missing_extra_is_reported_beside_every_other_error(tmp_path, monkeypatch):
+    """A missing optional package is one more error of the same run, not one found after the
+    others are fixed (here zstandard, as if not installed)."""
+    monkeypatch.setitem(sys.modules, "zstandard", None)
+    path = write(tmp_path, VALID.replace('url = "mqtt://broker.example.com:1883"',
+                                         'url = "mqtt://broker.example.com:1883"\ncompression = "zstd"')
+                 .replace("sync = true", 'sync = "yes"')
+                 + '\n[[modules]]\nname = "climate_1m"\nuse = "window"\ninputs = ["a"]\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    reasons = {issue.path: issue.reason for issue in caught.value.issues}
+    assert set(reasons) == {"cloud.compression", "modules[0].sync", "modules[1].name"}, reasons
+    assert "needs the 'zstd' extra" in reasons["cloud.compression"]
