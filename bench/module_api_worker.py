@@ -1,7 +1,8 @@
-"""One process's measurements for ``bench_module_api``: readings/s through the daemon's module
-runner (``agent.runtime.module_runner``, in-process, no broker and no outbox), for whichever
-``agent`` package is first on the path. Run by the benchmark once against this tree and once
-against an older revision, so that both figures come from the same run.
+"""One process's measurements for ``bench_module_api``: readings per CPU-second of this process
+(``time.process_time``: on a shared machine, wall-clock rates measure the neighbours) through
+the daemon's module runner (``agent.runtime.module_runner``, in-process, no broker and no
+outbox), for whichever ``agent`` package is first on the path. Run by the benchmark once against
+this tree and once against an older revision, so that both figures come from the same run.
 
     python bench/module_api_worker.py CASE COUNT RUNS     # prints the rates as JSON
 """
@@ -61,7 +62,7 @@ async def _once(case: str, batches: list[list[Record]]) -> float:
     runner = ModuleRunner(_plan(case), Bus(), None, counters, watch, SupervisorConfig(), state={})
     await runner.start()
     total = sum(len(batch) for batch in batches)
-    started = time.perf_counter()
+    started = time.process_time()
     task = asyncio.create_task(runner.run())
     for batch in batches:
         runner.queue.put_nowait(batch)
@@ -69,7 +70,7 @@ async def _once(case: str, batches: list[list[Record]]) -> float:
             await runner.queue.wait_room()
     while counters.totals.get(("module:m", "processed"), 0) < total:
         await asyncio.sleep(0.001)
-    elapsed = time.perf_counter() - started
+    elapsed = time.process_time() - started
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     await runner.finish()
