@@ -10,43 +10,47 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
+import json
 import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from simulators.link import LinkProxy
+from simulators.listeners import PortInUse, free_port, wait_until_listening
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_CONFIGS = ROOT / "configs" / "demo"
 GATEWAYS = ("gw-a", "gw-b", "gw-c")
 CUT_GATEWAY = "gw-c"
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+PORT_TRIES = 3  # a port chosen free and taken by another program before the child binds it
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+async def _console_answers(port: int) -> bool:
+    """Whether the port's ``/healthz`` answers as an edge-cloud console's does."""
 
-
-async def wait_for_port(port: int, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def get() -> bool:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
         try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            return
-        except OSError:
-            await asyncio.sleep(0.1)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
+            connection.request("GET", "/healthz")
+            response = connection.getresponse()
+            body = json.loads(response.read())
+        except (OSError, http.client.HTTPException, ValueError):
+            return False
+        finally:
+            connection.close()
+        return response.status == 200 and isinstance(body, dict) and {"ok", "ingest_connected"} <= body.keys()
+
+    return await asyncio.to_thread(get)
 
 
 @dataclass
@@ -56,13 +60,50 @@ class Children:
     folder: Path
     processes: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
 
-    def start(self, name: str, command: list[str], env: dict[str, str] | None = None) -> None:
-        log = (self.folder / f"{name}.log").open("ab")
-        process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-            start_new_session=True,  # Ctrl-C reaches us alone; we stop the children in order
-        )
+    def log(self, name: str) -> Path:
+        return self.folder / f"{name}.log"
+
+    def start(
+        self, name: str, command: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        with self.log(name).open("ab") as log:
+            process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                start_new_session=True,  # Ctrl-C reaches us alone; we stop the children in order
+            )
         self.processes.append((name, process))
+        return process
+
+    def discard(self, process: subprocess.Popen[bytes]) -> None:
+        """Forget a child that has exited (a start that is retried)."""
+        process.wait()
+        self.processes = [(name, child) for name, child in self.processes if child is not process]
+
+    async def start_listening(
+        self, name: str, command: Callable[[int], list[str]], port: int | None = None, *,
+        timeout: float = 15.0, ready: Callable[[int], Awaitable[bool]] | None = None,
+        choose: Callable[[], int] = free_port,
+    ) -> int:
+        """Start ``name`` on ``port``, or on a free port of our choosing, and return the port once
+        the child's own listener is there (and passes ``ready``). A chosen port that another
+        program takes before the child binds it is given up for another, up to three times; a
+        port asked for is not: ``PortInUse`` names it."""
+        tries = 1 if port is not None else PORT_TRIES
+        for attempt in range(1, tries + 1):
+            chosen = port if port is not None else choose()
+            log = self.log(name)
+            log_from = log.stat().st_size if log.exists() else 0
+            process = self.start(name, command(chosen))
+            try:
+                await wait_until_listening(name, process, chosen, log, timeout, log_from, ready)
+            except PortInUse:
+                self.discard(process)
+                if attempt == tries:
+                    raise
+                print(f"{name}: port {chosen} was taken by another program; trying another", flush=True)
+            else:
+                return chosen
+        raise AssertionError("unreachable")
 
     def check(self) -> None:
         for name, process in self.processes:
@@ -96,29 +137,35 @@ def _bin(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
+def _broker_command(folder: Path, name: str) -> Callable[[int], list[str]]:
+    return lambda port: [MOSQUITTO, "-c", str(_broker_config(folder, name, port))]
+
+
 async def run_demo(folder: Path, cut_after: float, cut_for: float, http_port: int | None) -> None:
     children = Children(folder)
-    local_port, cloud_port, link_port = free_port(), free_port(), free_port()
-    http_port = http_port or free_port()
     password = secrets.token_urlsafe(9)
-    link = LinkProxy(("127.0.0.1", link_port), ("127.0.0.1", cloud_port))
+    link: LinkProxy | None = None
     try:
-        for name, port in (("local", local_port), ("cloud", cloud_port)):
-            children.start(f"{name}-broker", [MOSQUITTO, "-c", str(_broker_config(folder, name, port))])
-            await wait_for_port(port)
+        local_port = await children.start_listening("local-broker", _broker_command(folder, "local"))
+        cloud_port = await children.start_listening("cloud-broker", _broker_command(folder, "cloud"))
+        link = LinkProxy(("127.0.0.1", 0), ("127.0.0.1", cloud_port))  # binds port 0 itself: no race
         await link.start()
+        link_port = link.port
 
         users = folder / "users"
         subprocess.run(
             [_bin("edge-cloud"), "user", "add", "demo", "--users", str(users), "--password-stdin"],
             input=f"{password}\n".encode(), check=True, capture_output=True,
         )
-        children.start("edge-cloud", [
-            _bin("edge-cloud"), "serve", "--broker", f"mqtt://127.0.0.1:{cloud_port}",
-            "--db", f"sqlite:///{folder / 'cloud.db'}", "--http", f"127.0.0.1:{http_port}",
-            "--users", str(users), "--history-step", "5",
-        ])
-        await wait_for_port(http_port, timeout=90)  # a loaded 2-core board takes its time
+        http_port = await children.start_listening(
+            "edge-cloud", lambda port: [
+                _bin("edge-cloud"), "serve", "--broker", f"mqtt://127.0.0.1:{cloud_port}",
+                "--db", f"sqlite:///{folder / 'cloud.db'}", "--http", f"127.0.0.1:{port}",
+                "--users", str(users), "--history-step", "5",
+            ], http_port,
+            timeout=90,  # a loaded 2-core board takes its time
+            ready=_console_answers,  # its own listener, and it answers as a console does
+        )
 
         for index, gateway in enumerate(GATEWAYS):
             cloud = link_port if gateway == CUT_GATEWAY else cloud_port
@@ -160,7 +207,8 @@ async def run_demo(folder: Path, cut_after: float, cut_for: float, http_port: in
                 print(f"[{elapsed:5.0f} s] link of {CUT_GATEWAY} restored", flush=True)
     finally:
         children.stop_all()
-        await link.stop()
+        if link is not None:
+            await link.stop()
 
 
 async def _until_signalled(folder: Path, cut_after: float, cut_for: float, http_port: int | None) -> None:

@@ -23,8 +23,6 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import free_port
-
 playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install '.[test]' brings Playwright")
 expect = playwright_api.expect
 
@@ -36,14 +34,17 @@ CUT = "gw-c"
 
 
 class Demo:
-    """``edge-sim demo`` as a child process; its printed lines collected as they come."""
+    """``edge-sim demo`` as a child process; its printed lines collected as they come.
+
+    The demo picks the console's port itself (a port picked here and let go could be taken by
+    another test before the console binds it) and prints it with the sign-in."""
 
     def __init__(self, folder: Path) -> None:
-        self.port = free_port()
+        self.port = 0
         self.lines: list[str] = []
         self.process = subprocess.Popen(
             [str(Path(sys.executable).parent / "edge-sim"), "demo", "--keep", str(folder),
-             "--cut-after", str(CUT_AFTER), "--cut-for", str(CUT_FOR), "--http-port", str(self.port)],
+             "--cut-after", str(CUT_AFTER), "--cut-for", str(CUT_FOR)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
         )
         threading.Thread(target=self._read, daemon=True).start()
@@ -52,6 +53,12 @@ class Demo:
         assert self.process.stdout is not None
         for line in self.process.stdout:
             self.lines.append(line)
+
+    def wait_console(self, timeout: float) -> str:
+        """The sign-in password, once the demo says its console answers; ``port`` is then set."""
+        found = self.wait_line(r"Console:\s+http://127\.0\.0\.1:(\d+)/\s+sign in as\s+demo / (\S+)", timeout)
+        self.port = int(found.group(1))
+        return found.group(2)
 
     def wait_line(self, pattern: str, timeout: float) -> re.Match[str]:
         deadline = time.monotonic() + timeout
@@ -112,7 +119,7 @@ def too_wide(page: Any, width: int = 390) -> list[str]:
 
 
 def test_the_fleet_page_during_a_real_cut_and_after_it(demo: Demo, browser: Any) -> None:
-    password = demo.wait_line(r"sign in as\s+demo / (\S+)", 90).group(1)
+    password = demo.wait_console(90)
     page = signed_in(browser, demo, password, {"width": 1400, "height": 900})
     row = page.locator(f"tr[data-device='{CUT}']")
     expect(row.locator(".badge")).to_have_text("online", timeout=30_000)

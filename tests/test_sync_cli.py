@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -71,3 +72,20 @@ def test_serve_refuses_bad_options_by_name(tmp_path: Path, args: list[str], code
     flat = [item for pair in options.items() for item in pair]
     result = run(*EDGE_CLOUD, "serve", *flat, timeout=30)
     assert result.returncode == code and says in result.stderr, result.stderr
+
+
+def test_serve_exits_naming_an_http_address_held_by_another_program(
+    tmp_path: Path, cloud_broker: Broker
+) -> None:
+    # the broker is up, so the ingest starts: without its console and API it must not live on
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        result = run(*EDGE_CLOUD, "serve", "--broker", cloud_broker.url, "--db", f"sqlite:///{tmp_path}/c.db",
+                     "--http", f"127.0.0.1:{port}", timeout=30)
+    assert result.returncode == 1, result.stderr
+    assert "address already in use" in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"--http: the console and API cannot listen on 127.0.0.1:{port} (the reason is logged above)"
+    )

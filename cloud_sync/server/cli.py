@@ -74,7 +74,10 @@ def serve(
     if db_url.startswith(("postgresql:", "postgres:")):
         require_or_exit("edge-cloud serve", "cloud", ("psycopg",), what="a postgresql:// store")
     logging.basicConfig(level=log_level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
-    from cloud_sync.server.serve import serve_forever  # starlette, uvicorn and psycopg stay out of --help
+    from cloud_sync.server.serve import (  # starlette, uvicorn and psycopg stay out of --help
+        HttpStartError,
+        serve_forever,
+    )
     from cloud_sync.server.store import StoreError, open_store
     from cloud_sync.server.web import load_tokens
 
@@ -103,9 +106,14 @@ def serve(
         sys.exit(1)
     store.history_step, store.history_keep = console["history_step"], console["history_days"] * 86400.0
     client_id = client_id or "-".join(filter(None, ["edge-cloud", socket.gethostname()[:40], share_group]))
-    asyncio.run(serve_forever(store, login, tokens, host, port, settings, prefix=prefix,
-                              share_group=share_group, client_id=client_id, protocol_version=mqtt_protocol,
-                              jetstream=servers, probe_broker=probe_broker))
+    try:
+        asyncio.run(serve_forever(
+            store, login, tokens, host, port, settings, prefix=prefix, share_group=share_group,
+            client_id=client_id, protocol_version=mqtt_protocol, jetstream=servers, probe_broker=probe_broker,
+        ))
+    except HttpStartError as exc:
+        click.echo(f"--http: {exc}", err=True)
+        sys.exit(1)
 
 
 main.add_command(user)

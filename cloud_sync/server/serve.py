@@ -22,6 +22,15 @@ from cloud_sync.server.worker import Worker
 log = logging.getLogger(__name__)
 
 
+class HttpStartError(RuntimeError):
+    """The console and API could not listen on their address (say, another program holds it)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(f"the console and API cannot listen on {host}:{port} (the reason is logged above)")
+        self.host = host
+        self.port = port
+
+
 class _Server(uvicorn.Server):
     """uvicorn without its own signal handling: SIGTERM stops the ingest and the API together."""
 
@@ -64,6 +73,16 @@ async def serve_forever(
         console.close()  # ends the live event streams, which would hold the server open
         server.should_exit = True
 
+    http_failed = False
+
+    async def serve_http() -> None:
+        nonlocal http_failed
+        try:
+            await server.serve()
+        except SystemExit:  # uvicorn's answer to an address it cannot bind, its reason logged
+            http_failed = True
+            stop()  # the ingest stops too: a console that nobody can reach is no console
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
     if not tokens:
@@ -74,7 +93,7 @@ async def serve_forever(
     try:
         async with asyncio.TaskGroup() as group:
             ingesting = group.create_task(worker.run(), name="ingest")
-            group.create_task(server.serve(), name="http")
+            group.create_task(serve_http(), name="http")
             await ingesting
             console.close()
             server.should_exit = True
@@ -83,4 +102,6 @@ async def serve_forever(
             with contextlib.suppress(ValueError, RuntimeError):
                 loop.remove_signal_handler(sig)
         store.close()
+    if http_failed:
+        raise HttpStartError(host, port)
     log.info("stopped")
