@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -47,7 +48,7 @@ TRIGGERS = (60, 180)  # the readings that set the module off
 
 
 def run(tmp_path: Path, broker: Broker, agents: list[AgentProcess], cls: str, kind: str,
-        extra: str = "") -> dict:
+        extra: str = "", stop_when: Callable[[Path, AgentProcess], bool] | None = None) -> dict:
     config = agent_config(
         tmp_path, broker.url, modules=CONFIG.format(modules=MODULES, cls=cls, extra=extra),
         extra="[supervisor]\nhang_timeout = \"1s\"",
@@ -65,7 +66,7 @@ def run(tmp_path: Path, broker: Broker, agents: list[AgentProcess], cls: str, ki
     # wait until the last restart is counted and every reading is accounted for, not for a time
     # (a loaded machine is slow to leak 200 MB; stopped earlier, the backlog is abandoned)
     deadline = time.monotonic() + 60
-    while not _settled(tmp_path, kind):
+    while not (stop_when(tmp_path, agent) if stop_when else _settled(tmp_path, kind)):
         assert time.monotonic() < deadline, agent.output()
         time.sleep(0.25)
     agent.signal(signal.SIGTERM)
@@ -119,6 +120,27 @@ def test_a_module_that_aborts_is_restarted(tmp_path, broker: Broker, agents) -> 
 
 def test_a_module_that_leaks_past_max_rss_is_restarted(tmp_path, broker: Broker, agents) -> None:
     check(run(tmp_path, broker, agents, "Leaker", "rss_kills", 'max_rss = "200MB"'), "rss_kills")
+
+
+def test_a_stop_while_the_child_waits_out_its_backoff_finishes_the_queue(
+    tmp_path, broker: Broker, agents
+) -> None:
+    """SIGTERM half a second after the third restart: the third child soon dies on the second
+    trigger, and the fourth would start only 4 s later. One last child, bounded by the stop
+    budget, takes what is queued instead of abandoning it."""
+
+    def third_restart(_: Path, agent: AgentProcess) -> bool:
+        if agent.output().count("restarting the module's process after") < 3:
+            return False
+        time.sleep(0.5)
+        return True
+
+    result = run(tmp_path, broker, agents, "Crasher", "crashes", stop_when=third_restart)
+    counters = result["status"]["modules"]["bad"]["counters"]
+    passed = sum(1 for stream, _ in result["rows"] if stream == "bad")
+    assert counters.get("abandoned", 0) == 0, counters
+    assert passed + counters.get("quarantined", 0) == SENT, (passed, counters)
+    assert "to finish its queue at stop" in result["output"]
 
 
 def test_a_module_that_hangs_is_restarted(tmp_path, broker: Broker, agents) -> None:

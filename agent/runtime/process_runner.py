@@ -73,7 +73,7 @@ class ProcessRunner(ModuleRunner):
 
     # -- the child -------------------------------------------------------------------------
 
-    async def start(self, saved: Mapping[str, Any] | None = None) -> bool:
+    async def start(self, saved: Mapping[str, Any] | None = None, timeout: float = START_TIMEOUT) -> bool:
         cls = self.plan.cls
         module = sys.modules.get(cls.__module__)
         hello = {
@@ -90,7 +90,7 @@ class ProcessRunner(ModuleRunner):
         )
         self._reset_checkpoint()
         try:
-            await self._call(hello, [], START_TIMEOUT)
+            await self._call(hello, [], timeout)
         except ChildDied as exc:
             self._status, self._last_error = "failed", f"start: {exc}"
         return self._status == "running"
@@ -277,8 +277,13 @@ class ProcessRunner(ModuleRunner):
                     left = min(deadline - time.monotonic(), self._hang_timeout)
                     await self._answer(reading, max(left, 0.1))
                 await self._deliver()
+            restarted = False
             while (batch := self.queue.get_nowait()) is not None:
                 left = deadline - time.monotonic()
+                if left > 0 and self._status != "running" and not restarted:
+                    restarted = True
+                    await self._start_to_finish(left)
+                    left = deadline - time.monotonic()
                 if left <= 0 or self._status != "running":
                     self._hand_back(batch)
                     break
@@ -296,6 +301,17 @@ class ProcessRunner(ModuleRunner):
             raise
         await self._deliver()
         self._reset_checkpoint()
+
+    async def _start_to_finish(self, left: float) -> None:
+        """A child that died shortly before the stop is waiting out its restart backoff, with
+        records queued: the stop budget, not the backoff, bounds one last child, so that they
+        are processed rather than abandoned (a child that does not start within half of what is
+        left of the budget leaves them to be abandoned, as before)."""
+        await self._stop_child(min(left / 4, self._hang_timeout))  # a half-started one, if any
+        self.count("restarts")
+        self.context.log.warning("restarting the module's process to finish its queue at stop")
+        self._errors_row = 0
+        await self.start(timeout=max(left / 2, 0.1))
 
     # -- what the daemon asks of a runner ----------------------------------------------------
 
