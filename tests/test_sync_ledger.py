@@ -7,7 +7,7 @@ import pytest
 from cloud_sync.protocol import BadRecord, DataBatch, DroppedRange, Record
 from cloud_sync.server.ledger import DeviceState, Quarantined, Status, plan_flush, settle
 from cloud_sync.uploader.ratelimit import RateLimit
-from cloud_sync.uploader.tracker import SendTracker, Sent
+from cloud_sync.uploader.tracker import START_BYTES, SendTracker, Sent
 
 
 @pytest.mark.parametrize(
@@ -162,6 +162,55 @@ def test_on_a_slow_link_a_message_queued_behind_others_is_late_not_lost() -> Non
     tracker.on_sent(41, 50, 10, now=31.0, live=False)
     assert tracker.on_ack(40, 40, now=35.0)
     assert tracker.due(49.9) is None and tracker.due(50.0) is not None
+
+
+def test_messages_are_sized_to_what_the_acks_show_the_link_carries() -> None:
+    """A 32 kbit/s link (4,000 bytes/s): messages of 16 kB queued back to back are acknowledged
+    4 s apart, so a message is cut to what that rate carries in a quarter of ``resend_after``."""
+    tracker = SendTracker(unacked_records=1000, resend_after=15.0)
+    tracker.start(acked=0, last_seq=0)
+    assert tracker.message_bytes(256_000) == START_BYTES  # nothing measured yet
+    for i in range(4):
+        tracker.on_sent(i * 10 + 1, i * 10 + 10, 10, now=0.0, live=False, size=16_000)
+    for i in range(4):
+        assert tracker.on_ack(i * 10 + 10, i * 10 + 10, now=4.3 + 4.0 * i)
+    assert tracker.rate is not None and 3_700 < tracker.rate < 4_000
+    assert 14_000 < tracker.message_bytes(256_000) < 15_000
+    # a small message sent on an idle link is acknowledged a round trip later: that says nothing
+    # of the rate, and does not lower it
+    tracker.on_sent(41, 41, 1, now=30.0, live=True, size=300)
+    assert tracker.on_ack(41, 41, now=30.4)
+    assert 14_000 < tracker.message_bytes(256_000) < 15_000
+    # a fast link: the bound grows to the configured limit at once
+    for first in (42, 52):
+        tracker.on_sent(first, first + 9, 10, now=40.0, live=False, size=200_000)
+    assert tracker.on_ack(51, 51, now=40.05) and tracker.on_ack(61, 61, now=40.1)
+    assert tracker.message_bytes(256_000) == 256_000
+
+
+def test_a_message_the_link_needs_longer_for_than_resend_after_is_not_resent_early() -> None:
+    """At a measured 4,000 bytes/s, 100 kB sent at once need 25 s: the resend waits twice that
+    (late, not lost); a message that small links carry in time keeps ``resend_after``."""
+    tracker = SendTracker(unacked_records=1000, resend_after=15.0)
+    tracker.start(acked=0, last_seq=0)
+    tracker.on_sent(1, 10, 10, now=0.0, live=False, size=16_000)
+    tracker.on_sent(11, 20, 10, now=0.0, live=False, size=16_000)
+    assert tracker.on_ack(10, 10, now=4.0) and tracker.on_ack(20, 20, now=8.0)
+    assert tracker.rate == 4_000
+    tracker.on_sent(21, 30, 10, now=10.0, live=False, size=40_000)
+    tracker.on_sent(31, 40, 10, now=10.0, live=False, size=60_000)
+    assert tracker.due(29.9) is None  # the first needs 10 s on the wire: it waits 20 s
+    late = tracker.due(30.0)
+    assert late is not None and late.first == 21
+    assert tracker.on_ack(30, 30, now=20.0)  # it came in time; the next needs 15 s more
+    assert tracker.rate == 4_000
+    assert tracker.due(49.9) is None
+    oldest = tracker.due(50.0)
+    assert oldest is not None and oldest.first == 31
+    tracker.resend(oldest)
+    tracker.on_sent(31, 40, 10, now=60.0, live=False, size=4_000)
+    # 1 s on the wire: resend_after it is, doubled as the cloud heard nothing before the resend
+    assert tracker.due(89.9) is None and tracker.due(90.0) is not None
 
 
 def test_a_message_lost_while_later_ones_arrive_shrinks_batches_then_sets_a_record_aside() -> None:

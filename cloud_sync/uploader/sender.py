@@ -157,7 +157,7 @@ class Sender:
     async def _prepare(self, after: int, up_to: int | None, ripe: bool) -> Prepared | None:
         """The next message after ``after``; its payload is empty if it is a partial batch that
         is not ``ripe`` yet (nothing is encoded then)."""
-        limits = (self.max_payload, self.batch_limit)
+        limits = (self.max_payload, min(self.batch_limit, self._tracker.message_bytes(self.max_payload)))
         prepared = await self._reader.call(
             self._reader.encode, after, up_to, self._tracker.acked, ripe, limits
         )

@@ -13,6 +13,17 @@ does with its retransmission timer, a range's wait starts again whenever the ack
 link the messages of a window leave one after another, and one queued behind the others for
 longer than ``resend_after`` is late, not lost, while the ones ahead of it keep being acknowledged.
 
+On links far slower than the defaults assume (16-64 kbit/s: 2G/EDGE, satellite) one message of
+``max_message_bytes`` takes a minute on the wire, longer than ``resend_after`` and the keepalive,
+so no timer restart can tell it late from lost, and the broker may hang up while it is still
+arriving. As TCP sizes its window by what the acks show, the tracker measures the rate at which
+the cloud's ack covers bytes and (``message_bytes``) caps a message at what that rate carries in a
+quarter of ``resend_after``; until the first ack it sends ``START_BYTES``, a few seconds even at
+32 kbit/s. So every message's PUBACK and ack come within seconds, which keeps both the resend timer
+and the dead-link watchdog honest without new settings. Should a message still need longer (sent
+before the rate was known, or the link got slower), ``due`` waits at least twice the time the
+unacknowledged bytes sent up to it need at that rate before resending it.
+
 A message that keeps getting lost while the cloud receives what came after it (over the
 broker's size limit on MQTT 3.1.1, which drops it silently), that the broker refuses (an MQTT 5
 reason code), or on which the broker keeps closing the connection (Mosquitto 2.0 answers an
@@ -25,10 +36,16 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from itertools import takewhile
 
 STRIKES = {"lost": 2, "refused": 1, "disconnect": 3}
 """How many times a message must be lost in each way before it is judged poison."""
 MAX_BACKOFF = 16
+START_BYTES = 16_000
+"""The message size bound before the link's rate is known (4 s at 32 kbit/s)."""
+MIN_BYTES = 2_000
+SEND_TIME = 0.25
+"""The share of ``resend_after`` one message may take on the wire at the measured rate."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +89,9 @@ class SendTracker:
         self._backoff = 1
         self._strikes: dict[tuple[int, int], int] = {}
         self.resends = 0
+        self.rate: float | None = None
+        """Bytes per second the cloud's ack has been covering (smoothed); None until measured."""
+        self._acked_at: float | None = None
 
     # -- connecting and sending -----------------------------------------------------------------
 
@@ -82,6 +102,7 @@ class SendTracker:
         self.live_from = max(last_seq, self.acked)
         self.backlog_cursor = self.acked
         self.live_cursor = self.live_from
+        self._acked_at = None  # the time offline says nothing of the link's rate
         self._clear()
 
     @property
@@ -117,24 +138,64 @@ class SendTracker:
         if seq <= self.acked:
             return False
         self.acked = seq
+        size, sent_at = 0, now
         for sent in self._sent:
             while sent and sent[0].last <= seq:
-                self.unacked -= sent.popleft().count
+                done = sent.popleft()
+                self.unacked -= done.count
+                size += done.size
+                sent_at = min(sent_at, done.at)
             if sent:
                 sent[0].waiting_since = max(sent[0].waiting_since, now)
+        self._measure(size, sent_at, now)
         self.backlog_cursor = max(self.backlog_cursor, min(seq, self.live_from))
         self.live_cursor = max(self.live_cursor, seq)
         self._backoff = 1
         self._strikes = {k: v for k, v in self._strikes.items() if k[0] > seq}
         return True
 
+    def _measure(self, size: int, sent_at: float, now: float) -> None:
+        """One sample of the link's rate: ``size`` bytes acknowledged at ``now``, sent at
+        ``sent_at``. They were on the wire from then or from the previous ack, whichever is
+        later; sent after it, the link may have been idle and the sample holds a round trip, so
+        it may raise the estimate but not lower it (TCP BBR's application-limited samples)."""
+        previous, self._acked_at = self._acked_at, now
+        if not size:
+            return
+        queued = previous is not None and sent_at < previous
+        elapsed = now - (previous if queued and previous is not None else sent_at)
+        sample = size / max(elapsed, 0.001)
+        if self.rate is None:
+            self.rate = sample
+        elif queued:
+            self.rate += (sample - self.rate) / 4
+        elif sample > self.rate:
+            self.rate = sample
+
+    def message_bytes(self, limit: int) -> int:
+        """The most a message of several records should carry: what the link has shown it takes
+        in ``SEND_TIME`` of ``resend_after``, within ``MIN_BYTES`` and ``limit``."""
+        if self.rate is None:
+            return min(limit, START_BYTES)
+        return min(limit, max(MIN_BYTES, int(self.rate * self.resend_after * SEND_TIME)))
+
     def due(self, now: float) -> Sent | None:
-        """The oldest sent range if it has waited for the ack longer than allowed."""
+        """The oldest sent range if it has waited for the ack longer than allowed: ``resend_after``,
+        or twice what the link needs at the measured rate for the unacknowledged bytes sent up
+        to it (itself included), whichever is longer."""
         heads = [sent[0] for sent in self._sent if sent]
         if not heads:
             return None
         oldest = min(heads, key=lambda s: s.waiting_since)
-        return oldest if now - oldest.waiting_since >= self.resend_after * self._backoff else None
+        waited = now - oldest.waiting_since
+        if waited < self.resend_after * self._backoff:
+            return None
+        if self.rate is not None:
+            other = self._sent[not oldest.live]  # its own queue: nothing unacknowledged ahead
+            ahead = oldest.size + sum(s.size for s in takewhile(lambda s: s.at < oldest.at, other))
+            if waited < 2 * ahead / self.rate * self._backoff:
+                return None
+        return oldest
 
     def resend(self, oldest: Sent, later_arrived: bool = False) -> Verdict | None:
         """Go back to the ack and send everything after it again. When the cloud has meanwhile
