@@ -133,7 +133,8 @@ def summaries(now: float, phase: int) -> list[tuple[float, dict[str, Any]]]:
         end = now - 3600 + k * 60
         level = 21 + 3 * math.sin(k / 6 + phase)
         out.append((end, {"sensor": "t1", "start": end - 60, "end": end, "count": 60,
-                          "mean": round(level, 3), "min": round(level - 2, 3), "max": round(level + 2, 3)}))
+                          "mean": round(level, 3), "min": round(level - 2, 3), "max": round(level + 2, 3),
+                          "unit": "C"}))
     return out
 
 
@@ -265,6 +266,25 @@ def test_the_fleet_lists_every_device_problems_first(
     assert page.problems == []  # type: ignore[attr-defined]
 
 
+# uPlot draws its axes on a canvas: the text drawn is recorded, with the canvas it went to.
+RECORD_CANVAS_TEXT = """
+const fillText = CanvasRenderingContext2D.prototype.fillText;
+window.drawnText = [];
+CanvasRenderingContext2D.prototype.fillText = function (text, ...rest) {
+  window.drawnText.push([this.canvas, String(text)]);
+  return fillText.call(this, text, ...rest);
+};
+"""
+
+
+def chart_text(page: Page, chart: str) -> list[str]:
+    """What was drawn on the canvas now in ``chart`` (a selector), with ``RECORD_CANVAS_TEXT``."""
+    return list(page.evaluate(
+        "(chart) => window.drawnText.filter(([canvas]) => canvas.isConnected && canvas.closest(chart))"
+        ".map(([, text]) => text)", chart,
+    ))
+
+
 def shoot(page: Page, name: str) -> None:
     if SCREENSHOTS:
         Path(SCREENSHOTS).mkdir(parents=True, exist_ok=True)
@@ -294,6 +314,7 @@ def test_a_device_goes_offline_and_comes_back_live(page: Page, fleet: dict[str, 
 
 
 def test_the_device_page_charts_its_history(page: Page, fleet: dict[str, SimDevice]) -> None:
+    page.add_init_script(RECORD_CANVAS_TEXT)
     sign_in(page, "/devices/gw-01")
     expect(page.locator("h1")).to_contain_text("gw-01")
     expect(page.locator("#history-chart canvas")).to_have_count(1)
@@ -303,9 +324,17 @@ def test_the_device_page_charts_its_history(page: Page, fleet: dict[str, SimDevi
     expect(page.locator("#details")).to_contain_text("too-hot")
     expect(page.locator("#details")).to_contain_text("anomaly")
     expect(page.locator(".meta")).to_contain_text("cfg-1")
+    legend = page.locator("#stream-chart .u-legend")
+    expect(legend).to_contain_text("win · mean · t1 (C)")  # the summaries' unit, on the axis too
+    wait_for(lambda: "mean (C)" in chart_text(page, "#stream-chart"), 5, "the unit on the axis")
     page.select_option("#field-select", "max")
-    expect(page.locator("#stream-chart .u-legend")).to_contain_text("win · max")
+    expect(legend).to_contain_text("win · max · t1 (C)")
     shoot(page, "device.png")
+    page.select_option("#field-select", "count")  # a count is not in the readings' unit
+    expect(legend).to_contain_text("win · count · t1")
+    expect(legend).not_to_contain_text("(C)")
+    wait_for(lambda: "count" in chart_text(page, "#stream-chart"), 5, "the count's axis")
+    assert "count (C)" not in chart_text(page, "#stream-chart")
 
     fleet["gw-01"].status(backlog={"rows": 999, "bytes": 9000, "oldest_unsent_age_s": 12.0})
     expect(page.locator("#figures")).to_contain_text("999", timeout=LIVE_WITHIN * 1000)

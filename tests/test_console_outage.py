@@ -26,7 +26,13 @@ import pytest
 playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install '.[test]' brings Playwright")
 expect = playwright_api.expect
 
-from tests.test_console_browser import CHROMIUM, CHROMIUM_ARGS, shoot  # noqa: E402
+from tests.test_console_browser import (  # noqa: E402
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    RECORD_CANVAS_TEXT,
+    chart_text,
+    shoot,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser, pytest.mark.timeout(400)]
 CUT_AFTER, CUT_FOR = 25, 30
@@ -155,6 +161,7 @@ def test_the_fleet_page_during_a_real_cut_and_after_it(demo: Demo, browser: Any)
     assert "offline for a while" in (spark.get_attribute("aria-label") or "")
     shoot(page, "fleet.png")
 
+    page.add_init_script(RECORD_CANVAS_TEXT)
     page.goto(f"/devices/{CUT}")
     expect(page.locator("h1")).to_contain_text(CUT)
     expect(page.locator("#history-chart canvas")).to_have_count(1)
@@ -167,7 +174,13 @@ def test_the_fleet_page_during_a_real_cut_and_after_it(demo: Demo, browser: Any)
     page.select_option("#sensor-select", power)
     expect(page.locator("#stream-chart .u-legend")).to_contain_text(f"changes · value · {power} (W)")
     expect(page.locator("#stream-chart .u-axis")).not_to_have_count(0)
-    page.select_option("#stream-select", "summary_10s")
+    page.select_option("#stream-select", "summary_10s")  # the window module's: the readings' unit
+    expect(page.locator("#sensor-select")).to_have_value(power)
+    expect(page.locator("#stream-chart .u-legend")).to_contain_text(f"summary_10s · mean · {power} (W)")
+    deadline = time.monotonic() + 5
+    while "mean (W)" not in chart_text(page, "#stream-chart"):
+        assert time.monotonic() < deadline, chart_text(page, "#stream-chart")
+        time.sleep(0.1)
     time.sleep(2)
     shoot(page, "device.png")
 

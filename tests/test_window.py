@@ -86,6 +86,35 @@ def test_windows_with_no_readings_emit_nothing() -> None:
     assert [(r.data["start"], r.data["count"]) for r in out] == [(0.0, 1), (90.0, 1)]
 
 
+def test_a_summary_carries_its_readings_unit_but_a_count_alone_does_not() -> None:
+    rows = [reading("t1", 1, 20.0, "C"), reading("t1", 2, 21.0, "C"), reading("h1", 1, 50.0),
+            reading("h1", 2, 51.0, 7), reading("t1", 11, 22.0, "C")]  # 7: not a unit
+    out = module_harness("window", every="10s").run(rows)
+    assert [r.data for r in out] == [
+        {"sensor": "t1", "start": 0.0, "end": 10.0, "count": 2, "mean": 20.5, "min": 20.0, "max": 21.0,
+         "unit": "C"},
+        {"sensor": "t1", "start": 10.0, "end": 20.0, "count": 1, "mean": 22.0, "min": 22.0, "max": 22.0,
+         "unit": "C"},
+        {"sensor": "h1", "start": 0.0, "end": 10.0, "count": 2, "mean": 50.5, "min": 50.0, "max": 51.0},
+    ]
+    hopping = module_harness("window", every="10s", hop="5s", stats=["max"]).run(rows)
+    assert {r.data.get("unit") for r in hopping if r.data["sensor"] == "t1"} == {"C"}
+    counts = module_harness("window", every="10s", stats=["count"]).run(rows)
+    assert [r.data["count"] for r in counts] == [2, 1, 2] and all("unit" not in r.data for r in counts)
+
+
+def test_a_restored_window_keeps_its_unit_and_a_checkpoint_without_one_still_restores() -> None:
+    harness = module_harness("window", every="10s")
+    harness.feed([reading("t1", 1, 1.0, "C")])
+    saved = dict(harness.module().checkpoint() or {})
+    older = saved | {"t1": saved["t1"][:2]}  # marks and panes: a checkpoint before units
+    for checkpoint, unit in ((saved, {"unit": "C"}), (older, {})):
+        again = module_harness("window", every="10s")
+        again.module().restore(checkpoint)
+        assert [r.data for r in again.stop()] == [{"sensor": "t1", "start": 0.0, "end": 10.0, "count": 1,
+                                                   "mean": 1.0, "min": 1.0, "max": 1.0} | unit]
+
+
 def test_first_and_last_go_by_reading_time_not_arrival() -> None:
     out = module_harness("window", every="10s", stats=["first", "last"], lateness="5s").run(
         [reading("t1", 5, 5.0), reading("t1", 2, 2.0), reading("t1", 8, 8.0), reading("t1", 8, 9.0)]
@@ -183,10 +212,10 @@ def test_a_reading_from_the_future_moves_the_watermark_no_further_than_the_clock
 @pytest.mark.parametrize(("every", "hop"), [(10, None), (10, 5)])
 def test_a_window_restored_from_its_checkpoint_emits_what_an_uninterrupted_one_does(every, hop) -> None:
     """Crash after each chunk: checkpoint (what changed), a new instance restored from every
-    checkpoint so far, the next chunk. Same summaries, every statistic, as one run."""
+    checkpoint so far, the next chunk. Same summaries, every statistic and unit, as one run."""
     rng = random.Random(7)
-    rows = sorted(((f"s{rng.randrange(5)}", 1000 + rng.uniform(0, 100), rng.gauss(20, 3))
-                   for _ in range(3000)), key=lambda row: row[1])
+    rows = sorted(((f"s{k}", 1000 + rng.uniform(0, 100), rng.gauss(20, 3), "C" if k < 3 else None)
+                   for k in (rng.randrange(5) for _ in range(3000))), key=lambda row: row[1])
     options = {"every": every, "stats": ALL, "timeout": "1h"} | ({"hop": hop} if hop else {})
     whole = module_harness("window", **options).run([reading(*row) for row in rows])
 

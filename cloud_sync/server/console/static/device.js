@@ -146,7 +146,7 @@
     const sensor = sensorSelect ? sensorSelect.value : sensors[0];
     const mine = usable.filter((r) => sensorOf(r) === sensor);
     const units = [...new Set(mine.map((r) => r.data.unit).filter((u) => typeof u === "string"))];
-    const unit = units.length === 1 ? units[0] : "";
+    const unit = units.length === 1 && field !== "count" ? units[0] : ""; // a count has no unit
     const data = [mine.map((r) => r.ts), mine.map((r) => r.data[field])];
     const key = `${stream}\u0000${field}\u0000${sensor}\u0000${unit}`;
     if (streamPlot && key === streamKey) {
