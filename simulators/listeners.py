@@ -26,8 +26,6 @@ class PortInUse(RuntimeError):
 
     def __init__(self, name: str, port: int) -> None:
         super().__init__(f"{name} cannot listen on 127.0.0.1:{port}: another program holds the address")
-        self.name = name
-        self.port = port
 
 
 def free_port() -> int:

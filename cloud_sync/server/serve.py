@@ -27,8 +27,6 @@ class HttpStartError(RuntimeError):
 
     def __init__(self, host: str, port: int) -> None:
         super().__init__(f"the console and API cannot listen on {host}:{port} (the reason is logged above)")
-        self.host = host
-        self.port = port
 
 
 class _Server(uvicorn.Server):
